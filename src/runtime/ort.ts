@@ -1,0 +1,82 @@
+/**
+ * onnxruntime-node sessions for models held in memory. External tensors are inlined into the
+ * serialized copy handed to onnxruntime (which, given a buffer, cannot resolve relative paths).
+ */
+import * as ort from "onnxruntime-node";
+import type { ModelProto, TensorProto } from "../onnx/types.js";
+import { type OnnxModel, serializeModel } from "../onnx/model.js";
+import { allTensors } from "../onnx/walk.js";
+import { isExternal, tensorRawBytes } from "../onnx/tensor.js";
+import { EeToolError, messageOf } from "../errors.js";
+
+export { ort };
+
+export interface SessionSettings {
+  /** Execution provider: cpu (default), cuda, ... */
+  ep?: string;
+  /** Intra-op threads (0 or unset: onnxruntime's default). */
+  threads?: number;
+  /** Graph optimisation level (default "all"). */
+  optimization?: "disabled" | "basic" | "extended" | "all";
+}
+
+export function sessionOptions(s: SessionSettings = {}): ort.InferenceSession.SessionOptions {
+  return {
+    executionProviders: [s.ep ?? "cpu"],
+    graphOptimizationLevel: s.optimization ?? "all",
+    ...(s.threads ? { intraOpNumThreads: s.threads, interOpNumThreads: 1 } : {}),
+    logSeverityLevel: 3,
+  };
+}
+
+/** Serialize a ModelProto for onnxruntime, reading external tensors back inline. */
+export function runtimeBytes(proto: ModelProto, readExternal?: OnnxModel["readExternal"]): Uint8Array {
+  const externals = allTensors(proto).filter(isExternal);
+  if (externals.length === 0) return serializeModel(proto);
+  const saved: Array<[TensorProto, TensorProto]> = [];
+  try {
+    for (const t of externals) {
+      const raw = tensorRawBytes(t, readExternal);
+      saved.push([t, { ...t }]);
+      delete t.external_data;
+      delete t.data_location;
+      t.raw_data = raw;
+    }
+    return serializeModel(proto);
+  } finally {
+    for (const [t, s] of saved) {
+      delete t.raw_data;
+      Object.assign(t, s);
+    }
+  }
+}
+
+export async function createSession(bytes: Uint8Array, settings: SessionSettings = {}): Promise<ort.InferenceSession> {
+  try {
+    return await ort.InferenceSession.create(bytes, sessionOptions(settings));
+  } catch (e) {
+    const msg = messageOf(e);
+    if (settings.ep && settings.ep !== "cpu" && /provider|backend|not (found|supported|available)|cuda|registered/i.test(msg)) {
+      throw new EeToolError("RUNTIME_FAILED", `execution provider '${settings.ep}' is not available: ${firstLine(msg)}`, {
+        hint: "Install an onnxruntime-node build with that provider (for cuda: the CUDA binaries and drivers), or use --ep cpu.",
+      });
+    }
+    throw new EeToolError("RUNTIME_FAILED", `onnxruntime could not load the model: ${firstLine(msg)}`);
+  }
+}
+
+export async function runSession(
+  session: ort.InferenceSession,
+  feeds: Record<string, ort.Tensor>,
+  fetches?: readonly string[],
+): Promise<Record<string, ort.Tensor>> {
+  try {
+    return (await (fetches ? session.run(feeds, fetches) : session.run(feeds))) as Record<string, ort.Tensor>;
+  } catch (e) {
+    throw new EeToolError("RUNTIME_FAILED", `onnxruntime failed to run the model: ${firstLine(messageOf(e))}`);
+  }
+}
+
+function firstLine(s: string): string {
+  return s.split("\n")[0]!.slice(0, 400);
+}

@@ -1,0 +1,31 @@
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { execFileSync, spawnSync } from "node:child_process";
+
+export const ROOT = path.resolve(import.meta.dirname, "../..");
+export const CNN = path.join(ROOT, "fixtures/cnn/model.onnx");
+export const TEXT = path.join(ROOT, "fixtures/text/model.onnx");
+export const FIXTURE_MODELS = [CNN, TEXT];
+
+export function tmpDir(prefix = "ee-test-"): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Run the built CLI (bin/ee-tool.js) as a user would. */
+export function runCli(args: string[], opts: { cwd?: string } = {}): CliResult {
+  const r = spawnSync(process.execPath, [path.join(ROOT, "bin/ee-tool.js"), ...args], {
+    cwd: opts.cwd ?? ROOT,
+    encoding: "utf8",
+    maxBuffer: 64 * 1024 * 1024,
+  });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+export { execFileSync };
