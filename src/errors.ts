@@ -22,6 +22,11 @@ export const ErrorCodes = {
   TENSOR_INVALID: { exit: ExitCode.INPUT, hint: "The tensor's data does not match its dims and data_type." },
   UNSUPPORTED: { exit: ExitCode.INPUT, hint: "This case is not supported yet; see the docs for what is." },
   MODEL_TOO_LARGE: { exit: ExitCode.INPUT, hint: "Protobuf cannot hold more than 2 GB: save with --external-data." },
+  CALIB_INVALID: { exit: ExitCode.INPUT, hint: "Calibration data must be .npy (C order, little-endian), .npz, or a directory of ONNX input_N.pb files." },
+  CALIB_MISMATCH: { exit: ExitCode.INPUT, hint: "Give one array per model input (--calib name=file.npy,...), with the model's dtype and shape and the same number of samples." },
+  NOT_A_CLASSIFIER: { exit: ExitCode.INPUT, hint: "ee-tool needs a classifier whose output is logits of shape [N, classes]; choose the output with --output." },
+  EXIT_NOT_FOUND: { exit: ExitCode.INPUT, hint: "Run `ee-tool inspect <model>` to list the candidate exit points and their ids." },
+  NO_EXIT_POINTS: { exit: ExitCode.INPUT, hint: "The graph has no single tensor that all paths pass through; ramps need one." },
   RUNTIME_FAILED: { exit: ExitCode.INPUT, hint: "onnxruntime could not load or run the model; re-run with --debug for its message." },
   INTERNAL: { exit: ExitCode.INTERNAL, hint: "This is a bug in ee-tool; re-run with --debug and report the stack trace." },
 } as const;

@@ -1,0 +1,42 @@
+/** Exit-point analysis of a model: shapes from one batch, then the candidates. */
+import type { OnnxModel } from "../onnx/model.js";
+import { Graph } from "../ir/graph.js";
+import { discoverShapes } from "../ir/shapes.js";
+import { findExitCandidates, type ExitAnalysis, type ShapeFacts } from "./exits.js";
+import { ort, type SessionSettings } from "../runtime/ort.js";
+import type { InputSpec } from "../data/calib.js";
+import { ortTensor, typedArray } from "../data/calib.js";
+
+/** A batch of zeros shaped like the model's inputs (symbolic dims: batch 2, others 8). */
+export function syntheticFeeds(specs: InputSpec[], batch = 2): Record<string, ort.Tensor> {
+  const feeds: Record<string, ort.Tensor> = {};
+  for (const s of specs) {
+    const dims = s.shape.map((d, i) => (typeof d === "number" ? d : i === 0 ? batch : 8));
+    const count = dims.reduce((a, b) => a * b, 1);
+    const bytes = { float32: 4, float64: 8, float16: 2, int8: 1, uint8: 1, int16: 2, uint16: 2, int32: 4, uint32: 4, int64: 8, uint64: 8, bool: 1 }[s.type];
+    const data = typedArray(s.type, new Uint8Array(count * bytes));
+    if (/mask/i.test(s.name)) {
+      if (data instanceof BigInt64Array || data instanceof BigUint64Array) data.fill(1n);
+      else data.fill(1);
+    }
+    feeds[s.name] = ortTensor(s.type, data, dims);
+  }
+  return feeds;
+}
+
+export interface AnalyzeOptions {
+  output?: string;
+  settings?: SessionSettings;
+}
+
+/** Run one batch to learn every tensor's shape, then find the candidate exit points. */
+export async function analyzeExits(model: OnnxModel, feeds: Record<string, ort.Tensor>, options: AnalyzeOptions = {}): Promise<ExitAnalysis> {
+  const graph = new Graph(model.proto.graph!);
+  const live = graph.liveNames();
+  const names: string[] = [];
+  for (const n of graph.nodes) for (const o of n.output ?? []) if (o && live.has(o)) names.push(o);
+  const shapes = await discoverShapes(model, names, feeds, options.settings);
+  for (const [name, t] of Object.entries(feeds)) shapes.set(name, { dims: [...t.dims], elemType: undefined });
+  const batch = Object.values(feeds)[0]!.dims[0]!;
+  return findExitCandidates(graph, shapes as Map<string, ShapeFacts>, { batch, ...(options.output ? { output: options.output } : {}) });
+}

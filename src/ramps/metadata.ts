@@ -1,0 +1,88 @@
+/**
+ * The description of an augmented model's ramps, stored as JSON in the model's metadata_props
+ * under "ee-tool.ramps", so later commands need only the model.
+ */
+import type { ModelProto } from "../onnx/types.js";
+import type { Layout } from "../analysis/exits.js";
+import type { Pooling, RampKind } from "./build.js";
+import { EeToolError } from "../errors.js";
+
+export const METADATA_KEY = "ee-tool.ramps";
+
+export interface RampRecord {
+  id: number;
+  /** Id of the exit point (candidate) the ramp is attached to. */
+  exit: number;
+  tensor: string;
+  layout: Layout;
+  shape: number[];
+  depth: number;
+  kind: RampKind;
+  pooling: Pooling;
+  featureDim: number;
+  hidden: number;
+  parameters: number;
+  /** Graph output with this ramp's logits. */
+  output: string;
+  /** Side tensors crossing the cut at this exit, and graph inputs read after it. */
+  crossing: string[];
+  inputsAfter: string[];
+  fit: {
+    weightDecay: number;
+    steps: number;
+    trainAgreement: number;
+    holdoutAgreement: number;
+    holdoutSamples: number;
+  };
+}
+
+export interface RampMetadata {
+  format: 1;
+  tool: string;
+  /** The original model's logits output and its class count. */
+  output: string;
+  classes: number;
+  mainInput: string;
+  inputs: string[];
+  ramps: RampRecord[];
+  calibration: {
+    samples: number;
+    /** SHA-256 over all per-sample hashes, in order. */
+    hash: string;
+    seed: number;
+    targets: "model" | "model+labels";
+    fitSamples: number;
+    /** 8-byte content hashes of the samples that fitted the ramps, sorted, base64. */
+    fitHashes: string;
+  };
+}
+
+export function readRampMetadata(model: ModelProto): RampMetadata | undefined {
+  const entry = model.metadata_props?.find((m) => m.key === METADATA_KEY);
+  if (!entry?.value) return undefined;
+  try {
+    const meta = JSON.parse(entry.value) as RampMetadata;
+    if (meta.format !== 1 || !Array.isArray(meta.ramps)) throw new Error("unknown format");
+    return meta;
+  } catch (e) {
+    throw new EeToolError("MODEL_INVALID", `the model's ${METADATA_KEY} metadata is unreadable: ${(e as Error).message}`);
+  }
+}
+
+export function writeRampMetadata(model: ModelProto, meta: RampMetadata): void {
+  const props = (model.metadata_props ?? []).filter((m) => m.key !== METADATA_KEY);
+  props.push({ key: METADATA_KEY, value: JSON.stringify(meta) });
+  model.metadata_props = props;
+}
+
+/** Pack sorted 16-hex-digit sample hashes into base64. */
+export function packHashes(hashes: string[]): string {
+  return Buffer.from([...hashes].sort().join(""), "hex").toString("base64");
+}
+
+export function unpackHashes(packed: string): Set<string> {
+  const hex = Buffer.from(packed, "base64").toString("hex");
+  const out = new Set<string>();
+  for (let i = 0; i + 16 <= hex.length; i += 16) out.add(hex.slice(i, i + 16));
+  return out;
+}
