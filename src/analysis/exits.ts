@@ -27,6 +27,12 @@ export interface ExitCandidate {
   crossing: string[];
   /** Graph inputs read after the cut besides the exit tensor. */
   inputsAfter: string[];
+  /**
+   * "block" when the stretch of graph since the previous candidate joins several paths (a
+   * residual Add, an inception Concat, a squeeze-excitation Mul): the end of a block. "layer" when
+   * it is a single chain (plain conv stacks, non-residual blocks).
+   */
+  kind: "block" | "layer";
 }
 
 export interface ExitAnalysis {
@@ -40,6 +46,9 @@ export interface ShapeFacts {
   dims: number[];
   elemType: number | undefined;
 }
+
+/** Ops that do a layer's real work (a branch through one of them is a path of its own). */
+const HEAVY = new Set(["Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum", "LSTM", "GRU", "RNN", "Attention"]);
 
 const P1 = 2147483647n;
 const P2 = 1000000007n;
@@ -62,8 +71,8 @@ function layoutOf(dims: number[], batch: number): Layout | undefined {
   return undefined;
 }
 
-/** Which graph input drives the model: the one most nodes depend on. */
-function pickMainInput(graph: Graph, order: NodeProto[]): string {
+/** Which graph input drives the model: the one the most FLOPs depend on. */
+function pickMainInput(graph: Graph, order: NodeProto[], flops: Map<NodeProto, number>): string {
   const inputs = graph.inputs.map((i) => i.name ?? "");
   let best = inputs[0] ?? "";
   let bestCount = -1;
@@ -73,7 +82,7 @@ function pickMainInput(graph: Graph, order: NodeProto[]): string {
     for (const n of order) {
       if (n.op_type === "Shape" || n.op_type === "Size") continue;
       if (graph.inputsOf(n).some((i) => dep.has(i))) {
-        count++;
+        count += flops.get(n) ?? 0;
         for (const o of n.output ?? []) if (o) dep.add(o);
       }
     }
@@ -91,9 +100,13 @@ export function findExitCandidates(
   options: { output?: string; batch: number; mainInput?: string },
 ): ExitAnalysis {
   const output = options.output ?? graph.outputs[0]?.name ?? "";
-  const live = graph.liveNames();
+  // Only what the chosen output depends on: other outputs (ramps of an augmented model) are ignored.
+  const live = graph.liveNames([output]);
   const order = graph.sortedNodes().filter((n) => (n.output ?? []).some((o) => live.has(o)));
-  const mainInput = options.mainInput ?? pickMainInput(graph, order);
+  const shapeOf = (name: string): number[] | undefined => shapes.get(name)?.dims ?? (graph.initializer(name) ? graphInitDims(graph, name) : undefined);
+  const flops = new Map<NodeProto, number>(order.map((n) => [n, nodeFlops(n, shapeOf)]));
+  const totalFlops = [...flops.values()].reduce((a, b) => a + b, 0) || 1;
+  const mainInput = options.mainInput ?? pickMainInput(graph, order, flops);
 
   // Main-dependent tensors and forward path counts.
   const f1 = new Map<string, bigint>([[mainInput, 1n]]);
@@ -138,10 +151,6 @@ export function findExitCandidates(
   const total1 = f1.get(output);
   const total2 = f2.get(output);
 
-  // FLOPs before each node (prefix over ancestors).
-  const shapeOf = (name: string): number[] | undefined => shapes.get(name)?.dims ?? (graph.initializer(name) ? graphInitDims(graph, name) : undefined);
-  const flops = new Map<NodeProto, number>(order.map((n) => [n, nodeFlops(n, shapeOf)]));
-  const totalFlops = [...flops.values()].reduce((a, b) => a + b, 0) || 1;
 
   const raw: Array<{ tensor: string; node: NodeProto; index: number }> = [];
   order.forEach((n, index) => {
@@ -154,6 +163,7 @@ export function findExitCandidates(
   });
 
   const candidates: ExitCandidate[] = [];
+  const ancestors = new Map<ExitCandidate, Set<NodeProto>>();
   const producers = new Map<string, NodeProto>();
   for (const n of order) for (const o of n.output ?? []) if (o) producers.set(o, n);
   for (const c of raw) {
@@ -188,10 +198,12 @@ export function findExitCandidates(
         else if (!p && graph.isGraphInput(i)) inputsAfter.add(i);
       }
     }
-    candidates.push({
+    const candidate: ExitCandidate = {
       id: -1, tensor: c.tensor, shape: facts.dims, layout, depth: flopsBefore / totalFlops,
-      crossing: [...crossing], inputsAfter: [...inputsAfter],
-    });
+      crossing: [...crossing], inputsAfter: [...inputsAfter], kind: "layer",
+    };
+    candidates.push(candidate);
+    ancestors.set(candidate, before);
   }
   // Keep points with real work on both sides; merge points of one boundary (keep the later).
   const useful = candidates.filter((c) => c.depth >= SAME_BOUNDARY && 1 - c.depth >= MIN_REMAINING);
@@ -201,7 +213,31 @@ export function findExitCandidates(
     if (last && c.depth - last.depth < SAME_BOUNDARY) merged[merged.length - 1] = c;
     else merged.push(c);
   }
-  merged.forEach((c, i) => (c.id = i));
+  // A node joining several paths is a real merge unless its inputs are one value through cheap
+  // element-wise chains (x * sigmoid(x), GELU's x * erf(...)): activations, not block structure.
+  const rootOf = (tensor: string): string => {
+    let t = tensor;
+    for (;;) {
+      const p = producers.get(t);
+      const ins = p ? mainInputsOf.get(p) : undefined;
+      if (!p || !ins || ins.length !== 1 || HEAVY.has(p.op_type ?? "")) return t;
+      t = ins[0]!;
+    }
+  };
+  const isMerge = (n: NodeProto): boolean => {
+    const ins = mainInputsOf.get(n) ?? [];
+    return ins.length >= 2 && new Set(ins.map(rootOf)).size >= 2;
+  };
+  merged.forEach((c, i) => {
+    c.id = i;
+    const previous = i > 0 ? ancestors.get(merged[i - 1]!)! : new Set<NodeProto>();
+    for (const n of ancestors.get(c)!) {
+      if (!previous.has(n) && isMerge(n)) {
+        c.kind = "block";
+        break;
+      }
+    }
+  });
   return { mainInput, output, totalFlops, candidates: merged };
 }
 

@@ -4,6 +4,10 @@ import { summarizeModel, type ModelSummary } from "../analysis/summary.js";
 import { formatShape } from "../ir/shapes.js";
 import { formatBytes, formatCount, table } from "./format.js";
 import { out } from "./io.js";
+import { analyzeExits, syntheticFeeds } from "../analysis/analyze.js";
+import type { ExitAnalysis } from "../analysis/exits.js";
+import { inputSpecs, openCalibration } from "../data/calib.js";
+import { readRampMetadata } from "../ramps/metadata.js";
 
 export function renderSummary(s: ModelSummary): string {
   const lines: string[] = [];
@@ -34,15 +38,50 @@ export function renderSummary(s: ModelSummary): string {
   return lines.join("\n");
 }
 
+export function renderExits(a: ExitAnalysis): string {
+  const lines = [`candidate exit points (main input '${a.mainInput}', output '${a.output}', ${formatCount(a.totalFlops)}FLOP per batch)`];
+  lines.push(table([
+    ["  id", "kind", "depth", "layout", "shape", "tensor", "crossing"],
+    ...a.candidates.map((c) => [`  ${c.id}`, c.kind, `${(c.depth * 100).toFixed(1)}%`, c.layout, `[${c.shape.slice(1).join(",")}]`, c.tensor, c.crossing.join(" ") || "-"]),
+  ]));
+  return lines.join("\n");
+}
+
 export function registerInspect(program: Command): void {
   program
     .command("inspect")
     .description("Show a model's IR version, opsets, inputs/outputs, parameters, op histogram and external data")
     .argument("<model>", "ONNX model file")
     .option("--json", "print one JSON document on stdout")
-    .addHelpText("after", "\nExamples:\n  $ ee-tool inspect fixtures/cnn/model.onnx\n  $ ee-tool inspect model.onnx --json | jq .ops")
-    .action((file: string, opts: { json?: boolean }) => {
-      const summary = summarizeModel(loadModel(file));
-      out(opts.json ? JSON.stringify(summary, null, 2) : renderSummary(summary));
+    .option("--no-exits", "skip the exit-point analysis (it runs the model once on a small batch)")
+    .option("--calib <data>", "run the exit-point analysis on the first two samples of this data instead of zeros")
+    .addHelpText(
+      "after",
+      "\nExamples:\n  $ ee-tool inspect fixtures/cnn/model.onnx\n  $ ee-tool inspect model.onnx --json | jq .exits.candidates\n" +
+        "  $ ee-tool inspect model.onnx --calib input_ids=ids.npy,attention_mask=mask.npy",
+    )
+    .action(async (file: string, opts: { json?: boolean; exits: boolean; calib?: string }) => {
+      const model = loadModel(file);
+      const summary = summarizeModel(model);
+      let exits: ExitAnalysis | undefined;
+      if (opts.exits) {
+        const meta = readRampMetadata(model.proto);
+        const feeds = opts.calib ? openCalibration(opts.calib, model.proto).feeds(0, 2) : syntheticFeeds(inputSpecs(model.proto), 2);
+        exits = await analyzeExits(model, feeds, meta ? { output: meta.output } : {});
+      }
+      const ramps = readRampMetadata(model.proto)?.ramps;
+      if (opts.json) {
+        out(JSON.stringify({ ...summary, ...(exits ? { exits } : {}), ...(ramps ? { ramps } : {}) }, null, 2));
+      } else {
+        let text = renderSummary(summary);
+        if (exits) text += "\n\n" + renderExits(exits);
+        if (ramps) {
+          text += "\n\nramps (ee-tool insert)\n" + table([
+            ["  id", "exit", "depth", "pool", "output", "held-out agreement"],
+            ...ramps.map((r) => [`  ${r.id}`, String(r.exit), `${(r.depth * 100).toFixed(1)}%`, r.pooling, r.output, `${(r.fit.holdoutAgreement * 100).toFixed(1)}%`]),
+          ]);
+        }
+        out(text);
+      }
     });
 }

@@ -4,6 +4,7 @@ import { createRequire } from "node:module";
 import { EeToolError, ExitCode, isEeToolError, messageOf } from "../errors.js";
 import { registerInspect } from "./inspect.js";
 import { registerConvert } from "./convert.js";
+import { registerInsert } from "./insert.js";
 import { setQuiet } from "./io.js";
 
 const require = createRequire(import.meta.url);
@@ -22,6 +23,7 @@ export function buildProgram(): Command {
     .hook("preAction", (cmd) => setQuiet(Boolean(cmd.opts().quiet)));
   registerInspect(program);
   registerConvert(program);
+  registerInsert(program);
   for (const c of program.commands) c.exitOverride();
   return program;
 }

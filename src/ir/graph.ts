@@ -248,10 +248,10 @@ export class Graph {
     this.valueInfos.set(output.name, output);
   }
 
-  /** Names every graph output depends on (transitively), through explicit and implicit inputs. */
-  liveNames(): Set<string> {
+  /** Names the graph outputs (or the given roots) depend on, transitively, through explicit and implicit inputs. */
+  liveNames(roots?: readonly string[]): Set<string> {
     const live = new Set<string>();
-    const stack = this.outputs.map((o) => o.name ?? "").filter(Boolean);
+    const stack = roots ? [...roots] : this.outputs.map((o) => o.name ?? "").filter(Boolean);
     while (stack.length) {
       const name = stack.pop()!;
       if (live.has(name)) continue;

@@ -66,16 +66,20 @@ interface ParamSpec {
   dims: number[];
 }
 
-/** Parameters of a ramp for `w` weight decays at once: every tensor has a leading axis of size w. */
-function paramSpecs(kind: RampKind, d: number, h: number, k: number, w: number): ParamSpec[] {
+/**
+ * Parameters of a group of r same-shaped ramps for w weight decays at once: every tensor has
+ * leading axes [r, w].
+ */
+function paramSpecs(kind: RampKind, d: number, h: number, k: number, r: number, w: number): ParamSpec[] {
   return kind === "linear"
-    ? [{ name: "w1", dims: [w, d, k] }, { name: "b1", dims: [w, 1, k] }]
-    : [{ name: "w1", dims: [w, d, h] }, { name: "b1", dims: [w, 1, h] }, { name: "w2", dims: [w, h, k] }, { name: "b2", dims: [w, 1, k] }];
+    ? [{ name: "w1", dims: [r, w, d, k] }, { name: "b1", dims: [r, w, 1, k] }]
+    : [{ name: "w1", dims: [r, w, d, h] }, { name: "b1", dims: [r, w, 1, h] }, { name: "w2", dims: [r, w, h, k] }, { name: "b2", dims: [r, w, 1, k] }];
 }
 
-/** One ramp being trained, with all weight decays side by side (leading axis). */
+/** Ramps of one shape trained together, each with all weight decays side by side (leading axes [r, w]). */
 interface FitSet {
-  ramp: number;
+  /** Indices of the member ramps. */
+  members: number[];
   kind: RampKind;
   d: number;
   h: number;
@@ -96,23 +100,23 @@ function emitForward(em: NodeEmitter, set: FitSet, x: string, names: (param: str
 /** Emit one Adam step of a set inside the loop body; returns the names of its updated states. */
 function emitStep(em: NodeEmitter, set: FitSet, c: Record<string, string>): string[] {
   const st = (kind: "" | "m_" | "v_", param: string): string => `${set.p}${kind}${param}_in`;
-  const x = `x_${set.ramp}`;
-  const xt = `xt_${set.ramp}`;
+  const x = `${set.p}x`;
+  const xt = `${set.p}xt`;
   const fwd = emitForward(em, set, x, (q) => st("", q));
   const probs = em.node("Softmax", [fwd.logits], [attr("axis", -1)]);
   const grads = new Map<string, string>();
   const g = em.node("Mul", [em.node("Sub", [probs, "y"]), "inv_n"]);
   if (set.kind === "linear") {
     grads.set("w1", em.node("MatMul", [xt, g]));
-    grads.set("b1", em.reduce("ReduceSum", g, [1], true));
+    grads.set("b1", em.reduce("ReduceSum", g, [2], true));
   } else {
     const a = fwd.hidden!;
-    grads.set("w2", em.node("MatMul", [em.node("Transpose", [a], [attr("perm", [0, 2, 1])]), g]));
-    grads.set("b2", em.reduce("ReduceSum", g, [1], true));
-    const dA = em.node("MatMul", [g, em.node("Transpose", [st("", "w2")], [attr("perm", [0, 2, 1])])]);
+    grads.set("w2", em.node("MatMul", [em.node("Transpose", [a], [attr("perm", [0, 1, 3, 2])]), g]));
+    grads.set("b2", em.reduce("ReduceSum", g, [2], true));
+    const dA = em.node("MatMul", [g, em.node("Transpose", [st("", "w2")], [attr("perm", [0, 1, 3, 2])])]);
     const dZ = em.node("Mul", [dA, em.node("Sub", [c.one!, em.node("Mul", [a, a])])]);
     grads.set("w1", em.node("MatMul", [xt, dZ]));
-    grads.set("b1", em.reduce("ReduceSum", dZ, [1], true));
+    grads.set("b1", em.reduce("ReduceSum", dZ, [2], true));
   }
   const outs: string[] = [];
   for (const q of set.specs) {
@@ -141,7 +145,7 @@ function stateNames(set: FitSet): Array<{ name: string; dims: number[] }> {
  * One model that trains every set for `trip` steps inside a Loop, then returns every set's
  * held-out logits: a single onnxruntime call per evaluation, whatever the number of ramps.
  */
-function trainingModel(sets: FitSet[], ramps: RampFitInput[], k: number, lr: { linear: number; mlp: number }): ModelProto {
+function trainingModel(sets: FitSet[], k: number, lr: { linear: number; mlp: number }): ModelProto {
   const body = new NodeEmitter("body", 17);
   const c: Record<string, string> = {};
   const tOut = body.node("Add", ["t_in", body.constant("one", F, [], Float32Array.of(1))], [], "t_out");
@@ -168,7 +172,7 @@ function trainingModel(sets: FitSet[], ramps: RampFitInput[], k: number, lr: { l
     output: [makeValueInfo("cond_out", DataType.BOOL, []), makeValueInfo("t_out", F, []), ...bodyOutputs.map((o, i) => makeValueInfo(o, F, states[i]!.dims))],
   };
   const outer = new NodeEmitter("outer", 17);
-  const inits = sets.map((s) => makeTensor(`${s.p}wd`, F, [s.wds.length, 1, 1], Float32Array.from(s.wds)));
+  const inits = sets.map((s) => makeTensor(`${s.p}wd`, F, [1, s.wds.length, 1, 1], Float32Array.from(s.wds)));
   outer.nodes.push({
     input: ["trip", "cond", "t", ...states.map((s) => s.name)],
     output: ["t_final", ...states.map((s) => `${s.name}_final`)],
@@ -178,7 +182,7 @@ function trainingModel(sets: FitSet[], ramps: RampFitInput[], k: number, lr: { l
   });
   const holdOutputs = sets.map((set, j) => {
     const names = (q: string): string => `${set.p}${q}_final`;
-    return outer.node("Identity", [emitForward(outer, set, `xh_${set.ramp}`, names).logits], [], `holdout_logits_${j}`);
+    return outer.node("Identity", [emitForward(outer, set, `${set.p}xh`, names).logits], [], `holdout_logits_${j}`);
   });
   return {
     ir_version: 8,
@@ -191,10 +195,14 @@ function trainingModel(sets: FitSet[], ramps: RampFitInput[], k: number, lr: { l
       input: [
         makeValueInfo("trip", DataType.INT64, []), makeValueInfo("cond", DataType.BOOL, []), makeValueInfo("t", F, []),
         makeValueInfo("y", F, ["n", k]), makeValueInfo("inv_n", F, []),
-        ...ramps.flatMap((r, i) => [makeValueInfo(`x_${i}`, F, ["n", r.d]), makeValueInfo(`xt_${i}`, F, [r.d, "n"]), makeValueInfo(`xh_${i}`, F, ["h", r.d])]),
+        ...sets.flatMap((s) => [
+          makeValueInfo(`${s.p}x`, F, [s.members.length, 1, "n", s.d]),
+          makeValueInfo(`${s.p}xt`, F, [s.members.length, 1, s.d, "n"]),
+          makeValueInfo(`${s.p}xh`, F, [s.members.length, 1, "h", s.d]),
+        ]),
         ...states.map((s) => makeValueInfo(s.name, F, s.dims)),
       ],
-      output: [makeValueInfo("t_final", F, []), ...states.map((s) => makeValueInfo(`${s.name}_final`, F, s.dims)), ...holdOutputs.map((o, j) => makeValueInfo(o, F, [sets[j]!.wds.length, "h", k]))],
+      output: [makeValueInfo("t_final", F, []), ...states.map((s) => makeValueInfo(`${s.name}_final`, F, s.dims)), ...holdOutputs.map((o, j) => makeValueInfo(o, F, [sets[j]!.members.length, sets[j]!.wds.length, "h", k]))],
     },
   };
 }
@@ -282,22 +290,43 @@ export async function fitRamps(ramps: RampFitInput[], targets: FitTargets, optio
   const predTrain = Int32Array.from(trainIdx, (i) => targets.finalPred[i]!);
   const wds = options.weightDecays ?? [1e-4, 1e-3, 1e-2];
   const lr = options.learningRate ?? { linear: 0.4, mlp: 0.02 };
-  const sets: FitSet[] = ramps.map((r, i) => ({ ramp: i, kind: r.kind, d: r.d, h: r.hidden, wds, specs: paramSpecs(r.kind, r.d, r.hidden, k, wds.length), p: `r${i}_` }));
+  // Group ramps of identical shape so one batched computation trains them all.
+  const groups = new Map<string, number[]>();
+  ramps.forEach((r, i) => {
+    const key = `${r.kind}:${r.d}:${r.hidden}`;
+    groups.set(key, [...(groups.get(key) ?? []), i]);
+  });
+  const sets: FitSet[] = [...groups.values()].map((members, g) => {
+    const r = ramps[members[0]!]!;
+    return { members, kind: r.kind, d: r.d, h: r.hidden, wds, specs: paramSpecs(r.kind, r.d, r.hidden, k, members.length, wds.length), p: `g${g}_` };
+  });
 
   const feeds: Record<string, ort.Tensor> = { y: tensor(yTrain, [nTrain, k]), inv_n: tensor(Float32Array.of(1 / nTrain), []), cond: new ort.Tensor("bool", Uint8Array.of(1), []) };
-  const scaling = ramps.map((r, i) => {
+  const scaling = ramps.map((r) => {
     const { mean, std } = standardization(rows(r.x, trainIdx, r.d), nTrain, r.d);
     const xs = standardize(r.x, n, r.d, mean, std);
-    const xTrain = rows(xs, trainIdx, r.d);
-    feeds[`x_${i}`] = tensor(xTrain, [nTrain, r.d]);
-    feeds[`xt_${i}`] = tensor(transpose(xTrain, nTrain, r.d), [r.d, nTrain]);
-    feeds[`xh_${i}`] = tensor(rows(xs, holdIdx, r.d), [nHold, r.d]);
-    return { mean, std, xTrain };
+    return { mean, std, xTrain: rows(xs, trainIdx, r.d), xHold: rows(xs, holdIdx, r.d) };
   });
+  for (const set of sets) {
+    const m = set.members.length;
+    const stack = (pick: (i: number) => Float32Array): Float32Array => {
+      const parts = set.members.map(pick);
+      const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+      let o = 0;
+      for (const p of parts) {
+        out.set(p, o);
+        o += p.length;
+      }
+      return out;
+    };
+    feeds[`${set.p}x`] = tensor(stack((i) => scaling[i]!.xTrain), [m, 1, nTrain, set.d]);
+    feeds[`${set.p}xt`] = tensor(stack((i) => transpose(scaling[i]!.xTrain, nTrain, set.d)), [m, 1, set.d, nTrain]);
+    feeds[`${set.p}xh`] = tensor(stack((i) => scaling[i]!.xHold), [m, 1, nHold, set.d]);
+  }
   // Seeded initialisation, the same for every weight decay of a ramp.
   const state = new Map<string, Float32Array>();
   for (const set of sets) {
-    const init = new Rng((options.seed ^ 0x9e3779b9) + 7919 * set.ramp);
+    const init = new Rng((options.seed ^ 0x9e3779b9) + 7919 * set.members[0]!);
     for (const q of set.specs) {
       const size = q.dims.reduce((a, b) => a * b, 1);
       const scale = set.kind === "mlp" ? (q.name === "w1" ? 1 / Math.sqrt(set.d) : q.name === "w2" ? 0.01 : 0) : 0;
@@ -307,12 +336,12 @@ export async function fitRamps(ramps: RampFitInput[], targets: FitTargets, optio
     }
   }
   const all = sets.flatMap(stateNames);
-  const session = await createSession(serializeModel(trainingModel(sets, ramps, k, lr)), { ...options.settings, optimization: "all" });
+  const session = await createSession(serializeModel(trainingModel(sets, k, lr)), { ...options.settings, optimization: "all" });
   const chunk = options.chunk ?? 20;
   const maxSteps = options.maxSteps ?? 120;
   const patience = options.patience ?? 4;
   // Best held-out loss so far for every (ramp, weight decay), with a snapshot of its parameters.
-  const best = sets.map((set) => set.wds.map(() => ({ loss: Infinity, agreement: 0, steps: 0, params: new Map<string, Float32Array>(), stale: 0 })));
+  const best = ramps.map(() => wds.map(() => ({ loss: Infinity, agreement: 0, steps: 0, params: new Map<string, Float32Array>(), stale: 0 })));
   try {
     let t = 0;
     while (t < maxSteps && best.flat().some((b) => b.stale < patience)) {
@@ -325,13 +354,16 @@ export async function fitRamps(ramps: RampFitInput[], targets: FitTargets, optio
       for (const s of all) state.set(s.name, out[`${s.name}_final`]!.data as Float32Array);
       sets.forEach((set, j) => {
         const logits = out[`holdout_logits_${j}`]!.data as Float32Array;
-        set.wds.forEach((_, w) => {
-          const ev = evaluate(logits.subarray(w * nHold * k, (w + 1) * nHold * k), yHold, predHold, nHold, k);
-          const b = best[j]![w]!;
-          if (ev.loss < b.loss - 1e-6) {
-            Object.assign(b, { loss: ev.loss, agreement: ev.agreement, steps: t, stale: 0 });
-            for (const q of set.specs) b.params.set(q.name, slice(state.get(`${set.p}${q.name}`)!, q.dims, w));
-          } else b.stale++;
+        set.members.forEach((ramp, r) => {
+          set.wds.forEach((_, w) => {
+            const at = r * set.wds.length + w;
+            const ev = evaluate(logits.subarray(at * nHold * k, (at + 1) * nHold * k), yHold, predHold, nHold, k);
+            const b = best[ramp]![w]!;
+            if (ev.loss < b.loss - 1e-6) {
+              Object.assign(b, { loss: ev.loss, agreement: ev.agreement, steps: t, stale: 0 });
+              for (const q of set.specs) b.params.set(q.name, slice(state.get(`${set.p}${q.name}`)!, q.dims, at));
+            } else b.stale++;
+          });
         });
       });
     }
@@ -339,7 +371,7 @@ export async function fitRamps(ramps: RampFitInput[], targets: FitTargets, optio
     await session.release();
   }
   return ramps.map((r, i) => {
-    const set = sets[i]!;
+    const set = sets.find((x) => x.members.includes(i))!;
     let w = 0;
     best[i]!.forEach((b, idx) => {
       if (b.loss < best[i]![w]!.loss) w = idx;
@@ -356,10 +388,10 @@ export async function fitRamps(ramps: RampFitInput[], targets: FitTargets, optio
   });
 }
 
-/** The w-th slice along the leading axis. */
-function slice(x: Float32Array, dims: number[], w: number): Float32Array {
-  const size = dims.slice(1).reduce((a, b) => a * b, 1);
-  return Float32Array.from(x.subarray(w * size, (w + 1) * size));
+/** The at-th slice over the two leading axes [r, w]. */
+function slice(x: Float32Array, dims: number[], at: number): Float32Array {
+  const size = dims.slice(2).reduce((a, b) => a * b, 1);
+  return Float32Array.from(x.subarray(at * size, (at + 1) * size));
 }
 
 /** Logits of a head on standardised features, in plain JS (used once per ramp for reporting). */

@@ -55,21 +55,28 @@ export function selectExits(candidates: ExitCandidate[], spec: string): ExitCand
   const s = spec.trim();
   if (candidates.length === 0) throw new EeToolError("NO_EXIT_POINTS", "the model has no candidate exit points");
   if (s === "all") return candidates;
-  const count = s === "auto" ? Math.min(AUTO_MAX, candidates.length) : /^\d+$/.test(s) ? Number(s) : undefined;
+  // auto spreads over block boundaries when the model has them (layer-level points inside
+  // non-residual blocks stay available through ids, names or a count).
+  const blocks = candidates.filter((c) => c.kind === "block");
+  const pool = s === "auto" && blocks.length >= 2 ? blocks : candidates;
+  const count = s === "auto" ? Math.min(AUTO_MAX, pool.length) : /^\d+$/.test(s) ? Number(s) : undefined;
   if (count !== undefined) {
     if (count < 1) throw new EeToolError("USAGE", "--exits needs at least 1 exit");
-    if (count >= candidates.length) return candidates;
+    if (count > candidates.length) {
+      throw new EeToolError("EXIT_NOT_FOUND", `--exits asks for ${count} exits, but the model has ${candidates.length} candidate exit points (a list of ids needs a comma: '${count},')`);
+    }
+    if (count === pool.length) return pool;
     // Evenly spaced targets in depth; each takes the nearest unused candidate.
-    const lo = candidates[0]!.depth;
-    const hi = candidates[candidates.length - 1]!.depth;
+    const lo = pool[0]!.depth;
+    const hi = pool[pool.length - 1]!.depth;
     const chosen = new Set<ExitCandidate>();
     for (let i = 0; i < count; i++) {
       const target = count === 1 ? hi : lo + ((hi - lo) * i) / (count - 1);
       let best: ExitCandidate | undefined;
-      for (const c of candidates) if (!chosen.has(c) && (!best || Math.abs(c.depth - target) < Math.abs(best.depth - target))) best = c;
+      for (const c of pool) if (!chosen.has(c) && (!best || Math.abs(c.depth - target) < Math.abs(best.depth - target))) best = c;
       chosen.add(best!);
     }
-    return candidates.filter((c) => chosen.has(c));
+    return pool.filter((c) => chosen.has(c));
   }
   const picked: ExitCandidate[] = [];
   for (const part of s.split(",").map((p) => p.trim()).filter(Boolean)) {
@@ -140,7 +147,15 @@ export async function insertRamps(model: OnnxModel, options: InsertOptions): Pro
   const classes = probeOut.dims[1]!;
   const exits = selectExits(analysis.candidates, options.exits ?? "auto");
   const mask = findMaskInput(proto, analysis.mainInput);
-  const designs: RampDesign[] = exits.map((e, i) => designRamp(i, e, options.ramp ?? "linear", options.pool ?? "auto", classes, mask));
+  // With --pool auto, [N,S,D] exits try both the first token and the (mask-aware) mean; the
+  // held-out loss decides per exit.
+  const pool = options.pool ?? "auto";
+  const kind = options.ramp ?? "linear";
+  const variants: RampDesign[][] = exits.map((e, i) => {
+    const first = designRamp(i, e, kind, pool === "auto" ? "mean" : pool, classes, mask);
+    return pool === "auto" && e.layout === "NSD" ? [first, designRamp(i, e, kind, "cls", classes, mask)] : [first];
+  });
+  const tried = variants.flat();
   const analyzeMs = performance.now() - t0;
 
   // 2. Which samples fit the ramps: a seeded random subset, the rest stays unseen.
@@ -152,23 +167,23 @@ export async function insertRamps(model: OnnxModel, options: InsertOptions): Pro
   // 3. One pass of the model over the fitting samples, with the ramps' pooled features as extra outputs.
   const t1 = performance.now();
   const opset = defaultOpset(proto.opset_import);
-  const featureEmitters = designs.map((d) => new NodeEmitter(`ee_ramp${d.id}`, opset));
-  const featureNames = designs.map((d, i) => emitFeatures(d, featureEmitters[i]!));
+  const probeEmitters = tried.map((_, j) => new NodeEmitter(`ee_probe${j}`, opset));
+  const featureNames = tried.map((d, j) => emitFeatures(d, probeEmitters[j]!));
   const extractProto = shallowClone(proto);
   extractProto.graph = shallowClone(proto.graph!);
-  extractProto.graph.node = [...graph.nodes, ...featureEmitters.flatMap((e) => e.nodes)];
-  extractProto.graph.initializer = [...(proto.graph!.initializer ?? []), ...featureEmitters.flatMap((e) => e.initializers)];
+  extractProto.graph.node = [...graph.nodes, ...probeEmitters.flatMap((e) => e.nodes)];
+  extractProto.graph.initializer = [...(proto.graph!.initializer ?? []), ...probeEmitters.flatMap((e) => e.initializers)];
   extractProto.graph.output = [makeValueInfo(outputName, DataType.FLOAT), ...featureNames.filter((f) => f !== outputName).map((f) => makeValueInfo(f, DataType.FLOAT))];
   const session = await createSession(runtimeBytes(extractProto, model.readExternal), options.settings ?? {});
   const batchSize = options.batchSize ?? 64;
-  const features = designs.map((d) => new Float32Array(nFit * d.featureDim));
+  const features = tried.map((d) => new Float32Array(nFit * d.featureDim));
   const logits = new Float32Array(nFit * classes);
   try {
     for (let s = 0; s < nFit; s += batchSize) {
       const idx = fitIdx.subarray(s, Math.min(nFit, s + batchSize));
       const out = await runSession(session, calib.feedsFor(idx), [outputName, ...featureNames]);
       logits.set(out[outputName]!.data as Float32Array, s * classes);
-      designs.forEach((d, i) => features[i]!.set(out[featureNames[i]!]!.data as Float32Array, s * d.featureDim));
+      tried.forEach((d, j) => features[j]!.set(out[featureNames[j]!]!.data as Float32Array, s * d.featureDim));
       progress("extract", Math.min(nFit, s + batchSize), nFit);
     }
   } finally {
@@ -188,12 +203,25 @@ export async function insertRamps(model: OnnxModel, options: InsertOptions): Pro
     });
   }
   progress("fit", 0, 1);
-  const fits: FitResult[] = await fitRamps(
-    designs.map((d) => ({ kind: d.kind, d: d.featureDim, hidden: d.hidden, x: features[d.id]! })),
+  const triedFits: FitResult[] = await fitRamps(
+    tried.map((d, j) => ({ kind: d.kind, d: d.featureDim, hidden: d.hidden, x: features[j]! })),
     { y: targets, finalPred, n: nFit, k: classes },
     { seed, ...(options.settings ? { settings: options.settings } : {}) },
   );
   progress("fit", 1, 1);
+  const designs: RampDesign[] = [];
+  const fits: FitResult[] = [];
+  const chosenFeatures: number[] = [];
+  for (const group of variants) {
+    let bestJ = -1;
+    for (const d of group) {
+      const j = tried.indexOf(d);
+      if (bestJ < 0 || triedFits[j]!.holdoutLoss < triedFits[bestJ]!.holdoutLoss) bestJ = j;
+    }
+    designs.push(tried[bestJ]!);
+    fits.push(triedFits[bestJ]!);
+    chosenFeatures.push(bestJ);
+  }
   const fitMs = performance.now() - t2;
 
   // 5. The augmented model: the original graph untouched, plus ramps and one output per ramp.
@@ -203,9 +231,9 @@ export async function insertRamps(model: OnnxModel, options: InsertOptions): Pro
   const inits = [...(proto.graph!.initializer ?? [])];
   const outputs = [...graph.outputs];
   const records: RampRecord[] = designs.map((d, i) => {
-    const em = featureEmitters[i]!;
+    const em = new NodeEmitter(`ee_ramp${d.id}`, opset);
     const rampOut = `ee_exit_${d.id}`;
-    emitHead(d, em, featureNames[i]!, fits[i]!.weights, rampOut);
+    emitHead(d, em, emitFeatures(d, em), fits[i]!.weights, rampOut);
     nodes.push(...em.nodes);
     inits.push(...em.initializers);
     outputs.push(makeValueInfo(rampOut, DataType.FLOAT, [typeof probe[analysis.mainInput] === "undefined" ? null : "batch", classes]));

@@ -1,0 +1,89 @@
+import type { Command } from "commander";
+import { loadModel, saveModel } from "../onnx/model.js";
+import { insertRamps } from "../ramps/insert.js";
+import { EeToolError } from "../errors.js";
+import { info, out } from "./io.js";
+import { progressBars } from "./progress.js";
+import { table } from "./format.js";
+import type { RampKind, PoolChoice } from "../ramps/build.js";
+
+interface InsertCliOptions {
+  output: string;
+  calib: string;
+  labels?: string;
+  exits: string;
+  ramp: string;
+  pool: string;
+  modelOutput?: string;
+  seed: string;
+  fitFraction: string;
+  batch: string;
+  threads?: string;
+  json?: boolean;
+}
+
+function intOption(name: string, v: string, min: number): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min) throw new EeToolError("USAGE", `${name} must be an integer >= ${min}, got '${v}'`);
+  return n;
+}
+
+export function registerInsert(program: Command): void {
+  program
+    .command("insert")
+    .description("Find exit points, insert ramps and fit them on part of a calibration set (no labels needed)")
+    .argument("<model>", "ONNX classifier")
+    .requiredOption("-o, --output <file>", "augmented model to write (original outputs unchanged, plus ee_exit_<id>)")
+    .requiredOption("--calib <data>", "calibration inputs: file.npy (single input), name=a.npy,name2=b.npy, an .npz keyed by input name, or a directory of input_N.pb")
+    .option("--labels <y.npy>", "ground-truth labels; ramps then learn from labels and the model's predictions")
+    .option("--exits <spec>", "auto (up to 8 block boundaries spread in depth), all, a count N, or comma-separated ids / tensor names (one id: '3,')", "auto")
+    .option("--ramp <kind>", "linear, or mlp (one hidden Tanh layer, as a BERT pooler)", "linear")
+    .option("--pool <how>", "for [N,S,D] exits: auto (mask-aware mean), cls (first token) or mean", "auto")
+    .option("--model-output <name>", "the logits output, when the model has several (default: the first)")
+    .option("--seed <n>", "seed for sample selection and initialisation", "0")
+    .option("--fit-fraction <f>", "fraction of calibration samples that fit the ramps; the rest is left for profile and plan", "0.4")
+    .option("--batch <n>", "batch size of the feature-extraction pass", "64")
+    .option("--threads <n>", "onnxruntime intra-op threads (default: onnxruntime's choice)")
+    .option("--json", "print the ramp description as JSON on stdout")
+    .addHelpText(
+      "after",
+      "\nExamples:\n  $ ee-tool insert fixtures/cnn/model.onnx --calib fixtures/cnn/calib.npz -o cnn.ee.onnx\n" +
+        "  $ ee-tool insert model.onnx --calib input_ids=ids.npy,attention_mask=mask.npy --exits 2,4,6 --ramp mlp -o model.ee.onnx",
+    )
+    .action(async (modelPath: string, opts: InsertCliOptions) => {
+      if (opts.ramp !== "linear" && opts.ramp !== "mlp") throw new EeToolError("USAGE", `--ramp must be linear or mlp, got '${opts.ramp}'`);
+      if (!["auto", "cls", "mean"].includes(opts.pool)) throw new EeToolError("USAGE", `--pool must be auto, cls or mean, got '${opts.pool}'`);
+      const fraction = Number(opts.fitFraction);
+      if (!(fraction > 0 && fraction < 1)) throw new EeToolError("USAGE", `--fit-fraction must be between 0 and 1, got '${opts.fitFraction}'`);
+      const model = loadModel(modelPath);
+      const bars = progressBars();
+      const result = await insertRamps(model, {
+        calib: opts.calib,
+        ...(opts.labels ? { labels: opts.labels } : {}),
+        exits: opts.exits,
+        ramp: opts.ramp as RampKind,
+        pool: opts.pool as PoolChoice,
+        ...(opts.modelOutput ? { output: opts.modelOutput } : {}),
+        seed: intOption("--seed", opts.seed, 0),
+        fitFraction: fraction,
+        batchSize: intOption("--batch", opts.batch, 1),
+        ...(opts.threads ? { settings: { threads: intOption("--threads", opts.threads, 1) } } : {}),
+        onProgress: (phase, done, total) => bars.update(phase, done, total),
+      });
+      bars.stop();
+      const saved = saveModel(result.model, opts.output);
+      const meta = result.metadata;
+      if (opts.json) {
+        out(JSON.stringify({ ...meta, calibration: { ...meta.calibration, fitHashes: undefined }, timings: result.timings }, null, 2));
+      } else {
+        info(`${result.analysis.candidates.length} candidate exit points; ${meta.ramps.length} ramps fitted on ${meta.calibration.fitSamples} of ${meta.calibration.samples} calibration samples`);
+        info(table([
+          ["ramp", "exit", "depth", "shape", "pool", "params", "held-out agreement"],
+          ...meta.ramps.map((r) => [String(r.id), String(r.exit), `${(r.depth * 100).toFixed(1)}%`, `[${r.shape.join(",")}]`, r.pooling, String(r.parameters), `${(r.fit.holdoutAgreement * 100).toFixed(1)}% (n=${r.fit.holdoutSamples})`]),
+        ]));
+        info(`feature extraction ${(result.timings.extractMs / 1000).toFixed(2)} s, fitting ${(result.timings.fitMs / 1000).toFixed(2)} s`);
+      }
+      if (saved.note) info(`note: ${saved.note}`);
+      info(`wrote ${saved.path}`);
+    });
+}
