@@ -288,7 +288,7 @@ export async function fitRamps(ramps: RampFitInput[], targets: FitTargets, optio
   const yHold = rows(targets.y, holdIdx, k);
   const predHold = Int32Array.from(holdIdx, (i) => targets.finalPred[i]!);
   const predTrain = Int32Array.from(trainIdx, (i) => targets.finalPred[i]!);
-  const wds = options.weightDecays ?? [1e-4, 1e-3, 1e-2];
+  const wds = options.weightDecays ?? [1e-4, 3e-3];
   const lr = options.learningRate ?? { linear: 0.4, mlp: 0.02 };
   // Group ramps of identical shape so one batched computation trains them all.
   const groups = new Map<string, number[]>();
