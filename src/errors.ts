@@ -27,6 +27,10 @@ export const ErrorCodes = {
   NOT_A_CLASSIFIER: { exit: ExitCode.INPUT, hint: "ee-tool needs a classifier whose output is logits of shape [N, classes]; choose the logits output with --model-output." },
   EXIT_NOT_FOUND: { exit: ExitCode.INPUT, hint: "Run `ee-tool inspect <model>` to list the candidate exit points and their ids." },
   NO_EXIT_POINTS: { exit: ExitCode.INPUT, hint: "The graph has no single tensor that all paths pass through; ramps need one." },
+  NO_RAMPS: { exit: ExitCode.INPUT, hint: "Run `ee-tool insert` on the model first and use its output." },
+  TOO_FEW_SAMPLES: { exit: ExitCode.INPUT, hint: "Give more calibration samples: those that fitted the ramps are never scored." },
+  PROFILE_INVALID: { exit: ExitCode.INPUT, hint: "Re-run `ee-tool profile`; keep the profile's .bin sidecar next to its JSON." },
+  PROFILE_MISMATCH: { exit: ExitCode.INPUT, hint: "Merge only shards of one model, profiled with the same settings and calibration data." },
   RUNTIME_FAILED: { exit: ExitCode.INPUT, hint: "onnxruntime could not load or run the model; re-run with --debug for its message." },
   INTERNAL: { exit: ExitCode.INTERNAL, hint: "This is a bug in ee-tool; re-run with --debug and report the stack trace." },
 } as const;

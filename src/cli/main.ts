@@ -5,6 +5,7 @@ import { EeToolError, ExitCode, isEeToolError, messageOf } from "../errors.js";
 import { registerInspect } from "./inspect.js";
 import { registerConvert } from "./convert.js";
 import { registerInsert } from "./insert.js";
+import { registerProfile } from "./profile.js";
 import { setQuiet } from "./io.js";
 
 const require = createRequire(import.meta.url);
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
   registerInspect(program);
   registerConvert(program);
   registerInsert(program);
+  registerProfile(program);
   for (const c of program.commands) c.exitOverride();
   return program;
 }

@@ -1,0 +1,107 @@
+import type { Command } from "commander";
+import { loadModel } from "../onnx/model.js";
+import { profileModel, writeProfile, type Profile } from "../profile/profile.js";
+import { mergeProfiles } from "../profile/merge.js";
+import { EeToolError } from "../errors.js";
+import { info, out } from "./io.js";
+import { progressBars } from "./progress.js";
+import { table } from "./format.js";
+
+function parseBatches(v: string): number[] {
+  const list = v.split(",").map((s) => s.trim());
+  const nums = list.map(Number);
+  if (!list.length || nums.some((n) => !Number.isInteger(n) || n < 1)) throw new EeToolError("USAGE", `--batch takes positive integers separated by commas, got '${v}'`);
+  return [...new Set(nums)];
+}
+
+function parseShard(v: string): { index: number; count: number } {
+  const m = /^(\d+)\/(\d+)$/.exec(v);
+  if (!m || Number(m[2]) < 1 || Number(m[1]) >= Number(m[2])) throw new EeToolError("USAGE", `--shard takes i/n with 0 <= i < n, got '${v}'`);
+  return { index: Number(m[1]), count: Number(m[2]) };
+}
+
+export function renderProfile(p: Profile): string {
+  const ms = (x: number): string => (x >= 10 ? x.toFixed(1) : x.toFixed(3));
+  const lines: string[] = [];
+  lines.push(`${p.samples.scored} samples scored (${p.samples.skippedFitted} skipped: they fitted the ramps${p.samples.skippedOtherShards ? `; ${p.samples.skippedOtherShards} in other shards` : ""})`);
+  lines.push(table([
+    ["ramp", "depth", "agreement", ...(p.summary.finalAccuracy !== null ? ["accuracy"] : []), "coverage@0.9", "agreement@0.9"],
+    ...p.summary.ramps.map((r) => {
+      const at = r.curve.find((c) => c.threshold === 0.9)!;
+      return [String(r.id), `${(p.ramps[r.id]!.depth * 100).toFixed(1)}%`, `${(r.agreement * 100).toFixed(1)}%`, ...(r.accuracy !== null ? [`${(r.accuracy * 100).toFixed(1)}%`] : []), `${(at.coverage * 100).toFixed(1)}%`, at.agreement === null ? "-" : `${(at.agreement * 100).toFixed(1)}%`];
+    }),
+  ]));
+  for (const [b, l] of Object.entries(p.latency ?? {})) {
+    lines.push("");
+    const pct = (r: number): string => `${r >= 1 ? "+" : ""}${((r - 1) * 100).toFixed(1)}%`;
+    lines.push(`latency at batch ${b} (ms, ${p.environment.executionProvider}): model p50 ${ms(l.model.p50)} mean ${ms(l.model.mean)}`);
+    lines.push(`  sum of ${l.stages.length} stages p50 ${ms(l.stageSum.p50)} (${pct(l.stageSum.ratioP50)} vs model); one call costs ${ms(l.callOverhead.p50)}, net of the ${l.stages.length - 1} extra calls ${ms(l.stageSum.netP50)} (${pct(l.stageSum.netRatioP50)})`);
+    lines.push(table([
+      ["part", "p50", "mean", "p90", "p99", "runs", "converged"],
+      ...l.stages.map((s, i) => [`stage ${i}`, ms(s.p50), ms(s.mean), ms(s.p90), ms(s.p99), String(s.runs), s.converged ? "yes" : "no"]),
+      ...l.ramps.map((s, i) => [`ramp ${i}`, ms(s.p50), ms(s.mean), ms(s.p90), ms(s.p99), String(s.runs), s.converged ? "yes" : "no"]),
+    ]));
+  }
+  return lines.join("\n");
+}
+
+export function registerProfile(program: Command): void {
+  program
+    .command("profile")
+    .description("Measure every stage's and ramp's latency, and every ramp's confidence and agreement on calibration samples it was not fitted on")
+    .argument("<model>", "augmented model written by ee-tool insert")
+    .requiredOption("-o, --output <profile.json>", "profile to write (its per-sample data goes to <profile>.bin beside it)")
+    .requiredOption("--calib <data>", "calibration inputs (same forms as insert); samples that fitted the ramps are skipped")
+    .option("--labels <y.npy>", "ground-truth labels, for accuracy against labels")
+    .option("--ep <provider>", "execution provider: cpu, cuda, ... (must be available in this onnxruntime build)", "cpu")
+    .option("--batch <sizes>", "batch sizes to time, comma-separated", "1,8")
+    .option("--threads <n>", "onnxruntime intra-op threads (default: onnxruntime's choice)")
+    .option("--shard <i/n>", "profile only every n-th slice of 256 samples, starting at slice i (merge shards with ee-tool merge)")
+    .option("--budget <ms>", "time budget for the latency measurement of each batch size", "10000")
+    .option("--no-latency", "skip latency measurement (per-sample data only)")
+    .option("--json", "print the profile JSON on stdout")
+    .addHelpText(
+      "after",
+      "\nExamples:\n  $ ee-tool profile cnn.ee.onnx --calib fixtures/cnn/calib.npz -o cnn.profile.json\n" +
+        "  $ ee-tool profile model.ee.onnx --calib data.npz --ep cuda --batch 1,8,32 -o profile.json\n" +
+        "  $ ee-tool profile model.ee.onnx --calib data.npz --shard 0/4 --no-latency -o shard0.json",
+    )
+    .action(async (file: string, opts: { output: string; calib: string; labels?: string; ep: string; batch: string; threads?: string; shard?: string; budget: string; latency: boolean; json?: boolean }) => {
+      const threads = opts.threads === undefined ? undefined : Number(opts.threads);
+      if (threads !== undefined && (!Number.isInteger(threads) || threads < 1)) throw new EeToolError("USAGE", `--threads must be a positive integer, got '${opts.threads}'`);
+      const budget = Number(opts.budget);
+      if (!(budget > 0)) throw new EeToolError("USAGE", `--budget must be a positive number of milliseconds, got '${opts.budget}'`);
+      const batches = parseBatches(opts.batch);
+      const shard = opts.shard ? parseShard(opts.shard) : undefined;
+      const model = loadModel(file);
+      const bars = progressBars();
+      const result = await profileModel(model, {
+        calib: opts.calib,
+        ...(opts.labels ? { labels: opts.labels } : {}),
+        batches,
+        settings: { ep: opts.ep, ...(threads ? { threads } : {}) },
+        ...(shard ? { shard } : {}),
+        budgetMs: budget,
+        latency: opts.latency,
+        onProgress: (phase, done, total) => bars.update(phase, done, total),
+      });
+      bars.stop();
+      const written = writeProfile(opts.output, result);
+      if (opts.json) out(JSON.stringify({ ...result.profile, samples: { ...result.profile.samples, file: written.sidecar } }, null, 2));
+      else info(renderProfile(result.profile));
+      info(`wrote ${written.json} and ${written.sidecar}`);
+    });
+
+  program
+    .command("merge")
+    .description("Combine the shards of a sharded profile into one profile")
+    .argument("<profiles...>", "shard profiles written by ee-tool profile --shard i/n")
+    .requiredOption("-o, --output <profile.json>", "merged profile to write")
+    .addHelpText("after", "\nExample:\n  $ ee-tool merge shard0.json shard1.json shard2.json shard3.json -o profile.json")
+    .action((files: string[], opts: { output: string }) => {
+      const merged = mergeProfiles(files);
+      const written = writeProfile(opts.output, merged);
+      info(`merged ${files.length} shards: ${merged.profile.samples.scored} samples`);
+      info(`wrote ${written.json} and ${written.sidecar}`);
+    });
+}

@@ -1,0 +1,263 @@
+/**
+ * `ee-tool profile`: measured latency of every stage, every ramp and the whole model at each batch
+ * size, and every ramp's prediction and confidence on the calibration samples that did not fit it.
+ */
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { createHash } from "node:crypto";
+import type { OnnxModel } from "../onnx/model.js";
+import { openCalibration, openLabels } from "../data/calib.js";
+import { readRampMetadata, unpackHashes, type RampMetadata } from "../ramps/metadata.js";
+import { splitWithTypes, openParts, releaseParts, chainStages, partFeeds } from "../stages/runner.js";
+import { createSession, runSession, runtimeBytes, ort, type SessionSettings } from "../runtime/ort.js";
+import { serializeModel } from "../onnx/model.js";
+import { measure, type LatencyStats } from "./timing.js";
+import { emptySamples, encodeSamples, scoreLogits, type ArraySpec, type SampleData } from "./samples.js";
+import { summarizeSamples, type RampSummary } from "./summary.js";
+import { EeToolError } from "../errors.js";
+import { makeValueInfo } from "../ir/shapes.js";
+import { DataType } from "../onnx/dtype.js";
+import { TOOL_VERSION } from "../ramps/insert.js";
+import { writeFileAtomic } from "../util/atomic.js";
+
+export const PROFILE_FORMAT = "ee-tool.profile/1";
+/** Samples per shard slice: shard i of n takes slices i, i+n, i+2n, ... */
+export const SHARD_SLICE = 256;
+export const MIN_SCORED = 50;
+
+export interface BatchLatency {
+  model: LatencyStats;
+  stages: LatencyStats[];
+  ramps: LatencyStats[];
+  /** One onnxruntime call that only copies the first exit tensor through (Identity): the fixed cost of a call. */
+  callOverhead: LatencyStats;
+  /**
+   * Sum over stages of the mean and of the median, and their ratio to the whole model's. Running
+   * S stages costs S - 1 more calls than running the model; `net` subtracts those calls' overhead.
+   */
+  stageSum: { mean: number; p50: number; ratioMean: number; ratioP50: number; netP50: number; netRatioP50: number };
+}
+
+export interface Profile {
+  format: typeof PROFILE_FORMAT;
+  tool: string;
+  created: string;
+  model: { file: string; sha256: string; output: string; classes: number; mainInput: string };
+  environment: {
+    onnxruntime: string; node: string; platform: string; cpu: string; cores: number;
+    executionProvider: string; threads: number | null;
+  };
+  settings: {
+    batches: number[]; shard: { index: number; count: number } | null; calibrationHash: string; calibrationSamples: number;
+    labels: boolean; budgetMs: number; tolerance: number;
+  };
+  ramps: Array<{ id: number; exit: number; tensor: string; depth: number; output: string; parameters: number; stage: number }>;
+  stages: Array<{ index: number; inputs: string[]; outputs: string[] }>;
+  latency: Record<string, BatchLatency> | null;
+  samples: {
+    scored: number;
+    skippedFitted: number;
+    skippedOtherShards: number;
+    file: string;
+    sha256: string;
+    arrays: ArraySpec[];
+  };
+  summary: { finalAccuracy: number | null; ramps: RampSummary[] };
+}
+
+export interface ProfileOptions {
+  calib: string;
+  labels?: string;
+  batches?: number[];
+  settings?: SessionSettings;
+  shard?: { index: number; count: number };
+  budgetMs?: number;
+  tolerance?: number;
+  /** Skip latency measurement (per-sample data only). */
+  latency?: boolean;
+  onProgress?: (phase: string, done: number, total: number) => void;
+}
+
+export interface ProfileResult {
+  profile: Profile;
+  samples: SampleData;
+}
+
+function sha256File(file: string): string {
+  const h = createHash("sha256");
+  const fd = fs.openSync(file, "r");
+  const buf = Buffer.alloc(1 << 20);
+  try {
+    for (let pos = 0; ; ) {
+      const n = fs.readSync(fd, buf, 0, buf.length, pos);
+      if (n === 0) break;
+      h.update(buf.subarray(0, n));
+      pos += n;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return h.digest("hex");
+}
+
+export function modelHash(model: OnnxModel): string {
+  if (!model.path) throw new EeToolError("INTERNAL", "model has no file to hash");
+  return sha256File(model.path);
+}
+
+export function rampMetadataOrThrow(model: OnnxModel): RampMetadata {
+  const meta = readRampMetadata(model.proto);
+  if (!meta || meta.ramps.length === 0) {
+    throw new EeToolError("NO_RAMPS", `${model.path ?? "the model"} has no ee-tool ramps`, {
+      hint: "Run `ee-tool insert <model> --calib <data> -o model.ee.onnx` first, and profile its output.",
+    });
+  }
+  return meta;
+}
+
+export async function profileModel(model: OnnxModel, options: ProfileOptions): Promise<ProfileResult> {
+  const meta = rampMetadataOrThrow(model);
+  const progress = options.onProgress ?? (() => undefined);
+  const settings: SessionSettings = { ...options.settings, optimization: options.settings?.optimization ?? "all" };
+  const calib = openCalibration(options.calib, model.proto);
+  const labels = options.labels ? openLabels(options.labels, calib.size) : undefined;
+  const batches = options.batches ?? [1, 8];
+
+  // Which samples to score: not those that fitted the ramps, and only this shard's slices.
+  const hashes = calib.sampleHashes();
+  const fitted = unpackHashes(meta.calibration.fitHashes);
+  const chosen: number[] = [];
+  let skippedFitted = 0;
+  let skippedOther = 0;
+  for (let i = 0; i < calib.size; i++) {
+    if (options.shard && Math.floor(i / SHARD_SLICE) % options.shard.count !== options.shard.index) {
+      skippedOther++;
+      continue;
+    }
+    if (fitted.has(hashes[i]!)) skippedFitted++;
+    else chosen.push(i);
+  }
+  if (chosen.length < MIN_SCORED) {
+    throw new EeToolError("TOO_FEW_SAMPLES", `only ${chosen.length} calibration samples remain to score (${skippedFitted} fitted the ramps${skippedOther ? `, ${skippedOther} belong to other shards` : ""}); at least ${MIN_SCORED} are needed`);
+  }
+
+  // Per-sample predictions and confidences, one batched pass of the augmented model.
+  const samples = emptySamples(chosen.length, meta.ramps.length);
+  const rampOutputs = meta.ramps.map((r) => r.output);
+  const session = await createSession(runtimeBytes(model.proto, model.readExternal), settings);
+  const B = 64;
+  try {
+    for (let s = 0; s < chosen.length; s += B) {
+      const idx = chosen.slice(s, s + B);
+      const out = await runSession(session, calib.feedsFor(idx), [meta.output, ...rampOutputs]);
+      const final = out[meta.output]!.data as Float32Array;
+      idx.forEach((sample, j) => {
+        const i = s + j;
+        samples.index[i] = sample;
+        samples.hash.set(Buffer.from(hashes[sample]!, "hex"), i * 8);
+        samples.final[i] = scoreLogits(final, meta.classes, j).pred;
+        samples.label[i] = labels ? labels[sample]! : -1;
+        meta.ramps.forEach((r, k) => {
+          const sc = scoreLogits(out[r.output]!.data as Float32Array, meta.classes, j);
+          const dst = samples.ramps[k]!;
+          dst.pred[i] = sc.pred;
+          dst.maxprob[i] = sc.maxprob;
+          dst.margin[i] = sc.margin;
+          dst.entropy[i] = sc.entropy;
+        });
+      });
+      progress("score", Math.min(chosen.length, s + B), chosen.length);
+    }
+  } finally {
+    await session.release();
+  }
+
+  // Stages and ramps as separate models, timed at each batch size.
+  const probe = calib.feedsFor(chosen.slice(0, Math.min(2, chosen.length)));
+  const split = await splitWithTypes(model, probe, settings);
+  const rampStage = new Map<number, number>();
+  split.ramps.forEach((r, i) => rampStage.set(r.index, split.stages.findIndex((s) => s.outputs.includes(split.ramps[i]!.inputs[0]!))));
+  let latency: Record<string, BatchLatency> | null = null;
+  if (options.latency !== false) {
+    latency = {};
+    const stageSessions = await openParts(split.stages, model.readExternal, settings);
+    const rampSessions = await openParts(split.ramps, model.readExternal, settings);
+    const whole = await createSession(runtimeBytes(split.original, model.readExternal), settings);
+    const cut0 = split.stages[0]!.outputs[0]!;
+    const identity = await createSession(serializeModel({
+      ir_version: 8, opset_import: [{ domain: "", version: 13 }],
+      graph: { name: "call_overhead", node: [{ op_type: "Identity", input: ["x"], output: ["y"] }], input: [makeValueInfo("x", DataType.FLOAT)], output: [makeValueInfo("y", DataType.FLOAT)] },
+    }), settings);
+    try {
+      for (const b of batches) {
+        if (b > chosen.length) throw new EeToolError("TOO_FEW_SAMPLES", `batch size ${b} is larger than the ${chosen.length} samples to profile`);
+        const feeds = calib.feedsFor(chosen.slice(0, b));
+        const pool = await chainStages(stageSessions, feeds);
+        const cutTensor = pool.get(cut0)!;
+        const items = [
+          { name: "model", run: () => whole.run(feeds) },
+          { name: "overhead", run: () => identity.run({ x: cutTensor }) },
+          ...stageSessions.map((s) => { const f = partFeeds(s.part, pool); return { name: `stage${s.part.index}`, run: () => s.session.run(f, s.part.outputs) }; }),
+          ...rampSessions.map((s) => { const f = partFeeds(s.part, pool); return { name: `ramp${s.part.index}`, run: () => s.session.run(f) }; }),
+        ];
+        const stats = await measure(items, {
+          budgetMs: options.budgetMs ?? 10_000, tolerance: options.tolerance ?? 0.02,
+          onRound: (d, t) => progress(`latency b=${b}`, d, t),
+        });
+        const stages = stageSessions.map((s) => stats.get(`stage${s.part.index}`)!);
+        const whole1 = stats.get("model")!;
+        const sumMean = stages.reduce((a, s) => a + s.mean, 0);
+        const sumP50 = stages.reduce((a, s) => a + s.p50, 0);
+        const overhead = stats.get("overhead")!;
+        const netP50 = sumP50 - (stages.length - 1) * overhead.p50;
+        latency[String(b)] = {
+          model: whole1,
+          stages,
+          ramps: rampSessions.map((s) => stats.get(`ramp${s.part.index}`)!),
+          callOverhead: overhead,
+          stageSum: { mean: sumMean, p50: sumP50, ratioMean: sumMean / whole1.mean, ratioP50: sumP50 / whole1.p50, netP50, netRatioP50: netP50 / whole1.p50 },
+        };
+      }
+    } finally {
+      await releaseParts(stageSessions);
+      await releaseParts(rampSessions);
+      await whole.release();
+      await identity.release();
+    }
+  }
+
+  const encoded = encodeSamples(samples);
+  const profile: Profile = {
+    format: PROFILE_FORMAT,
+    tool: TOOL_VERSION,
+    created: new Date().toISOString(),
+    model: { file: path.basename(model.path ?? "model.onnx"), sha256: modelHash(model), output: meta.output, classes: meta.classes, mainInput: meta.mainInput },
+    environment: {
+      onnxruntime: ort.env.versions.node ?? ort.env.versions.common, node: process.version, platform: `${process.platform}-${process.arch}`,
+      cpu: os.cpus()[0]?.model ?? "unknown", cores: os.cpus().length, executionProvider: settings.ep ?? "cpu", threads: settings.threads ?? null,
+    },
+    settings: {
+      batches, shard: options.shard ?? null, calibrationHash: createHash("sha256").update(hashes.join("")).digest("hex"),
+      calibrationSamples: calib.size, labels: !!labels, budgetMs: options.budgetMs ?? 10_000, tolerance: options.tolerance ?? 0.02,
+    },
+    ramps: meta.ramps.map((r) => ({ id: r.id, exit: r.exit, tensor: r.tensor, depth: r.depth, output: r.output, parameters: r.parameters, stage: rampStage.get(r.id)! })),
+    stages: split.stages.map((s) => ({ index: s.index, inputs: s.inputs, outputs: s.outputs })),
+    latency,
+    samples: { scored: chosen.length, skippedFitted, skippedOtherShards: skippedOther, file: "", sha256: encoded.sha256, arrays: encoded.arrays },
+    summary: summarizeSamples(samples),
+  };
+  return { profile, samples };
+}
+
+/** Write a profile and its binary sidecar (`<name>.bin`), both atomically. */
+export function writeProfile(file: string, result: ProfileResult): { json: string; sidecar: string } {
+  const encoded = encodeSamples(result.samples);
+  const sidecar = `${file.replace(/\.json$/, "")}.bin`;
+  const profile: Profile = { ...result.profile, samples: { ...result.profile.samples, file: path.basename(sidecar), sha256: encoded.sha256, arrays: encoded.arrays } };
+  writeFileAtomic(sidecar, (out) => out.write(encoded.bytes));
+  writeFileAtomic(file, (out) => out.write(Buffer.from(JSON.stringify(profile, null, 1) + "\n")));
+  return { json: file, sidecar };
+}
+
+export { serializeModel };

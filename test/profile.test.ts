@@ -1,0 +1,144 @@
+import { beforeAll, describe, expect, it } from "vitest";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { CNN, TEXT, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
+import { validate } from "./helpers/schema.js";
+import { loadProfile } from "../src/profile/merge.js";
+import type { Profile } from "../src/profile/profile.js";
+import { loadModel, serializeModel } from "../src/onnx/model.js";
+import { openCalibration } from "../src/data/calib.js";
+import { readRampMetadata, unpackHashes } from "../src/ramps/metadata.js";
+import { splitWithTypes, openParts, chainStages, releaseParts } from "../src/stages/runner.js";
+import { createSession, runSession } from "../src/runtime/ort.js";
+import { agreement, argmax, runAll } from "./helpers/run.js";
+
+const FIX = (p: string): string => path.join(ROOT, "fixtures", p);
+const schema = JSON.parse(fs.readFileSync(path.join(ROOT, "docs/profile.schema.json"), "utf8")) as Record<string, unknown>;
+const work = tmpDir();
+const ee = { cnn: path.join(work, "cnn.ee.onnx"), text: path.join(work, "text.ee.onnx") };
+
+beforeAll(() => {
+  for (const [name, model] of [["cnn", CNN], ["text", TEXT]] as const) {
+    const r = runCli(["insert", model, "--calib", FIX(`${name}/calib.npz`), "-o", ee[name], "-q"]);
+    expect(r.code).toBe(0);
+  }
+}, 120_000);
+
+function profile(model: string, calib: string, out: string, extra: string[] = []): Profile {
+  const r = runCli(["profile", model, "--calib", calib, "-o", out, ...extra]);
+  expect(r.stderr).not.toMatch(/error/);
+  expect(r.code).toBe(0);
+  return JSON.parse(fs.readFileSync(out, "utf8")) as Profile;
+}
+
+describe("stage models", () => {
+  it.each(["cnn", "text"] as const)("%s: chaining the stages gives exactly the original model's outputs", async (name) => {
+    const model = loadModel(ee[name]);
+    const data = openCalibration(FIX(`${name}/eval.npz`), model.proto);
+    const feeds = data.feeds(0, 16);
+    const split = await splitWithTypes(model, feeds);
+    expect(split.stages.length).toBe(split.meta.ramps.length + 1);
+    const parts = await openParts(split.stages, model.readExternal, { optimization: "disabled" });
+    const pool = await chainStages(parts, feeds);
+    await releaseParts(parts);
+    const whole = await createSession(serializeModel(split.original), { optimization: "disabled" });
+    const ref = (await runSession(whole, feeds)).logits!.data as Float32Array;
+    await whole.release();
+    const got = pool.get("logits")!.data as Float32Array;
+    expect(Buffer.from(got.buffer, got.byteOffset, got.byteLength).equals(Buffer.from(ref.buffer, ref.byteOffset, ref.byteLength))).toBe(true);
+    // Each ramp alone reproduces the augmented model's ramp output.
+    const rampParts = await openParts(split.ramps, model.readExternal, { optimization: "disabled" });
+    const full = await runAll(serializeModel(model.proto), data, split.meta.ramps.map((r) => r.output), { n: 16, settings: { optimization: "disabled" } });
+    for (const rp of rampParts) {
+      const feedsR = Object.fromEntries(rp.part.inputs.map((i) => [i, pool.get(i)!]));
+      const out = (await runSession(rp.session, feedsR))[rp.part.outputs[0]!]!.data as Float32Array;
+      expect(Array.from(out)).toEqual(Array.from(full.get(rp.part.outputs[0]!)!));
+    }
+    await releaseParts(rampParts);
+  });
+});
+
+describe("ee-tool profile", () => {
+  it.each(["cnn", "text"] as const)("%s: latency of stages, ramps and model at batch 1 and 8; per-sample data for every unfitted sample", (name) => {
+    const out = path.join(work, `${name}.profile.json`);
+    const p = profile(ee[name], FIX(`${name}/calib.npz`), out, ["--batch", "1,8", "--budget", "3000", "--labels", FIX(`${name}/calib_labels.npy`)]);
+    expect(validate(p, schema)).toEqual([]);
+    expect(p.samples.scored + p.samples.skippedFitted).toBe(4000);
+    expect(p.samples.skippedFitted).toBe(1600);
+    const { samples } = loadProfile(out);
+    const meta = readRampMetadata(loadModel(ee[name]).proto)!;
+    const fitted = unpackHashes(meta.calibration.fitHashes);
+    const hashes = openCalibration(FIX(`${name}/calib.npz`), loadModel(ee[name]).proto).sampleHashes();
+    const expected = hashes.map((h, i) => (fitted.has(h) ? -1 : i)).filter((i) => i >= 0);
+    expect(Array.from(samples.index)).toEqual(expected);
+    expect(p.summary.finalAccuracy).toBeGreaterThan(name === "cnn" ? 0.88 : 0.65);
+    for (const b of ["1", "8"]) {
+      const l = p.latency![b]!;
+      expect(l.stages.length).toBe(p.ramps.length + 1);
+      for (const s of [...l.stages, ...l.ramps, l.model]) expect(s.runs).toBeGreaterThanOrEqual(30);
+      // Stage sums stay near the whole model (the figure itself is reported, see docs/profile.md).
+      console.log(`${name} batch ${b}: stages sum ${((l.stageSum.ratioP50 - 1) * 100).toFixed(1)}% vs model, net of call overhead ${((l.stageSum.netRatioP50 - 1) * 100).toFixed(1)}%`);
+      expect(l.stageSum.netRatioP50).toBeGreaterThan(0.7);
+      expect(l.stageSum.netRatioP50).toBeLessThan(1.6);
+    }
+    expect(p.environment.executionProvider).toBe("cpu");
+    expect(p.environment.cpu.length).toBeGreaterThan(0);
+  });
+
+  it("scores honestly on the very file given to insert: fitted samples are skipped, agreement matches unseen data", async () => {
+    const p = JSON.parse(fs.readFileSync(path.join(work, "text.profile.json"), "utf8")) as Profile;
+    const model = loadModel(ee.text);
+    const meta = readRampMetadata(model.proto)!;
+    const evalData = openCalibration(FIX("text/eval.npz"), model.proto);
+    const outs = await runAll(serializeModel(model.proto), evalData, [meta.output, ...meta.ramps.map((r) => r.output)]);
+    const final = argmax(outs.get(meta.output)!, meta.classes);
+    meta.ramps.forEach((r, i) => {
+      const onEval = agreement(argmax(outs.get(r.output)!, meta.classes), final);
+      expect(Math.abs(p.summary.ramps[i]!.agreement - onEval)).toBeLessThan(0.04);
+    });
+  });
+
+  it("shards merge into exactly the unsharded per-sample data; per-sample data is reproducible", () => {
+    const dir = tmpDir();
+    const whole = path.join(dir, "whole.json");
+    profile(ee.cnn, FIX("cnn/calib.npz"), whole, ["--no-latency"]);
+    const again = path.join(dir, "again.json");
+    profile(ee.cnn, FIX("cnn/calib.npz"), again, ["--no-latency"]);
+    expect(fs.readFileSync(path.join(dir, "again.bin")).equals(fs.readFileSync(path.join(dir, "whole.bin")))).toBe(true);
+    const shards = [0, 1, 2].map((i) => {
+      const f = path.join(dir, `shard${i}.json`);
+      const p = profile(ee.cnn, FIX("cnn/calib.npz"), f, ["--no-latency", "--shard", `${i}/3`]);
+      expect(p.settings.shard).toEqual({ index: i, count: 3 });
+      return f;
+    });
+    const merged = path.join(dir, "merged.json");
+    const r = runCli(["merge", ...shards, "-o", merged]);
+    expect(r.code).toBe(0);
+    expect(fs.readFileSync(path.join(dir, "merged.bin")).equals(fs.readFileSync(path.join(dir, "whole.bin")))).toBe(true);
+    const m = JSON.parse(fs.readFileSync(merged, "utf8")) as Profile;
+    expect(validate(m, schema)).toEqual([]);
+    expect(m.summary).toEqual((JSON.parse(fs.readFileSync(whole, "utf8")) as Profile).summary);
+    // Refused: a shard twice, and shards of another model.
+    expect(runCli(["merge", shards[0]!, shards[0]!, "-o", path.join(dir, "x.json")]).stderr).toMatch(/PROFILE_MISMATCH.*given twice/);
+    const other = path.join(dir, "other.json");
+    profile(ee.text, FIX("text/calib.npz"), other, ["--no-latency", "--shard", "1/3"]);
+    expect(runCli(["merge", shards[0]!, other, "-o", path.join(dir, "y.json")]).stderr).toMatch(/PROFILE_MISMATCH.*different models/);
+    expect(fs.existsSync(path.join(dir, "x.json")) || fs.existsSync(path.join(dir, "y.json"))).toBe(false);
+  });
+
+  it("bad input: a model without ramps, mismatched data, an unwritable output; nothing half-written", () => {
+    const dir = tmpDir();
+    let r = runCli(["profile", CNN, "--calib", FIX("cnn/calib.npz"), "-o", path.join(dir, "p.json")]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^ee-tool: error \[NO_RAMPS\]: .* has no ee-tool ramps\n {2}hint: Run `ee-tool insert/);
+    r = runCli(["profile", ee.cnn, "--calib", FIX("text/calib.npz"), "-o", path.join(dir, "p.json")]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/CALIB_MISMATCH/);
+    r = runCli(["profile", ee.cnn, "--calib", FIX("cnn/calib.npz"), "--no-latency", "-o", path.join(dir, "missing/dir/p.json")]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/WRITE_FAILED/);
+    r = runCli(["profile", ee.cnn, "--calib", FIX("cnn/calib.npz"), "--batch", "0", "-o", path.join(dir, "p.json")]);
+    expect(r.code).toBe(1);
+    expect(fs.readdirSync(dir)).toEqual([]);
+  });
+});
