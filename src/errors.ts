@@ -31,6 +31,8 @@ export const ErrorCodes = {
   TOO_FEW_SAMPLES: { exit: ExitCode.INPUT, hint: "Give more calibration samples: those that fitted the ramps are never scored." },
   PROFILE_INVALID: { exit: ExitCode.INPUT, hint: "Re-run `ee-tool profile`; keep the profile's .bin sidecar next to its JSON." },
   PROFILE_MISMATCH: { exit: ExitCode.INPUT, hint: "Merge only shards of one model, profiled with the same settings and calibration data." },
+  CONSTRAINT_INFEASIBLE: { exit: ExitCode.CONSTRAINT, hint: "Relax the constraint (--max-drop, --confidence) or give more data." },
+  MODEL_CHANGED: { exit: ExitCode.INPUT, hint: "Profile and plan the model again." },
   RUNTIME_FAILED: { exit: ExitCode.INPUT, hint: "onnxruntime could not load or run the model; re-run with --debug for its message." },
   INTERNAL: { exit: ExitCode.INTERNAL, hint: "This is a bug in ee-tool; re-run with --debug and report the stack trace." },
 } as const;

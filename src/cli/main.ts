@@ -6,6 +6,7 @@ import { registerInspect } from "./inspect.js";
 import { registerConvert } from "./convert.js";
 import { registerInsert } from "./insert.js";
 import { registerProfile } from "./profile.js";
+import { registerPlan } from "./plan.js";
 import { setQuiet } from "./io.js";
 
 const require = createRequire(import.meta.url);
@@ -26,6 +27,7 @@ export function buildProgram(): Command {
   registerConvert(program);
   registerInsert(program);
   registerProfile(program);
+  registerPlan(program);
   for (const c of program.commands) c.exitOverride();
   return program;
 }

@@ -1,4 +1,5 @@
 import type { Command } from "commander";
+import * as path from "node:path";
 import { loadModel } from "../onnx/model.js";
 import { profileModel, writeProfile, type Profile } from "../profile/profile.js";
 import { mergeProfiles } from "../profile/merge.js";
@@ -86,7 +87,7 @@ export function registerProfile(program: Command): void {
         onProgress: (phase, done, total) => bars.update(phase, done, total),
       });
       bars.stop();
-      const written = writeProfile(opts.output, result);
+      const written = writeProfile(opts.output, result, file);
       if (opts.json) out(JSON.stringify({ ...result.profile, samples: { ...result.profile.samples, file: written.sidecar } }, null, 2));
       else info(renderProfile(result.profile));
       info(`wrote ${written.json} and ${written.sidecar}`);
@@ -100,7 +101,7 @@ export function registerProfile(program: Command): void {
     .addHelpText("after", "\nExample:\n  $ ee-tool merge shard0.json shard1.json shard2.json shard3.json -o profile.json")
     .action((files: string[], opts: { output: string }) => {
       const merged = mergeProfiles(files);
-      const written = writeProfile(opts.output, merged);
+      const written = writeProfile(opts.output, merged, path.resolve(path.dirname(files[0]!), merged.profile.model.file));
       info(`merged ${files.length} shards: ${merged.profile.samples.scored} samples`);
       info(`wrote ${written.json} and ${written.sidecar}`);
     });

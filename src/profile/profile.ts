@@ -17,6 +17,7 @@ import { emptySamples, encodeSamples, scoreLogits, type ArraySpec, type SampleDa
 import { summarizeSamples, type RampSummary } from "./summary.js";
 import { EeToolError } from "../errors.js";
 import { makeValueInfo } from "../ir/shapes.js";
+import { tensorByteSize } from "../onnx/tensor.js";
 import { DataType } from "../onnx/dtype.js";
 import { TOOL_VERSION } from "../ramps/insert.js";
 import { writeFileAtomic } from "../util/atomic.js";
@@ -43,6 +44,7 @@ export interface Profile {
   format: typeof PROFILE_FORMAT;
   tool: string;
   created: string;
+  /** file: the model's path relative to the profile's directory. */
   model: { file: string; sha256: string; output: string; classes: number; mainInput: string };
   environment: {
     onnxruntime: string; node: string; platform: string; cpu: string; cores: number;
@@ -53,7 +55,8 @@ export interface Profile {
     labels: boolean; budgetMs: number; tolerance: number;
   };
   ramps: Array<{ id: number; exit: number; tensor: string; depth: number; output: string; parameters: number; stage: number }>;
-  stages: Array<{ index: number; inputs: string[]; outputs: string[] }>;
+  /** weightBytes: bytes of the initializers only this stage uses (what truncating before it saves loading). */
+  stages: Array<{ index: number; inputs: string[]; outputs: string[]; weightBytes: number }>;
   latency: Record<string, BatchLatency> | null;
   samples: {
     scored: number;
@@ -242,7 +245,10 @@ export async function profileModel(model: OnnxModel, options: ProfileOptions): P
       calibrationSamples: calib.size, labels: !!labels, budgetMs: options.budgetMs ?? 10_000, tolerance: options.tolerance ?? 0.02,
     },
     ramps: meta.ramps.map((r) => ({ id: r.id, exit: r.exit, tensor: r.tensor, depth: r.depth, output: r.output, parameters: r.parameters, stage: rampStage.get(r.id)! })),
-    stages: split.stages.map((s) => ({ index: s.index, inputs: s.inputs, outputs: s.outputs })),
+    stages: split.stages.map((s) => ({
+      index: s.index, inputs: s.inputs, outputs: s.outputs,
+      weightBytes: (s.proto.graph!.initializer ?? []).reduce((a, t) => a + tensorByteSize(t), 0),
+    })),
     latency,
     samples: { scored: chosen.length, skippedFitted, skippedOtherShards: skippedOther, file: "", sha256: encoded.sha256, arrays: encoded.arrays },
     summary: summarizeSamples(samples),
@@ -251,10 +257,11 @@ export async function profileModel(model: OnnxModel, options: ProfileOptions): P
 }
 
 /** Write a profile and its binary sidecar (`<name>.bin`), both atomically. */
-export function writeProfile(file: string, result: ProfileResult): { json: string; sidecar: string } {
+export function writeProfile(file: string, result: ProfileResult, modelPath?: string): { json: string; sidecar: string } {
   const encoded = encodeSamples(result.samples);
   const sidecar = `${file.replace(/\.json$/, "")}.bin`;
-  const profile: Profile = { ...result.profile, samples: { ...result.profile.samples, file: path.basename(sidecar), sha256: encoded.sha256, arrays: encoded.arrays } };
+  const model = modelPath ? { ...result.profile.model, file: path.relative(path.dirname(path.resolve(file)), path.resolve(modelPath)) } : result.profile.model;
+  const profile: Profile = { ...result.profile, model, samples: { ...result.profile.samples, file: path.basename(sidecar), sha256: encoded.sha256, arrays: encoded.arrays } };
   writeFileAtomic(sidecar, (out) => out.write(encoded.bytes));
   writeFileAtomic(file, (out) => out.write(Buffer.from(JSON.stringify(profile, null, 1) + "\n")));
   return { json: file, sidecar };

@@ -1,0 +1,97 @@
+import type { Command } from "commander";
+import * as path from "node:path";
+import { loadProfile } from "../profile/merge.js";
+import { planFromProfile, type Plan, type SearchMethod } from "../plan/plan.js";
+import { writePlan } from "../plan/write.js";
+import { EeToolError } from "../errors.js";
+import { info, out } from "./io.js";
+import { table } from "./format.js";
+import type { Against, Metric } from "../plan/problem.js";
+
+interface PlanCliOptions {
+  output: string;
+  maxDrop: string;
+  against: string;
+  metric: string;
+  batch: string;
+  confidence: string;
+  search: string;
+  levels: string;
+  frontier?: boolean;
+  emit?: string;
+  outDir?: string;
+  json?: boolean;
+}
+
+function num(name: string, v: string): number {
+  const n = Number(v);
+  if (!Number.isFinite(n)) throw new EeToolError("USAGE", `${name} must be a number, got '${v}'`);
+  return n;
+}
+
+function pct(x: number): string {
+  return `${(x * 100).toFixed(2)}%`;
+}
+
+export function renderPlan(p: Plan): string {
+  const lines: string[] = [];
+  lines.push(`plan: ${p.exits.length} exits, max drop ${pct(p.settings.maxDrop)} against the ${p.settings.against === "model" ? "model's predictions" : "labels"}, metric ${p.settings.metric}, batch ${p.settings.batch}`);
+  lines.push(table([
+    ["ramp", "stage", "threshold", "exit rate (tune)", "exit rate (certify)"],
+    ...p.exits.map((e) => [String(e.ramp), String(e.stage), e.threshold.toFixed(4), pct(e.exitRateTune), pct(e.exitRateCertify)]),
+  ]));
+  const e = p.expected;
+  lines.push(`expected latency: mean ${e.meanLatencyMs.toFixed(3)} ms, median ${e.medianLatencyMs.toFixed(3)} ms vs ${p.baselineMs.toFixed(3)} ms: saving ${pct(e.saving)} (median ${pct(e.savingMedian)})`);
+  lines.push(`accuracy drop: ${pct(e.dropTune)} on the ${p.data.tune} tuning samples, ${pct(e.dropCertify)} on the ${p.data.certify} held-back samples`);
+  if (p.certificate) {
+    const c = p.certificate;
+    lines.push(`certified: true drop <= ${pct(c.maxDrop)} with probability ${c.confidence} (${c.method} p-value ${c.pValue.toExponential(2)}${c.bound !== null ? `, ${c.confidence * 100}% upper bound ${pct(c.bound)}` : ""}, n=${c.n})`);
+  } else lines.push("not certified (--confidence 0)");
+  const g = p.greedy;
+  const s = p.searchBest;
+  lines.push(`search (${p.settings.search}) before certification: saving ${pct(s.saving)}, drop ${pct(s.dropTune)} tuning / ${pct(s.dropCertify)} held back`);
+  lines.push(`greedy baseline (Apparate): ${g.exits.length} exits, saving ${pct(g.saving)}, drop ${pct(g.dropTune)} tuning / ${pct(g.dropCertify)} held back`);
+  return lines.join("\n");
+}
+
+export function registerPlan(program: Command): void {
+  program
+    .command("plan")
+    .description("Choose exits and thresholds under an accuracy constraint, certified on held-back samples; optionally emit runnable models")
+    .argument("<profile>", "profile JSON written by ee-tool profile (its model must sit where the profile says)")
+    .requiredOption("-o, --output <plan.json>", "plan to write")
+    .option("--max-drop <d>", "maximum accuracy drop, as a fraction (0.01 = 1 percentage point)", "0.01")
+    .option("--against <what>", "model (agreement with the original's predictions) or labels", "model")
+    .option("--metric <m>", "confidence measure: maxprob, margin or entropy", "maxprob")
+    .option("--batch <n>", "batch size whose profiled latency is the cost model", "1")
+    .option("--confidence <c>", "probability that the true drop stays within --max-drop (0 turns certification off)", "0.95")
+    .option("--search <how>", "auto, exhaustive (small instances) or greedy (Apparate's tuner)", "auto")
+    .option("--levels <n>", "candidate thresholds per ramp", "64")
+    .option("--frontier", "include the Pareto frontier of (drop, latency) configurations")
+    .option("--emit <kinds>", "write artifacts: stages, single, truncated (comma-separated)")
+    .option("--out-dir <dir>", "directory for --emit artifacts (default: next to the plan)")
+    .option("--json", "print the plan JSON on stdout")
+    .addHelpText(
+      "after",
+      "\nExamples:\n  $ ee-tool plan cnn.profile.json --max-drop 0.01 -o cnn.plan.json\n" +
+        "  $ ee-tool plan profile.json --against labels --metric margin --frontier --emit stages,single --out-dir artifacts -o plan.json",
+    )
+    .action(async (file: string, opts: PlanCliOptions) => {
+      if (!["model", "labels"].includes(opts.against)) throw new EeToolError("USAGE", `--against must be model or labels, got '${opts.against}'`);
+      if (!["maxprob", "margin", "entropy"].includes(opts.metric)) throw new EeToolError("USAGE", `--metric must be maxprob, margin or entropy, got '${opts.metric}'`);
+      if (!["auto", "exhaustive", "greedy"].includes(opts.search)) throw new EeToolError("USAGE", `--search must be auto, exhaustive or greedy, got '${opts.search}'`);
+      const emit = opts.emit ? opts.emit.split(",").map((s) => s.trim()) : [];
+      for (const k of emit) if (!["stages", "single", "truncated"].includes(k)) throw new EeToolError("USAGE", `--emit takes stages, single, truncated; got '${k}'`);
+      const result = loadProfile(file);
+      const plan = planFromProfile(result, {
+        maxDrop: num("--max-drop", opts.maxDrop), against: opts.against as Against, metric: opts.metric as Metric,
+        batch: num("--batch", opts.batch), confidence: num("--confidence", opts.confidence), search: opts.search as SearchMethod,
+        levels: num("--levels", opts.levels), frontier: !!opts.frontier,
+      });
+      const modelPath = path.resolve(path.dirname(file), result.profile.model.file);
+      const written = await writePlan(plan, opts.output, modelPath, { emit, ...(opts.outDir ? { outDir: opts.outDir } : {}) });
+      if (opts.json) out(JSON.stringify(written, null, 2));
+      else info(renderPlan(written));
+      info(`wrote ${opts.output}`);
+    });
+}

@@ -1,0 +1,162 @@
+import { beforeAll, describe, expect, it } from "vitest";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { CNN, TEXT, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
+import { loadProfile } from "../src/profile/merge.js";
+import type { Plan } from "../src/plan/plan.js";
+import { certifyFrontier } from "../src/plan/plan.js";
+import { buildCosts, buildProblem, candidateThresholds, evaluate, type Costs, type Problem } from "../src/plan/problem.js";
+import { autoSearch, exhaustiveSearch, greedySearch } from "../src/plan/search.js";
+import { binomialCdf, binomialUpperBound, hoeffdingBentkusPValue } from "../src/plan/certify.js";
+import { Rng } from "../src/util/rng.js";
+
+const FIX = (p: string): string => path.join(ROOT, "fixtures", p);
+const work = tmpDir();
+const files = { cnn: { ee: path.join(work, "cnn.ee.onnx"), profile: path.join(work, "cnn.profile.json") }, text: { ee: path.join(work, "text.ee.onnx"), profile: path.join(work, "text.profile.json") } };
+
+beforeAll(() => {
+  for (const [name, model] of [["cnn", CNN], ["text", TEXT]] as const) {
+    expect(runCli(["insert", model, "--calib", FIX(`${name}/calib.npz`), "-o", files[name].ee, "-q"]).code).toBe(0);
+    expect(runCli(["profile", files[name].ee, "--calib", FIX(`${name}/calib.npz`), "--labels", FIX(`${name}/calib_labels.npy`), "--batch", "1", "--budget", "3000", "-o", files[name].profile, "-q"]).code).toBe(0);
+  }
+}, 180_000);
+
+/** A synthetic instance: R ramps, deeper ramps more confident and more often right. */
+function synthetic(seed: number, n: number, R: number, adversarial = false): Problem {
+  const rng = new Rng(seed);
+  const conf: Float32Array[] = [];
+  const loss: Int8Array[] = [];
+  for (let j = 0; j < R; j++) {
+    const c = new Float32Array(n);
+    const l = new Int8Array(n);
+    for (let s = 0; s < n; s++) {
+      const quality = (j + 1) / (R + 1);
+      let x = Math.min(0.9999, Math.max(0, quality + 0.35 * rng.normal()));
+      // Adversarial for greedy: the first ramp's most confident samples are often wrong, so small
+      // threshold moves cost accuracy and only a large move pays off.
+      if (adversarial && j === 0 && x > 0.85) l[s] = rng.next() < 0.3 ? 1 : 0;
+      else l[s] = rng.next() < (1 - x) * (1 - quality) * 0.6 ? 1 : 0;
+      c[s] = x;
+    }
+    conf.push(c);
+    loss.push(l);
+  }
+  const costs: Costs = { stage: Array.from({ length: R + 1 }, () => 1), ramp: Array.from({ length: R }, (_, j) => (adversarial && j === 0 ? 0.05 : 0.15)), overhead: 0.05, baseline: R + 1.05 };
+  return { rampIds: Array.from({ length: R }, (_, j) => j), n, conf, loss, costs };
+}
+
+describe("plan search", () => {
+  it("the default search is within 1% of the exhaustive optimum and never worse than greedy, also where greedy gets stuck", () => {
+    let greedyStuck = 0;
+    for (let seed = 1; seed <= 12; seed++) {
+      const p = synthetic(seed, 600, 3, seed % 3 === 0);
+      const cands = candidateThresholds(p, 8);
+      for (const maxDrop of [0.005, 0.02, 0.05]) {
+        const ex = exhaustiveSearch(p, cands, maxDrop);
+        const auto = autoSearch(p, cands, maxDrop);
+        const greedy = greedySearch(p, cands, maxDrop);
+        expect(auto.best.drop).toBeLessThanOrEqual(maxDrop + 1e-12);
+        expect(auto.best.meanLatency).toBeLessThanOrEqual(ex.best.meanLatency * 1.01);
+        expect(auto.best.meanLatency).toBeLessThanOrEqual(greedy.best.meanLatency + 1e-9);
+        if (greedy.best.meanLatency > ex.best.meanLatency * 1.01) greedyStuck++;
+      }
+    }
+    // The instances include ones where Apparate's tuner ends more than 1% above the optimum.
+    expect(greedyStuck).toBeGreaterThan(0);
+  });
+
+  it("p-values: binomial tail, Clopper-Pearson bound, Hoeffding-Bentkus", () => {
+    expect(binomialCdf(0, 300, 0.01)).toBeCloseTo(0.99 ** 300, 10);
+    expect(binomialCdf(3, 10, 0.5)).toBeCloseTo(176 / 1024, 10);
+    const ub = binomialUpperBound(2, 1000, 0.05);
+    expect(binomialCdf(2, 1000, ub)).toBeCloseTo(0.05, 4);
+    expect(hoeffdingBentkusPValue(0.5, 1000, 0.505)).toBeGreaterThan(0.05);
+    expect(hoeffdingBentkusPValue(0.45, 4000, 0.505)).toBeLessThan(1e-6);
+  });
+
+  it("certification keeps its promise on resampled data with known truth", () => {
+    // The CNN profile's scored samples are the population: each configuration's true drop is known.
+    const { profile, samples } = loadProfile(files.cnn.profile);
+    const costs = buildCosts(profile, 1);
+    const all = Array.from({ length: samples.count }, (_, i) => i);
+    const population = buildProblem(profile, samples, all, "maxprob", "model", costs);
+    const maxDrop = 0.01;
+    const confidence = 0.9;
+    const trials = 60;
+    const rng = new Rng(7);
+    let violations = 0;
+    let uncertifiedViolations = 0;
+    let certified = 0;
+    for (let t = 0; t < trials; t++) {
+      const draw = (): number[] => Array.from({ length: 1000 }, () => Math.floor(rng.next() * samples.count));
+      const tune = buildProblem(profile, samples, draw(), "maxprob", "model", costs);
+      const cert = buildProblem(profile, samples, draw(), "maxprob", "model", costs);
+      const found = autoSearch(tune, candidateThresholds(tune, 32), maxDrop);
+      if (evaluate(population, found.best.config).drop > maxDrop) uncertifiedViolations++;
+      const c = certifyFrontier(found.frontier, cert, maxDrop, confidence);
+      if (!c) continue;
+      certified++;
+      if (evaluate(population, c.point.config).drop > maxDrop) violations++;
+    }
+    console.log(`simulation: ${certified}/${trials} certified, ${violations} violations (allowed rate ${1 - confidence}); uncertified search: ${uncertifiedViolations} violations`);
+    expect(certified).toBeGreaterThan(trials / 2);
+    // At most 1 - confidence, with room for Monte Carlo error (binomial 95% margin over 60 trials).
+    expect(violations / trials).toBeLessThanOrEqual(1 - confidence + 0.08);
+    expect(uncertifiedViolations).toBeGreaterThan(violations);
+  });
+});
+
+describe("ee-tool plan", () => {
+  it.each(["cnn", "text"] as const)("%s: certified plan within the constraint on held-back data; greedy baseline beside it", (name) => {
+    const out = path.join(work, `${name}.plan.json`);
+    const r = runCli(["plan", files[name].profile, "--max-drop", "0.01", "--frontier", "-o", out]);
+    expect(r.code).toBe(0);
+    const plan = JSON.parse(fs.readFileSync(out, "utf8")) as Plan;
+    console.log(`${name} plan:\n${r.stderr}`);
+    expect(plan.exits.length).toBeGreaterThan(0);
+    expect(plan.expected.saving).toBeGreaterThan(0.05);
+    expect(plan.certificate!.pValue).toBeLessThanOrEqual(0.05);
+    expect(plan.certificate!.bound!).toBeLessThanOrEqual(0.01);
+    expect(plan.expected.dropTune).toBeLessThanOrEqual(0.01);
+    // The default search does at least as well as greedy on the tuning data.
+    expect(plan.searchBest.meanLatencyMs).toBeLessThanOrEqual(plan.greedy.meanLatencyMs + 1e-9);
+    expect(plan.frontier!.length).toBeGreaterThan(3);
+    expect(plan.truncation.length).toBe(JSON.parse(fs.readFileSync(files[name].profile, "utf8")).ramps.length);
+    expect(plan.truncation.at(-1)!.bytesNotLoaded).toBeGreaterThan(0);
+    expect(plan.model.sha256).toMatch(/^[0-9a-f]{64}$/);
+    expect(path.resolve(work, plan.model.file)).toBe(files[name].ee);
+  });
+
+  it("against labels, other metrics", () => {
+    const out = path.join(work, "labels.plan.json");
+    for (const metric of ["margin", "entropy"]) {
+      const r = runCli(["plan", files.text.profile, "--against", "labels", "--metric", metric, "--max-drop", "0.03", "-o", out]);
+      expect(r.code).toBe(0);
+      const plan = JSON.parse(fs.readFileSync(out, "utf8")) as Plan;
+      expect(plan.settings.against).toBe("labels");
+      expect(plan.certificate!.method).toBe("bonferroni(binomial, hoeffding-bentkus)");
+    }
+  });
+
+  it("explains infeasible constraints in one line with exit code 3, and refuses a changed model", () => {
+    let r = runCli(["plan", files.cnn.profile, "--max-drop", "-0.1", "-o", path.join(work, "x.json")]);
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(/^ee-tool: error \[CONSTRAINT_INFEASIBLE\]: --max-drop -0.1 cannot be met/);
+    r = runCli(["plan", files.cnn.profile, "--max-drop", "0.001", "--confidence", "0.999", "-o", path.join(work, "x.json")]);
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(/too few samples to certify .* at least 6905 are needed/);
+    expect(r.stderr.trim().split("\n").length).toBe(2);
+    expect(fs.existsSync(path.join(work, "x.json"))).toBe(false);
+    const copy = tmpDir();
+    fs.copyFileSync(files.cnn.profile, path.join(copy, "p.json"));
+    fs.copyFileSync(files.cnn.profile.replace(".json", ".bin"), path.join(copy, path.basename(files.cnn.profile.replace(".json", ".bin"))));
+    const modelRel = JSON.parse(fs.readFileSync(files.cnn.profile, "utf8")).model.file as string;
+    fs.mkdirSync(path.dirname(path.join(copy, modelRel)), { recursive: true });
+    const changed = fs.readFileSync(files.cnn.ee);
+    changed[changed.length - 1] ^= 1;
+    fs.writeFileSync(path.join(copy, modelRel), changed);
+    r = runCli(["plan", path.join(copy, "p.json"), "-o", path.join(copy, "plan.json")]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/MODEL_CHANGED.*has changed since it was profiled/);
+  });
+});
