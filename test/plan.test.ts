@@ -160,3 +160,80 @@ describe("ee-tool plan", () => {
     expect(r.stderr).toMatch(/MODEL_CHANGED.*has changed since it was profiled/);
   });
 });
+
+describe("ee-tool plan --emit", () => {
+  it.each(["cnn", "text"] as const)("%s: stage, single and truncated models run in onnxruntime-node and onnxruntime-web with the plan's exit decisions", async (name) => {
+    const { loadModel, serializeModel } = await import("../src/onnx/model.js");
+    const { openCalibration } = await import("../src/data/calib.js");
+    const { createSession, runSession } = await import("../src/runtime/ort.js");
+    const { scoreLogits } = await import("../src/profile/samples.js");
+    const ortWeb = await import("onnxruntime-web");
+    ortWeb.env.wasm.numThreads = 1;
+    const dir = tmpDir();
+    const planFile = path.join(dir, "plan.json");
+    const r = runCli(["plan", files[name].profile, "--emit", "stages,single,truncated", "--out-dir", path.join(dir, "artifacts"), "-o", planFile]);
+    expect(r.code, r.stderr).toBe(0);
+    const plan = JSON.parse(fs.readFileSync(planFile, "utf8")) as Plan;
+    const art = plan.artifacts as {
+      stages: { segments: Array<{ file: string; inputs: string[]; outputs: string[]; exit: { ramp: number; output: string; threshold: number } | null }> };
+      single: { file: string };
+      truncated: { file: string; ramp: number };
+    };
+    const model = loadModel(files[name].ee);
+    const data = openCalibration(FIX(`${name}/eval.npz`), model.proto);
+    const n = 60;
+    const exits = [...plan.exits].sort((a, b) => a.stage - b.stage);
+    // The plan's own simulation, from the augmented model's ramp outputs.
+    const full = await createSession(serializeModel(model.proto));
+    const expected: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const out = await runSession(full, data.feeds(i, i + 1));
+      const hit = exits.find((e) => scoreLogits(out[e.output]!.data as Float32Array, plan.model.classes, 0).maxprob >= e.threshold);
+      expected.push(hit ? hit.ramp : -1);
+    }
+    await full.release();
+    expect(new Set(expected).size).toBeGreaterThan(1);
+    const webSession = async (file: string): Promise<{ run: (f: Record<string, unknown>) => Promise<Record<string, { data: ArrayLike<number | bigint> }>>; release: () => Promise<void> }> => {
+      const s = await ortWeb.InferenceSession.create(new Uint8Array(fs.readFileSync(path.resolve(dir, file))), { executionProviders: ["wasm"] });
+      return { run: (f) => s.run(f as Record<string, ortWeb.Tensor>) as never, release: () => s.release() };
+    };
+    const nodeSession = async (file: string): Promise<{ run: (f: Record<string, unknown>) => Promise<Record<string, { data: ArrayLike<number | bigint> }>>; release: () => Promise<void> }> => {
+      const s = await createSession(new Uint8Array(fs.readFileSync(path.resolve(dir, file))));
+      return { run: (f) => s.run(f as never) as never, release: () => s.release() };
+    };
+    const toWeb = (f: Record<string, { type: string; data: unknown; dims: readonly number[] }>): Record<string, unknown> =>
+      Object.fromEntries(Object.entries(f).map(([k, t]) => [k, new ortWeb.Tensor(t.type as "float32", t.data as Float32Array, t.dims)]));
+    for (const [runtime, open, convert] of [["node", nodeSession, (f: Record<string, unknown>) => f], ["web", webSession, toWeb]] as const) {
+      // single: one model, exits inside.
+      const single = await open(art.single.file);
+      const got: number[] = [];
+      for (let i = 0; i < n; i++) got.push(Number((await single.run(convert(data.feeds(i, i + 1) as never)))["ee_exit"]!.data[0]));
+      await single.release();
+      expect(got, `${runtime} single`).toEqual(expected);
+      // stages: run segments in order, stop at the first confident ramp.
+      const segs = [];
+      for (const s of art.stages.segments) segs.push({ s, session: await open(s.file) });
+      const byStages: number[] = [];
+      for (let i = 0; i < n; i++) {
+        const pool: Record<string, unknown> = { ...(convert(data.feeds(i, i + 1) as never)) };
+        let taken = -1;
+        for (const { s, session } of segs) {
+          const out = await session.run(Object.fromEntries(s.inputs.map((k) => [k, pool[k]])));
+          Object.assign(pool, out);
+          if (s.exit && scoreLogits(Float32Array.from(out[s.exit.output]!.data as ArrayLike<number>), plan.model.classes, 0).maxprob >= s.exit.threshold) {
+            taken = s.exit.ramp;
+            break;
+          }
+        }
+        byStages.push(taken);
+      }
+      for (const { session } of segs) await session.release();
+      expect(byStages, `${runtime} stages`).toEqual(expected);
+      // truncated: the deepest active ramp's logits.
+      const trunc = await open(art.truncated.file);
+      const t = await trunc.run(convert(data.feeds(0, 4) as never));
+      await trunc.release();
+      expect(Object.keys(t)).toEqual([exits.at(-1)!.output]);
+    }
+  }, 120_000);
+});

@@ -42,9 +42,10 @@ export class NodeEmitter {
     return t.name!;
   }
 
-  /** ReduceSum/ReduceMean over axes: axes as attribute before the opset that made them an input. */
-  reduce(op: "ReduceSum" | "ReduceMean", input: string, axes: number[], keepdims: boolean): string {
+  /** A reduction over axes (all axes when empty): axes as attribute before the opset that made them an input. */
+  reduce(op: "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin", input: string, axes: number[], keepdims: boolean): string {
     const inputFrom = op === "ReduceSum" ? 13 : 18;
+    if (axes.length === 0) return this.node(op, [input], [attr("keepdims", keepdims ? 1 : 0)]);
     if (this.opset >= inputFrom) {
       const ax = this.constant("axes", DataType.INT64, [axes.length], BigInt64Array.from(axes, BigInt));
       return this.node(op, [input, ax], [attr("keepdims", keepdims ? 1 : 0)]);

@@ -33,9 +33,15 @@ export async function writePlan(plan: Plan, file: string, modelPath: string, opt
   let out: Plan = { ...plan, model: { ...plan.model, file: path.relative(planDir, modelPath) } };
   if (options.emit?.length) {
     const dir = path.resolve(options.outDir ?? planDir);
+    try {
+      fs.mkdirSync(dir, { recursive: true });
+    } catch (e) {
+      throw new EeToolError("WRITE_FAILED", `cannot create ${dir}: ${(e as Error).message}`);
+    }
     const artifacts = await emitArtifacts(out, modelPath, dir, options.emit);
     const rel = (p: string): string => path.relative(planDir, p);
-    out = { ...out, artifacts: JSON.parse(JSON.stringify(artifacts, (_k, v: unknown) => (typeof v === "string" && path.isAbsolute(v) ? rel(v) : v))) as Record<string, unknown> };
+    // Only `file` entries are paths; tensor names may look like absolute paths ("/layer1/Relu_output_0").
+    out = { ...out, artifacts: JSON.parse(JSON.stringify(artifacts, (k, v: unknown) => (k === "file" && typeof v === "string" ? rel(v) : v))) as Record<string, unknown> };
   }
   writeBytesAtomic(file, JSON.stringify(out, null, 1) + "\n");
   return out;

@@ -1,18 +1,18 @@
 /** Running split models: types at the boundaries, sessions for every part, and chaining. */
 import type { OnnxModel } from "../onnx/model.js";
 import { discoverShapes } from "../ir/shapes.js";
-import { boundaryTensors, splitModel, type SplitModel, type StagePart } from "./split.js";
+import { boundaryTensors, splitModel, type SplitModel, type SplitOptions, type StagePart } from "./split.js";
 import { createSession, runSession, runtimeBytes, type SessionSettings, ort } from "../runtime/ort.js";
 import { Graph } from "../ir/graph.js";
 import { typeInfo } from "../ir/shapes.js";
 
 /** Split a model, learning the element types of boundary tensors from one batch where the graph is silent. */
-export async function splitWithTypes(model: OnnxModel, feeds: Record<string, ort.Tensor>, settings: SessionSettings = {}): Promise<SplitModel> {
-  const names = boundaryTensors(model.proto);
+export async function splitWithTypes(model: OnnxModel, feeds: Record<string, ort.Tensor>, settings: SessionSettings = {}, options: SplitOptions = {}): Promise<SplitModel> {
+  const names = boundaryTensors(model.proto, options);
   const view = new Graph(model.proto.graph!);
   const unknown = names.filter((n) => !typeInfo(view.valueInfo(n)?.type).elemType && !view.isInitializer(n));
   const found = unknown.length ? await discoverShapes(model, unknown, feeds, settings) : new Map();
-  return splitModel(model.proto, (n) => typeInfo(view.valueInfo(n)?.type).elemType ?? found.get(n)?.elemType);
+  return splitModel(model.proto, (n) => typeInfo(view.valueInfo(n)?.type).elemType ?? found.get(n)?.elemType, options);
 }
 
 export interface PartSession {

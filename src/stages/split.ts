@@ -96,9 +96,19 @@ interface SplitPlan {
   originalOutputs: ValueInfoProto[];
 }
 
+export interface SplitOptions {
+  /** Split only at these ramps (default: all). */
+  rampIds?: number[];
+  /**
+   * Put each ramp into the stage that ends at its exit, so one call runs both (segments of an
+   * early-exit runtime); the ramp's logits become the stage's first output.
+   */
+  fuse?: boolean;
+}
+
 /** Split an augmented model (with ee-tool ramp metadata) into stages and ramps. */
-export function splitModel(model: ModelProto, typeOf: TypeLookup): SplitModel {
-  const plan = planSplit(model);
+export function splitModel(model: ModelProto, typeOf: TypeLookup, options: SplitOptions = {}): SplitModel {
+  const plan = planSplit(model, options);
   const build = (p: PartPlan): StagePart => ({
     kind: p.kind, index: p.index, inputs: p.inputs, outputs: p.outputs,
     proto: subModel(model, `${p.kind}_${p.index}`, p.nodes, p.inputs, p.outputs, typeOf),
@@ -117,14 +127,14 @@ export function splitModel(model: ModelProto, typeOf: TypeLookup): SplitModel {
 }
 
 /** Every tensor passed between parts (their inputs and outputs). */
-export function boundaryTensors(model: ModelProto): string[] {
-  const plan = planSplit(model);
+export function boundaryTensors(model: ModelProto, options: SplitOptions = {}): string[] {
+  const plan = planSplit(model, options);
   const s = new Set<string>();
   for (const p of [...plan.stages, ...plan.ramps]) for (const t of [...p.inputs, ...p.outputs]) s.add(t);
   return [...s];
 }
 
-function planSplit(model: ModelProto): SplitPlan {
+function planSplit(model: ModelProto, options: SplitOptions = {}): SplitPlan {
   const meta = readRampMetadata(model);
   if (!meta || meta.ramps.length === 0) {
     throw new EeToolError("NO_RAMPS", "the model has no ee-tool ramps", { hint: "Run `ee-tool insert <model> --calib <data> -o model.ee.onnx` first, and profile its output." });
@@ -132,7 +142,9 @@ function planSplit(model: ModelProto): SplitPlan {
   const view = new Graph(model.graph!);
   const rampOutputs = new Set(meta.ramps.map((r) => r.output));
   const originalOutputs = view.outputs.map((o) => o.name ?? "").filter((o) => !rampOutputs.has(o));
-  const ramps = [...meta.ramps].sort((a, b) => a.depth - b.depth);
+  const wanted = options.rampIds ? new Set(options.rampIds) : undefined;
+  const ramps = meta.ramps.filter((r) => !wanted || wanted.has(r.id)).sort((a, b) => a.depth - b.depth);
+  if (wanted && ramps.length !== wanted.size) throw new EeToolError("EXIT_NOT_FOUND", `the model has no ramp ${[...wanted].filter((id) => !meta.ramps.some((r) => r.id === id)).join(", ")}`);
   const order = view.sortedNodes();
   const position = new Map(order.map((n, i) => [n, i]));
   const sorted = (set: Set<NodeProto>): NodeProto[] => [...set].sort((a, b) => position.get(a)! - position.get(b)!);
@@ -181,6 +193,16 @@ function planSplit(model: ModelProto): SplitPlan {
     for (const n of nodes) for (const i of view.inputsOf(n)) if (graphInputs.has(i) && !inputs.includes(i)) inputs.push(i);
     return { kind: "ramp", index: r.id, nodes: sorted(nodes), inputs, outputs: [r.output] };
   });
+  if (options.fuse) {
+    rampParts.forEach((rp, k) => {
+      const st = stages[k]!;
+      const produced = new Set(st.nodes.flatMap((n) => n.output ?? []));
+      const nodes = new Set([...st.nodes, ...rp.nodes]);
+      st.nodes = sorted(nodes);
+      for (const i of rp.inputs) if (!produced.has(i) && !st.inputs.includes(i)) st.inputs.push(i);
+      st.outputs = [rp.outputs[0]!, ...st.outputs];
+    });
+  }
   return {
     meta, stages, ramps: rampParts, backbone: sorted(backbone),
     originalOutputs: view.outputs.filter((o) => !rampOutputs.has(o.name ?? "")),
