@@ -9,6 +9,9 @@ import { buildCosts, buildProblem, candidateThresholds, evaluate, type Costs, ty
 import { autoSearch, exhaustiveSearch, greedySearch } from "../src/plan/search.js";
 import { binomialCdf, binomialUpperBound, hoeffdingBentkusPValue } from "../src/plan/certify.js";
 import { Rng } from "../src/util/rng.js";
+import { validate } from "./helpers/schema.js";
+
+const planSchema = JSON.parse(fs.readFileSync(path.join(ROOT, "docs/plan.schema.json"), "utf8")) as Record<string, unknown>;
 
 const FIX = (p: string): string => path.join(ROOT, "fixtures", p);
 const work = tmpDir();
@@ -113,6 +116,7 @@ describe("ee-tool plan", () => {
     expect(r.code).toBe(0);
     const plan = JSON.parse(fs.readFileSync(out, "utf8")) as Plan;
     console.log(`${name} plan:\n${r.stderr}`);
+    expect(validate(plan, planSchema)).toEqual([]);
     expect(plan.exits.length).toBeGreaterThan(0);
     expect(plan.expected.saving).toBeGreaterThan(0.05);
     expect(plan.certificate!.pValue).toBeLessThanOrEqual(0.05);
@@ -174,6 +178,7 @@ describe("ee-tool plan --emit", () => {
     const r = runCli(["plan", files[name].profile, "--emit", "stages,single,truncated", "--out-dir", path.join(dir, "artifacts"), "-o", planFile]);
     expect(r.code, r.stderr).toBe(0);
     const plan = JSON.parse(fs.readFileSync(planFile, "utf8")) as Plan;
+    expect(validate(plan, planSchema)).toEqual([]);
     const art = plan.artifacts as {
       stages: { segments: Array<{ file: string; inputs: string[]; outputs: string[]; exit: { ramp: number; output: string; threshold: number } | null }> };
       single: { file: string };
