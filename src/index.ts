@@ -12,3 +12,16 @@ export { summarizeModel, type ModelSummary, type ValueSummary } from "./analysis
 export { createSession, runSession, runtimeBytes, sessionOptions, type SessionSettings } from "./runtime/ort.js";
 export { ortTensorFromProto } from "./runtime/tensors.js";
 export { writeFileAtomic, writeBytesAtomic } from "./util/atomic.js";
+export { inputSpecs, openCalibration, openLabels, CalibrationSet, type InputSpec } from "./data/calib.js";
+export { analyzeExits, syntheticFeeds } from "./analysis/analyze.js";
+export { findExitCandidates, type ExitCandidate, type ExitAnalysis, type Layout } from "./analysis/exits.js";
+export { insertRamps, selectExits, type InsertOptions, type InsertResult } from "./ramps/insert.js";
+export { readRampMetadata, type RampMetadata, type RampRecord } from "./ramps/metadata.js";
+export { splitModel, type SplitModel, type StagePart, type SplitOptions } from "./stages/split.js";
+export { profileModel, writeProfile, type Profile, type ProfileOptions, type ProfileResult, type BatchLatency } from "./profile/profile.js";
+export { loadProfile, mergeProfiles } from "./profile/merge.js";
+export { planFromProfile, type Plan, type PlanOptions } from "./plan/plan.js";
+export { writePlan, checkModelHash } from "./plan/write.js";
+export { EarlyExitSession, type EarlyExitResult } from "./runtime/early-exit.js";
+export { evaluatePlan, type EvalReport, type EvalOptions } from "./eval/eval.js";
+export { main as runCli } from "./cli/main.js";

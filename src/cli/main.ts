@@ -7,6 +7,7 @@ import { registerConvert } from "./convert.js";
 import { registerInsert } from "./insert.js";
 import { registerProfile } from "./profile.js";
 import { registerPlan } from "./plan.js";
+import { registerEval } from "./eval.js";
 import { setQuiet } from "./io.js";
 
 const require = createRequire(import.meta.url);
@@ -28,6 +29,7 @@ export function buildProgram(): Command {
   registerInsert(program);
   registerProfile(program);
   registerPlan(program);
+  registerEval(program);
   for (const c of program.commands) c.exitOverride();
   return program;
 }
@@ -38,7 +40,7 @@ export async function main(argv: string[]): Promise<number> {
   const debug = argv.includes("--debug");
   try {
     await program.parseAsync(argv);
-    return ExitCode.OK;
+    return (process.exitCode as number | undefined) ?? ExitCode.OK;
   } catch (e) {
     if (e instanceof CommanderError) {
       // Commander already printed its message (or the help/version text).

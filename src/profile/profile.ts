@@ -122,7 +122,8 @@ export function rampMetadataOrThrow(model: OnnxModel): RampMetadata {
 export async function profileModel(model: OnnxModel, options: ProfileOptions): Promise<ProfileResult> {
   const meta = rampMetadataOrThrow(model);
   const progress = options.onProgress ?? (() => undefined);
-  const settings: SessionSettings = { ...options.settings, optimization: options.settings?.optimization ?? "all" };
+  // Spinning off: stages run as separate sessions, each with its own thread pool (see SessionSettings.spinning).
+  const settings: SessionSettings = { spinning: false, ...options.settings, optimization: options.settings?.optimization ?? "all" };
   const calib = openCalibration(options.calib, model.proto);
   const labels = options.labels ? openLabels(options.labels, calib.size) : undefined;
   const batches = options.batches ?? [1, 8];

@@ -18,6 +18,12 @@ export interface SessionSettings {
   threads?: number;
   /** Graph optimisation level (default "all"). */
   optimization?: "disabled" | "basic" | "extended" | "all";
+  /**
+   * Let idle intra-op threads spin waiting for work (onnxruntime's default). Off for the
+   * multi-session runtime and its profiles: each session has its own thread pool, and spinning
+   * pools of the other sessions steal the cores the running one needs.
+   */
+  spinning?: boolean;
 }
 
 export function sessionOptions(s: SessionSettings = {}): ort.InferenceSession.SessionOptions {
@@ -26,6 +32,7 @@ export function sessionOptions(s: SessionSettings = {}): ort.InferenceSession.Se
     graphOptimizationLevel: s.optimization ?? "all",
     ...(s.threads ? { intraOpNumThreads: s.threads, interOpNumThreads: 1 } : {}),
     logSeverityLevel: 3,
+    ...(s.spinning === false ? { extra: { session: { intra_op: { allow_spinning: "0" }, inter_op: { allow_spinning: "0" } } } } : {}),
   };
 }
 

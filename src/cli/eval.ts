@@ -1,0 +1,68 @@
+import type { Command } from "commander";
+import { evaluatePlan, type EvalReport } from "../eval/eval.js";
+import { EeToolError, ExitCode } from "../errors.js";
+import { info, out } from "./io.js";
+import { progressBars } from "./progress.js";
+import { table } from "./format.js";
+
+const pct = (x: number | null): string => (x === null ? "-" : `${(x * 100).toFixed(2)}%`);
+const ms = (x: number): string => x.toFixed(3);
+
+export function renderEval(r: EvalReport): string {
+  const a = r.accuracy;
+  const l = r.latency;
+  const lines = [
+    `${r.samples} samples at batch ${r.batch}`,
+    table([
+      ["", "measured", "plan predicted"],
+      ["accuracy drop vs model", pct(a.dropVsModel), a.against === "model" ? pct(a.predictedDrop) : "-"],
+      ["accuracy drop vs labels", pct(a.dropVsLabels), a.against === "labels" ? pct(a.predictedDrop) : "-"],
+      ["model accuracy (labels)", pct(a.modelAccuracy), ""],
+      ["early-exit accuracy (labels)", pct(a.earlyExitAccuracy), ""],
+      ["model latency mean / p50 (ms)", `${ms(l.model.mean)} / ${ms(l.model.p50)}`, `${ms(l.predicted.baselineMs)} (p50)`],
+      ["early-exit latency mean / p50 (ms)", `${ms(l.earlyExit.mean)} / ${ms(l.earlyExit.p50)}`, `${ms(l.predicted.meanMs)} / ${ms(l.predicted.medianMs)}`],
+      ["early-exit p90 / p99 (ms)", `${ms(l.earlyExit.p90)} / ${ms(l.earlyExit.p99)}`, ""],
+      ["saving (mean)", pct(l.saving), pct(l.predicted.saving)],
+      ["saving (median)", pct(l.savingMedian), pct(l.predicted.savingMedian)],
+    ]),
+    "exits",
+    table([["  ramp", "measured", "predicted"], ...r.exits.map((e) => [`  ${e.ramp === -1 ? "none" : e.ramp}`, pct(e.measured), pct(e.predicted)])]),
+  ];
+  return lines.join("\n");
+}
+
+export function registerEval(program: Command): void {
+  program
+    .command("eval")
+    .description("Measure a plan on held-out data: accuracy drop, exits and latency of the early-exit runtime against the original model")
+    .argument("<plan>", "plan JSON written by ee-tool plan")
+    .requiredOption("--data <inputs>", "held-out inputs (same forms as --calib)")
+    .option("--labels <y.npy>", "labels, for the drop against labels")
+    .option("--batch <n>", "batch size (default: the plan's)")
+    .option("--ep <provider>", "execution provider", "cpu")
+    .option("--threads <n>", "onnxruntime intra-op threads")
+    .option("--assert", "exit 3 when the measured drop exceeds the plan's maximum or the saving falls short of the prediction")
+    .option("--saving-tolerance <f>", "allowed shortfall of the measured mean saving below the prediction (absolute)", "0.1")
+    .option("--json", "print the report as JSON on stdout")
+    .addHelpText("after", "\nExamples:\n  $ ee-tool eval cnn.plan.json --data fixtures/cnn/eval.npz --labels fixtures/cnn/eval_labels.npy\n  $ ee-tool eval plan.json --data holdout.npz --assert --json > eval.json")
+    .action(async (planPath: string, opts: { data: string; labels?: string; batch?: string; ep: string; threads?: string; assert?: boolean; savingTolerance: string; json?: boolean }) => {
+      const batch = opts.batch === undefined ? undefined : Number(opts.batch);
+      if (batch !== undefined && !(Number.isInteger(batch) && batch >= 1)) throw new EeToolError("USAGE", `--batch must be a positive integer, got '${opts.batch}'`);
+      const tolerance = Number(opts.savingTolerance);
+      if (!(tolerance >= 0)) throw new EeToolError("USAGE", `--saving-tolerance must be a non-negative number, got '${opts.savingTolerance}'`);
+      const threads = opts.threads ? Number(opts.threads) : undefined;
+      const bars = progressBars();
+      const report = await evaluatePlan(planPath, {
+        data: opts.data, ...(opts.labels ? { labels: opts.labels } : {}), ...(batch ? { batch } : {}),
+        settings: { ep: opts.ep, ...(threads ? { threads } : {}) }, savingTolerance: tolerance,
+        onProgress: (p, d, t) => bars.update(p, d, t),
+      });
+      bars.stop();
+      if (opts.json) out(JSON.stringify(report, null, 2));
+      else info(renderEval(report));
+      if (opts.assert && !report.assertions.passed) {
+        for (const f of report.assertions.failures) process.stderr.write(`ee-tool: assertion failed: ${f}\n`);
+        process.exitCode = ExitCode.CONSTRAINT;
+      }
+    });
+}

@@ -1,0 +1,175 @@
+/**
+ * `ee-tool eval`: the original model and the early-exit runtime on the same held-out inputs,
+ * interleaved, with the same session options: measured accuracy drop, exit histogram and latency,
+ * each beside the plan's prediction.
+ */
+import * as path from "node:path";
+import * as fs from "node:fs";
+import type { Plan } from "../plan/plan.js";
+import { EarlyExitSession } from "../runtime/early-exit.js";
+import { loadModel } from "../onnx/model.js";
+import { openCalibration, openLabels } from "../data/calib.js";
+import { splitModel } from "../stages/split.js";
+import { runtimeBytes, type SessionSettings } from "../runtime/ort.js";
+import { createRunnable } from "../runtime/sync.js";
+import { summarize, type LatencyStats } from "../profile/timing.js";
+import { checkModelHash } from "../plan/write.js";
+import { EeToolError } from "../errors.js";
+import { DataType } from "../onnx/dtype.js";
+
+export interface EvalReport {
+  plan: string;
+  samples: number;
+  batch: number;
+  accuracy: {
+    dropVsModel: number;
+    dropVsLabels: number | null;
+    modelAccuracy: number | null;
+    earlyExitAccuracy: number | null;
+    predictedDrop: number;
+    maxDrop: number;
+    against: "model" | "labels";
+  };
+  exits: Array<{ ramp: number; measured: number; predicted: number }>;
+  latency: {
+    model: LatencyStats;
+    earlyExit: LatencyStats;
+    saving: number;
+    savingMedian: number;
+    predicted: { meanMs: number; medianMs: number; baselineMs: number; saving: number; savingMedian: number };
+  };
+  runtime: { direct: boolean; rowRemoval: boolean };
+  assertions: { passed: boolean; failures: string[]; savingTolerance: number };
+}
+
+export interface EvalOptions {
+  data: string;
+  labels?: string;
+  batch?: number;
+  settings?: SessionSettings;
+  /** Allowed shortfall of the measured mean saving below the predicted one (absolute, e.g. 0.1). */
+  savingTolerance?: number;
+  warmup?: number;
+  onProgress?: (phase: string, done: number, total: number) => void;
+}
+
+function argmax(x: Float32Array, k: number, i: number): number {
+  let b = 0;
+  for (let j = 1; j < k; j++) if (x[i * k + j]! > x[i * k + b]!) b = j;
+  return b;
+}
+
+export async function evaluatePlan(planPath: string, options: EvalOptions): Promise<EvalReport> {
+  let plan: Plan;
+  try {
+    plan = JSON.parse(fs.readFileSync(planPath, "utf8")) as Plan;
+  } catch (e) {
+    throw new EeToolError(fs.existsSync(planPath) ? "PROFILE_INVALID" : "FILE_NOT_FOUND", `cannot read plan ${planPath}: ${(e as Error).message}`);
+  }
+  const modelPath = path.resolve(path.dirname(planPath), plan.model.file);
+  checkModelHash(modelPath, plan.model.sha256);
+  const settings: SessionSettings = { optimization: "all", spinning: false, ...options.settings };
+  const batch = options.batch ?? plan.settings.batch;
+  const model = loadModel(modelPath);
+  const data = openCalibration(options.data, model.proto);
+  const labels = options.labels ? openLabels(options.labels, data.size) : undefined;
+  const original = splitModel(model.proto, () => DataType.FLOAT).original;
+  const base = await createRunnable(runtimeBytes(original, model.readExternal), settings, [plan.model.output]);
+  const ee = await EarlyExitSession.fromPlan(plan, modelPath, settings);
+  const k = plan.model.classes;
+  const n = data.size;
+  const basePred = new Int32Array(n);
+  const eePred = new Int32Array(n);
+  const exits = new Int32Array(n);
+  const tBase: number[] = [];
+  const tEe: number[] = [];
+  try {
+    const warm = Math.min(options.warmup ?? 20, Math.floor(n / batch));
+    for (let w = 0; w < warm; w++) {
+      const f = data.feeds(w * batch, (w + 1) * batch);
+      await base.run(f, [plan.model.output]);
+      await ee.run(f);
+    }
+    let b = 0;
+    for (let s = 0; s + batch <= n; s += batch, b++) {
+      const feeds = data.feeds(s, s + batch);
+      const runBase = async (): Promise<void> => {
+        const t0 = performance.now();
+        const out = await base.run(feeds, [plan.model.output]);
+        tBase.push(performance.now() - t0);
+        const x = out[plan.model.output]!.data as Float32Array;
+        for (let i = 0; i < batch; i++) basePred[s + i] = argmax(x, k, i);
+      };
+      const runEe = async (): Promise<void> => {
+        const t0 = performance.now();
+        const r = await ee.run(feeds);
+        tEe.push(performance.now() - t0);
+        for (let i = 0; i < batch; i++) {
+          eePred[s + i] = argmax(r.logits, k, i);
+          exits[s + i] = r.exits[i]!;
+        }
+      };
+      // Alternate the order so neither always runs on a warmer cache.
+      if (b % 2 === 0) {
+        await runBase();
+        await runEe();
+      } else {
+        await runEe();
+        await runBase();
+      }
+      options.onProgress?.("eval", s + batch, n);
+    }
+  } finally {
+    await base.release();
+    await ee.release();
+  }
+  const m = Math.floor(n / batch) * batch;
+  let agree = 0;
+  let baseRight = 0;
+  let eeRight = 0;
+  for (let i = 0; i < m; i++) {
+    if (basePred[i] === eePred[i]) agree++;
+    if (labels) {
+      if (basePred[i] === labels[i]) baseRight++;
+      if (eePred[i] === labels[i]) eeRight++;
+    }
+  }
+  const per = (xs: number[]): number[] => xs.map((x) => x / batch);
+  const baseStats = summarize(per(tBase), true);
+  const early = summarize(per(tEe), true);
+  const dropVsModel = 1 - agree / m;
+  const dropVsLabels = labels ? (baseRight - eeRight) / m : null;
+  const against = plan.settings.against;
+  const measuredDrop = against === "labels" ? dropVsLabels : dropVsModel;
+  const saving = 1 - early.mean / baseStats.mean;
+  const savingMedian = 1 - early.p50 / baseStats.p50;
+  const tolerance = options.savingTolerance ?? 0.1;
+  const failures: string[] = [];
+  if (measuredDrop === null) failures.push("the plan is against labels but no --labels were given");
+  else if (measuredDrop > plan.settings.maxDrop) {
+    failures.push(`measured accuracy drop ${(measuredDrop * 100).toFixed(2)}% exceeds the plan's maximum ${(plan.settings.maxDrop * 100).toFixed(2)}%`);
+  }
+  if (saving < plan.expected.saving - tolerance) {
+    failures.push(`measured mean saving ${(saving * 100).toFixed(1)}% falls short of the predicted ${(plan.expected.saving * 100).toFixed(1)}% by more than ${(tolerance * 100).toFixed(0)} points`);
+  }
+  const rampIds = [...plan.exits].sort((a, b) => a.stage - b.stage);
+  return {
+    plan: planPath,
+    samples: m,
+    batch,
+    accuracy: {
+      dropVsModel, dropVsLabels, modelAccuracy: labels ? baseRight / m : null, earlyExitAccuracy: labels ? eeRight / m : null,
+      predictedDrop: plan.expected.dropCertify, maxDrop: plan.settings.maxDrop, against,
+    },
+    exits: [
+      ...rampIds.map((e) => ({ ramp: e.ramp, measured: exits.subarray(0, m).filter((x) => x === e.ramp).length / m, predicted: e.exitRateCertify })),
+      { ramp: -1, measured: exits.subarray(0, m).filter((x) => x === -1).length / m, predicted: 1 - rampIds.reduce((a, e) => a + e.exitRateCertify, 0) },
+    ],
+    latency: {
+      model: baseStats, earlyExit: early, saving, savingMedian,
+      predicted: { meanMs: plan.expected.meanLatencyMs, medianMs: plan.expected.medianLatencyMs, baselineMs: plan.baselineMs, saving: plan.expected.saving, savingMedian: plan.expected.savingMedian },
+    },
+    runtime: { direct: base.direct, rowRemoval: ee.rowRemoval },
+    assertions: { passed: failures.length === 0, failures, savingTolerance: tolerance },
+  };
+}
