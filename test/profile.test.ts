@@ -137,6 +137,11 @@ describe("ee-tool profile", () => {
     r = runCli(["profile", ee.cnn, "--calib", FIX("cnn/calib.npz"), "--no-latency", "-o", path.join(dir, "missing/dir/p.json")]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/WRITE_FAILED/);
+    // An execution provider this onnxruntime build does not have (nnapi exists only on Android).
+    r = runCli(["profile", ee.cnn, "--calib", FIX("cnn/calib.npz"), "--ep", "nnapi", "-o", path.join(dir, "p.json")]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^ee-tool: error \[RUNTIME_FAILED\]: execution provider 'nnapi' is not available/);
+    expect(r.stderr.trim().split("\n").length).toBe(2);
     r = runCli(["profile", ee.cnn, "--calib", FIX("cnn/calib.npz"), "--batch", "0", "-o", path.join(dir, "p.json")]);
     expect(r.code).toBe(1);
     expect(fs.readdirSync(dir)).toEqual([]);

@@ -9,10 +9,12 @@
  * exits at its i-th active ramp j pays i calls, the stages up to j and every active ramp up to j;
  * a sample that never exits pays every segment and the last call.
  *
- * Stages timed one by one add up to more than the model run whole (each call also pays for cold
- * caches and copies at its boundaries), so the stages' net costs are scaled to sum, with one call,
- * to the whole model's measured latency: a configuration without exits costs exactly the original
- * model, and every extra call costs one measured call overhead.
+ * The cost of one call is taken from the profile itself: stages timed one by one add up to more
+ * than the model run whole, and that excess spread over the extra calls is what a call really costs
+ * (copies and cold caches at each boundary, beyond the bare Identity call measured as
+ * `callOverhead`, which is the floor). The stages' net costs are then scaled to sum, with one
+ * call, to the whole model's measured latency: a configuration without exits costs exactly the
+ * original model, and every extra call costs one call.
  */
 import type { Profile } from "../profile/profile.js";
 import type { SampleData } from "../profile/samples.js";
@@ -51,9 +53,11 @@ export function buildCosts(profile: Profile, batch: number): Costs {
     });
   }
   const per = (x: number): number => x / batch;
-  const overhead = per(l.callOverhead.p50);
-  const net = (x: number): number => Math.max(0, per(x) - overhead);
   const baseline = per(l.model.p50);
+  const stageSum = l.stages.reduce((a, s) => a + per(s.p50), 0);
+  const empirical = l.stages.length > 1 ? (stageSum - baseline) / (l.stages.length - 1) : 0;
+  const overhead = Math.max(per(l.callOverhead.p50), empirical);
+  const net = (x: number): number => Math.max(0, per(x) - overhead);
   const stages = l.stages.map((s) => net(s.p50));
   const sum = stages.reduce((a, b) => a + b, 0);
   const scale = sum > 0 ? Math.max(0, baseline - overhead) / sum : 0;

@@ -11,6 +11,10 @@ import { EeToolError, messageOf } from "../errors.js";
 
 export { ort };
 
+// onnxruntime's own log lines (for example a missing CUDA library) would precede ee-tool's one-line
+// errors on stderr; keep only fatal ones. ee-tool reports every failure itself.
+ort.env.logLevel = "fatal";
+
 export interface SessionSettings {
   /** Execution provider: cpu (default), cuda, ... */
   ep?: string;
@@ -31,7 +35,7 @@ export function sessionOptions(s: SessionSettings = {}): ort.InferenceSession.Se
     executionProviders: [s.ep ?? "cpu"],
     graphOptimizationLevel: s.optimization ?? "all",
     ...(s.threads ? { intraOpNumThreads: s.threads, interOpNumThreads: 1 } : {}),
-    logSeverityLevel: 3,
+    logSeverityLevel: 4,
     ...(s.spinning === false ? { extra: { session: { intra_op: { allow_spinning: "0" }, inter_op: { allow_spinning: "0" } } } } : {}),
   };
 }
