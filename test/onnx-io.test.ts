@@ -115,7 +115,7 @@ describe("lossless load and save", () => {
     expect(again.graph!.node![0]!.metadata_props![0]!.value).toBe("test");
     expect(again.graph!.node![1]!.overload).toBe("v1");
     expect(again.functions![0]!.attribute_proto![0]!.f).toBe(2);
-    expect(Array.from(tensorToArray(again.graph!.initializer![1]!))).toEqual([0x21, 0x03]);
+    expect(Array.from(tensorToArray(again.graph!.initializer![1]!) as ArrayLike<number>)).toEqual([0x21, 0x03]);
     // onnxruntime loads and runs the IR 10 model, local function included (float8/int4 initializers unused).
     const ortModel = { ...model, graph: { ...model.graph!, initializer: [], sparse_initializer: [] }, training_info: [] };
     const s = await createSession(serializeModel(ortModel));
@@ -127,25 +127,25 @@ describe("lossless load and save", () => {
 describe("tensor data helpers", () => {
   it("reads every storage form into typed arrays", () => {
     const half: TensorProto = { name: "h", dims: [3], data_type: DataType.FLOAT16, int32_data: [0x3c00, 0xc000, 0x7bff] };
-    expect(Array.from(tensorToArray(half))).toEqual([1, -2, 65504]);
+    expect(Array.from(tensorToArray(half) as ArrayLike<number>)).toEqual([1, -2, 65504]);
     const bf: TensorProto = { name: "b", dims: [2], data_type: DataType.BFLOAT16, int32_data: [0x3f80, 0x4049] };
-    expect(Array.from(tensorToArray(bf))).toEqual([1, 3.140625]);
+    expect(Array.from(tensorToArray(bf) as ArrayLike<number>)).toEqual([1, 3.140625]);
     const i64: TensorProto = { name: "i", dims: [2], data_type: DataType.INT64, int64_data: [-1, 5] };
     expect(Array.from(tensorToArray(i64) as BigInt64Array)).toEqual([-1n, 5n]);
     const f: TensorProto = { name: "f", dims: [2, 1], data_type: DataType.FLOAT, float_data: [0.5, 1.5] };
-    expect(Array.from(tensorToArray(f))).toEqual([0.5, 1.5]);
+    expect(Array.from(tensorToArray(f) as ArrayLike<number>)).toEqual([0.5, 1.5]);
     const d: TensorProto = { name: "d", dims: [1], data_type: DataType.DOUBLE, double_data: [Math.PI] };
-    expect(Array.from(tensorToArray(d))).toEqual([Math.PI]);
+    expect(Array.from(tensorToArray(d) as ArrayLike<number>)).toEqual([Math.PI]);
     const u32: TensorProto = { name: "u", dims: [1], data_type: DataType.UINT32, uint64_data: [4294967295] };
-    expect(Array.from(tensorToArray(u32))).toEqual([4294967295]);
+    expect(Array.from(tensorToArray(u32) as ArrayLike<number>)).toEqual([4294967295]);
   });
 
   it("converts float16 and bfloat16 with round-to-nearest-even", () => {
     const values = Float32Array.from([1, -2, 0.1, 65504, 1e-8, 70000, 1 + 2 ** -11, 1 + 3 * 2 ** -11]);
     const h = tensorToArray(makeTensor("h", DataType.FLOAT16, [values.length], values));
-    expect(Array.from(h)).toEqual([1, -2, 0.0999755859375, 65504, 0, Infinity, 1, 1 + 2 ** -9]);
+    expect(Array.from(h as Float32Array)).toEqual([1, -2, 0.0999755859375, 65504, 0, Infinity, 1, 1 + 2 ** -9]);
     const b = tensorToArray(makeTensor("b", DataType.BFLOAT16, [2], Float32Array.from([1.00390625, 3.14159])));
-    expect(Array.from(b)).toEqual([1, 3.140625]);
+    expect(Array.from(b as Float32Array)).toEqual([1, 3.140625]);
   });
 
   it("refuses data that does not match dims and type", () => {

@@ -63,7 +63,7 @@ describe("EarlyExitSession", () => {
     fs.copyFileSync(f("cnn", "plan.json"), path.join(dir, "plan.json"));
     const plan = JSON.parse(fs.readFileSync(f("cnn", "plan.json"), "utf8")) as Plan;
     const bytes = fs.readFileSync(f("cnn", "ee.onnx"));
-    bytes[100] ^= 0xff;
+    bytes[100] = bytes[100]! ^ 0xff;
     fs.writeFileSync(path.join(dir, plan.model.file), bytes);
     await expect(EarlyExitSession.create(path.join(dir, "plan.json"))).rejects.toThrow(/has changed since it was profiled/);
     const r = runCli(["eval", path.join(dir, "plan.json"), "--data", FIX("cnn/eval.npz")]);

@@ -19,8 +19,7 @@ import { NodeEmitter, attr, defaultOpset } from "../ir/builder.js";
 import { makeValueInfo } from "../ir/shapes.js";
 import { shallowClone } from "../ir/clone.js";
 import { DataType } from "../onnx/dtype.js";
-import { splitModel } from "../stages/split.js";
-import { readRampMetadata } from "../ramps/metadata.js";
+import { declaredTypes, needed, splitModel } from "../stages/split.js";
 import { EeToolError } from "../errors.js";
 
 export interface SegmentArtifact {
@@ -47,22 +46,6 @@ export function emitConfidence(em: NodeEmitter, logits: string, metric: Metric):
   return em.reduce("ReduceSum", em.node("Mul", [probs, em.node("Log", [em.node("Max", [probs, tiny])])]), [1], false);
 }
 
-function typeLookup(model: ModelProto): (name: string) => number | undefined {
-  // Exit tensors are float; side tensors take the type their graph declares, else float.
-  const g = new Graph(model.graph!);
-  return (name) => {
-    const vi = g.valueInfo(name)?.type?.tensor_type?.elem_type;
-    if (vi) return vi;
-    const producer = g.producer(name);
-    if (producer?.op_type === "Shape" || producer?.op_type === "Size") return DataType.INT64;
-    if (producer?.op_type === "Cast") {
-      const to = producer.attribute?.find((a) => a.name === "to")?.i;
-      if (to !== undefined) return Number(String(to));
-    }
-    return DataType.FLOAT;
-  };
-}
-
 function activeExits(plan: Plan): Plan["exits"] {
   if (plan.exits.length === 0) throw new EeToolError("UNSUPPORTED", "the plan has no exits: there is nothing to emit");
   return [...plan.exits].sort((a, b) => a.stage - b.stage);
@@ -70,7 +53,7 @@ function activeExits(plan: Plan): Plan["exits"] {
 
 function emitStages(model: OnnxModel, plan: Plan, dir: string): SegmentArtifact[] {
   const exits = activeExits(plan);
-  const split = splitModel(model.proto, typeLookup(model.proto), { rampIds: exits.map((e) => e.ramp), fuse: true });
+  const split = splitModel(model.proto, declaredTypes(model.proto), { rampIds: exits.map((e) => e.ramp), fuse: true });
   return split.stages.map((st, i) => {
     const file = path.join(dir, `segment_${i}.onnx`);
     saveModel({ ...model, proto: st.proto }, file);
@@ -82,41 +65,20 @@ function emitStages(model: OnnxModel, plan: Plan, dir: string): SegmentArtifact[
 /** One model with nested If nodes. */
 function buildSingle(model: ModelProto, plan: Plan): ModelProto {
   const exits = activeExits(plan);
-  const meta = readRampMetadata(model)!;
   const view = new Graph(model.graph!);
   const order = view.sortedNodes();
   const pos = new Map(order.map((n, i) => [n, i]));
-  const rampOutputs = new Set(meta.ramps.map((r) => r.output));
-  const keepRamp = new Set(exits.map((e) => e.output));
   const output = plan.model.output;
-  const needed = (targets: string[], stop: Set<string>): Set<NodeProto> => {
-    const out = new Set<NodeProto>();
-    const stack = [...targets];
-    const seen = new Set<string>();
-    while (stack.length) {
-      const t = stack.pop()!;
-      if (seen.has(t) || stop.has(t)) continue;
-      seen.add(t);
-      const p = view.producer(t);
-      if (p && !out.has(p)) {
-        out.add(p);
-        for (const i of view.inputsOf(p)) stack.push(i);
-      }
-    }
-    return out;
-  };
   const opset = defaultOpset(model.opset_import);
   const taken = new Set<NodeProto>();
   // Nodes of segment i: what exit i's ramp needs, minus what earlier segments computed.
   const segmentNodes = (targets: string[]): NodeProto[] => {
-    const s = [...needed(targets, new Set())].filter((n) => !taken.has(n));
+    const s = [...needed(view, targets, new Set())].filter((n) => !taken.has(n));
     s.forEach((n) => taken.add(n));
     return s.sort((a, b) => pos.get(a)! - pos.get(b)!);
   };
   const segments = exits.map((e) => segmentNodes([e.output]));
   const rest = segmentNodes([output]);
-  void rampOutputs;
-  void keepRamp;
 
   const metric = plan.settings.metric;
   // Build from the innermost branch outwards.
@@ -180,14 +142,11 @@ function buildSingle(model: ModelProto, plan: Plan): ModelProto {
 function buildTruncated(model: ModelProto, plan: Plan): { proto: ModelProto; ramp: number } {
   const exits = activeExits(plan);
   const deepest = exits[exits.length - 1]!;
-  const view = new Graph(model.graph!);
   const out: ModelProto = shallowClone(model);
   out.graph = shallowClone(model.graph!);
   out.graph.output = [makeValueInfo(deepest.output, DataType.FLOAT, [null, plan.model.classes])];
   out.metadata_props = (model.metadata_props ?? []).filter((m) => m.key !== "ee-tool.ramps");
-  const g = new Graph(out.graph);
-  g.cleanup();
-  void view;
+  new Graph(out.graph).cleanup();
   return { proto: out, ramp: deepest.ramp };
 }
 

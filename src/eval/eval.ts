@@ -9,13 +9,12 @@ import type { Plan } from "../plan/plan.js";
 import { EarlyExitSession } from "../runtime/early-exit.js";
 import { loadModel } from "../onnx/model.js";
 import { openCalibration, openLabels } from "../data/calib.js";
-import { splitModel } from "../stages/split.js";
+import { declaredTypes, splitModel } from "../stages/split.js";
 import { runtimeBytes, type SessionSettings } from "../runtime/ort.js";
 import { createRunnable } from "../runtime/sync.js";
 import { summarize, type LatencyStats } from "../profile/timing.js";
 import { checkModelHash } from "../plan/write.js";
 import { EeToolError } from "../errors.js";
-import { DataType } from "../onnx/dtype.js";
 
 export interface EvalReport {
   plan: string;
@@ -73,7 +72,7 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
   const model = loadModel(modelPath);
   const data = openCalibration(options.data, model.proto);
   const labels = options.labels ? openLabels(options.labels, data.size) : undefined;
-  const original = splitModel(model.proto, () => DataType.FLOAT).original;
+  const original = splitModel(model.proto, declaredTypes(model.proto)).original;
   const base = await createRunnable(runtimeBytes(original, model.readExternal), settings, [plan.model.output]);
   const ee = await EarlyExitSession.fromPlan(plan, modelPath, settings);
   const k = plan.model.classes;

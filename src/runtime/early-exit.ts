@@ -10,7 +10,8 @@ import type { Plan } from "../plan/plan.js";
 import type { Metric } from "../plan/problem.js";
 import { loadModel } from "../onnx/model.js";
 import { checkModelHash } from "../plan/write.js";
-import { splitModel, type StagePart } from "../stages/split.js";
+import { declaredTypes, splitModel, type StagePart } from "../stages/split.js";
+import { scoreLogits } from "../profile/samples.js";
 import { runtimeBytes, ort, type SessionSettings } from "./ort.js";
 import { createRunnable, type RunnableSession } from "./sync.js";
 import { EeToolError } from "../errors.js";
@@ -34,24 +35,10 @@ interface Segment {
   exit: { ramp: number; output: string; threshold: number } | null;
 }
 
-/** Confidence of row i of logits [n, k] under a metric (higher is more confident). */
+/** Confidence of row i of logits [n, k] under a metric (higher is more confident), as the profile measures it. */
 export function rowConfidence(logits: Float32Array, k: number, i: number, metric: Metric): number {
-  let max = -Infinity;
-  for (let j = 0; j < k; j++) max = Math.max(max, logits[i * k + j]!);
-  let sum = 0;
-  for (let j = 0; j < k; j++) sum += Math.exp(logits[i * k + j]! - max);
-  let p1 = 0;
-  let p2 = 0;
-  let negEntropy = 0;
-  for (let j = 0; j < k; j++) {
-    const p = Math.exp(logits[i * k + j]! - max) / sum;
-    if (p > p1) {
-      p2 = p1;
-      p1 = p;
-    } else if (p > p2) p2 = p;
-    if (p > 0) negEntropy += p * Math.log(p);
-  }
-  return metric === "maxprob" ? Math.fround(p1) : metric === "margin" ? Math.fround(p1 - p2) : Math.fround(negEntropy);
+  const sc = scoreLogits(logits, k, i);
+  return Math.fround(metric === "maxprob" ? sc.maxprob : metric === "margin" ? sc.margin : -sc.entropy);
 }
 
 /** Rows `keep` of a tensor whose first dimension is the batch. */
@@ -93,12 +80,8 @@ export class EarlyExitSession {
     const model = loadModel(modelPath);
     const exits = [...plan.exits].sort((a, b) => a.stage - b.stage);
     const view = new Graph(model.proto.graph!);
-    const typeOf = (name: string): number => {
-      const declared = view.valueInfo(name)?.type?.tensor_type?.elem_type;
-      if (declared) return declared;
-      const p = view.producer(name);
-      return p?.op_type === "Shape" || p?.op_type === "Size" ? DataType.INT64 : DataType.FLOAT;
-    };
+    const types = declaredTypes(model.proto);
+    const typeOf = (name: string): number => types(name) ?? DataType.FLOAT;
     const split = splitModel(model.proto, typeOf, { rampIds: exits.map((e) => e.ramp), fuse: true });
     const segments: Segment[] = [];
     for (let i = 0; i < split.stages.length; i++) {

@@ -9,6 +9,7 @@ import { makeValueInfo } from "../ir/shapes.js";
 import { shallowClone } from "../ir/clone.js";
 import { EeToolError } from "../errors.js";
 import { readRampMetadata, type RampMetadata } from "../ramps/metadata.js";
+import { DataType } from "../onnx/dtype.js";
 
 export interface StagePart {
   /** "stage" k covers the backbone from cut k-1 to cut k; "ramp" k is ramp k alone. */
@@ -62,8 +63,8 @@ function subModel(source: ModelProto, name: string, nodes: NodeProto[], inputs: 
   return m;
 }
 
-/** Nodes (in graph order) needed for `targets`, stopping at `available` tensors. */
-function needed(view: Graph, targets: string[], available: Set<string>): Set<NodeProto> {
+/** Nodes needed for `targets`, stopping at `available` tensors. */
+export function needed(view: Graph, targets: string[], available: Set<string>): Set<NodeProto> {
   const out = new Set<NodeProto>();
   const stack = [...targets];
   const seen = new Set<string>();
@@ -104,6 +105,25 @@ export interface SplitOptions {
    * early-exit runtime); the ramp's logits become the stage's first output.
    */
   fuse?: boolean;
+}
+
+/**
+ * Element types without running the model: the declared type, else INT64 for shape arithmetic
+ * (Shape, Size) and Cast's target, else FLOAT (exit tensors and activations).
+ */
+export function declaredTypes(model: ModelProto): TypeLookup {
+  const g = new Graph(model.graph!);
+  return (name) => {
+    const declared = g.valueInfo(name)?.type?.tensor_type?.elem_type;
+    if (declared) return declared;
+    const producer = g.producer(name);
+    if (producer?.op_type === "Shape" || producer?.op_type === "Size") return DataType.INT64;
+    if (producer?.op_type === "Cast") {
+      const to = producer.attribute?.find((a) => a.name === "to")?.i;
+      if (to !== undefined) return Number(String(to));
+    }
+    return DataType.FLOAT;
+  };
 }
 
 /** Split an augmented model (with ee-tool ramp metadata) into stages and ramps. */
@@ -149,7 +169,6 @@ function planSplit(model: ModelProto, options: SplitOptions = {}): SplitPlan {
   const position = new Map(order.map((n, i) => [n, i]));
   const sorted = (set: Set<NodeProto>): NodeProto[] => [...set].sort((a, b) => position.get(a)! - position.get(b)!);
   const graphInputs = new Set(view.inputs.map((i) => i.name ?? ""));
-  const isSource = (t: string): boolean => graphInputs.has(t) || view.isInitializer(t);
 
   // Backbone nodes: what the original outputs need. Assign each to the first stage that needs it.
   const backbone = needed(view, originalOutputs, new Set());
