@@ -129,6 +129,10 @@ describe("ee-tool plan", () => {
     expect(plan.truncation.at(-1)!.bytesNotLoaded).toBeGreaterThan(0);
     expect(plan.model.sha256).toMatch(/^[0-9a-f]{64}$/);
     expect(path.resolve(work, plan.model.file)).toBe(files[name].ee);
+    // Reproducible: the same profile and options give the same bytes.
+    const again = path.join(work, `${name}.again.plan.json`);
+    expect(runCli(["plan", files[name].profile, "--max-drop", "0.01", "--frontier", "-o", again]).code).toBe(0);
+    expect(fs.readFileSync(again).equals(fs.readFileSync(out))).toBe(true);
   });
 
   it("against labels, other metrics", () => {

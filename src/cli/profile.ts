@@ -98,7 +98,7 @@ export function registerProfile(program: Command): void {
     .description("Combine the shards of a sharded profile into one profile")
     .argument("<profiles...>", "shard profiles written by ee-tool profile --shard i/n")
     .requiredOption("-o, --output <profile.json>", "merged profile to write")
-    .addHelpText("after", "\nExample:\n  $ ee-tool merge shard0.json shard1.json shard2.json shard3.json -o profile.json")
+    .addHelpText("after", "\nExamples:\n  $ ee-tool merge shard0.json shard1.json shard2.json shard3.json -o profile.json")
     .action((files: string[], opts: { output: string }) => {
       const merged = mergeProfiles(files);
       const written = writeProfile(opts.output, merged, path.resolve(path.dirname(files[0]!), merged.profile.model.file));

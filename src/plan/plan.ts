@@ -2,7 +2,6 @@
  * `ee-tool plan`: choose exits and thresholds under a maximum accuracy drop, tuned on one half of
  * the profile's samples and certified on the other half.
  */
-import { createHash } from "node:crypto";
 import type { ProfileResult } from "../profile/profile.js";
 import { EeToolError } from "../errors.js";
 import { TOOL_VERSION } from "../ramps/insert.js";
@@ -48,7 +47,6 @@ export interface Outcome {
 export interface Plan {
   format: typeof PLAN_FORMAT;
   tool: string;
-  created: string;
   model: { file: string; sha256: string; output: string; classes: number };
   profile: { created: string; samples: number; calibrationHash: string };
   settings: { maxDrop: number; against: Against; metric: Metric; batch: number; confidence: number; search: SearchMethod; levels: number };
@@ -183,7 +181,6 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
   return {
     format: PLAN_FORMAT,
     tool: TOOL_VERSION,
-    created: new Date().toISOString(),
     model: { file: profile.model.file, sha256: profile.model.sha256, output: profile.model.output, classes: profile.model.classes },
     profile: { created: profile.created, samples: samples.count, calibrationHash: profile.settings.calibrationHash },
     settings: { maxDrop, against, metric, batch, confidence, search: method, levels },
@@ -201,6 +198,3 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
   };
 }
 
-export function planHash(plan: Plan): string {
-  return createHash("sha256").update(JSON.stringify({ ...plan, created: "" })).digest("hex");
-}
