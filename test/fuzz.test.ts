@@ -10,7 +10,7 @@ import { parseModel } from "../src/onnx/model.js";
 import { summarizeModel } from "../src/analysis/summary.js";
 import { EeToolError } from "../src/errors.js";
 import { Rng } from "../src/util/rng.js";
-import { CNN, TEXT } from "./helpers/fixtures.js";
+import { CNN, TEXT, runCli, tmpDir } from "./helpers/fixtures.js";
 
 function mutate(src: Buffer, rng: Rng): Buffer {
   const kind = Math.floor(rng.next() * 4);
@@ -55,5 +55,33 @@ describe("fuzzing the loader and inspect", () => {
     }
     console.log(`fuzz: ${cases} cases in ${((performance.now() - started) / 1000).toFixed(1)} s: ${outcomes.loaded} loaded, refused ${JSON.stringify(Object.fromEntries(outcomes.refused))}`);
     expect(outcomes.refused.size).toBeGreaterThan(0);
+  }, 300_000);
+});
+
+describe("fuzzing the inspect command", () => {
+  it("mutated models given to `ee-tool inspect` (which also runs them) end in exit 0 or one clear error", () => {
+    const cases = Number(process.env.EE_FUZZ_CLI_CASES ?? 30);
+    const sources = [CNN, TEXT].map((f) => fs.readFileSync(f));
+    const rng = new Rng(99);
+    const dir = tmpDir();
+    const codes = new Map<string, number>();
+    for (let i = 0; i < cases; i++) {
+      const out = Buffer.from(sources[i % 2]!);
+      const flips = 1 + Math.floor(rng.next() * 4);
+      for (let k = 0; k < flips; k++) {
+        const at = rng.next() < 0.5 ? Math.floor(rng.next() * 4096) : out.length - 1 - Math.floor(rng.next() * 8192);
+        out[at] = Math.floor(rng.next() * 256);
+      }
+      const file = path.join(dir, `case${i}.onnx`);
+      fs.writeFileSync(file, out);
+      const r = runCli(["inspect", file]);
+      expect([0, 2], `case ${i}: ${r.stderr}`).toContain(r.code);
+      if (r.code === 2) {
+        expect(r.stderr.trim().split("\n").length).toBe(2);
+        const code = /error \[(\w+)\]/.exec(r.stderr)![1]!;
+        codes.set(code, (codes.get(code) ?? 0) + 1);
+      }
+    }
+    console.log(`inspect fuzz: ${cases} cases, errors ${JSON.stringify(Object.fromEntries(codes))}`);
   }, 300_000);
 });
