@@ -1,0 +1,50 @@
+// EarlyExitSession overhead: the plan's exits active but thresholds that never fire, at batch 1,
+// against the original model plus the profiled ramp costs (all measured in this run, interleaved).
+//   npm run build && node bench/runtime-overhead.mjs <plan.json> <data.npz>
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { EarlyExitSession } from "../dist/runtime/early-exit.js";
+import { createRunnable } from "../dist/runtime/sync.js";
+import { loadModel } from "../dist/onnx/model.js";
+import { declaredTypes, splitModel } from "../dist/stages/split.js";
+import { runtimeBytes } from "../dist/runtime/ort.js";
+import { openCalibration } from "../dist/data/calib.js";
+import { openParts, chainStages, releaseParts } from "../dist/stages/runner.js";
+
+const [planPath, dataPath] = process.argv.slice(2);
+if (!planPath || !dataPath) {
+  console.error("usage: node bench/runtime-overhead.mjs <plan.json> <data.npz>");
+  process.exit(1);
+}
+const plan = JSON.parse(fs.readFileSync(planPath, "utf8"));
+const modelPath = path.resolve(path.dirname(planPath), plan.model.file);
+const model = loadModel(modelPath);
+const split = splitModel(model.proto, declaredTypes(model.proto), { rampIds: plan.exits.map((e) => e.ramp) });
+const settings = { optimization: "all", spinning: false };
+const whole = await createRunnable(runtimeBytes(split.original), settings, [plan.model.output]);
+const ramps = [];
+for (const r of split.ramps) ramps.push({ part: r, s: await createRunnable(runtimeBytes(r.proto), settings, r.outputs) });
+const never = { ...plan, exits: plan.exits.map((e) => ({ ...e, threshold: 2 })) };
+const ee = await EarlyExitSession.fromPlan(never, modelPath, settings);
+const data = openCalibration(dataPath, model.proto);
+const feeds = Array.from({ length: 200 }, (_, i) => data.feeds(i, i + 1));
+// Ramp inputs: the exit tensors of each sample, from one pass of the stages.
+const stages = await openParts(split.stages, model.readExternal, settings);
+const rampFeeds = [];
+for (const f of feeds) {
+  const pool = await chainStages(stages, f);
+  rampFeeds.push(ramps.map(({ part }) => Object.fromEntries(part.inputs.map((i) => [i, pool.get(i)]))));
+}
+await releaseParts(stages);
+const time = async (fn) => { const t0 = performance.now(); for (let i = 0; i < feeds.length; i++) await fn(i); return (performance.now() - t0) / feeds.length; };
+const rows = { model: [], ramps: [], ee: [] };
+for (let round = 0; round < 10; round++) {
+  rows.model.push(await time((i) => whole.run(feeds[i], [plan.model.output])));
+  rows.ramps.push(await time(async (i) => { for (let j = 0; j < ramps.length; j++) await ramps[j].s.run(rampFeeds[i][j], ramps[j].part.outputs); }));
+  rows.ee.push(await time((i) => ee.run(feeds[i])));
+}
+const med = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const m = med(rows.model), r = med(rows.ramps), e = med(rows.ee);
+console.log(`batch 1, ${plan.exits.length} active exits that never fire (median of 10 rounds x 200 requests):`);
+console.log(`  original model ${(m * 1000).toFixed(0)} us + ramps run alone ${(r * 1000).toFixed(0)} us = ${((m + r) * 1000).toFixed(0)} us`);
+console.log(`  EarlyExitSession ${(e * 1000).toFixed(0)} us: ratio ${(e / (m + r)).toFixed(3)} (target <= 1.03)`);
