@@ -8,6 +8,7 @@ import { registerInsert } from "./insert.js";
 import { registerProfile } from "./profile.js";
 import { registerPlan } from "./plan.js";
 import { registerEval } from "./eval.js";
+import { registerReport } from "./report.js";
 import { setQuiet } from "./io.js";
 
 const require = createRequire(import.meta.url);
@@ -30,6 +31,7 @@ export function buildProgram(): Command {
   registerProfile(program);
   registerPlan(program);
   registerEval(program);
+  registerReport(program);
   for (const c of program.commands) c.exitOverride();
   return program;
 }

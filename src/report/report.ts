@@ -1,0 +1,57 @@
+/** `ee-tool report`: one self-contained HTML file (inline SVG, no scripts, no network). */
+import type { ProfileResult } from "../profile/profile.js";
+import { planFromProfile, type Plan } from "../plan/plan.js";
+import { barChart, esc, lineChart } from "./svg.js";
+
+const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8"];
+const pct = (x: number): string => `${(x * 100).toFixed(2)}%`;
+
+export function renderReport(result: ProfileResult, plan?: Plan): string {
+  const { profile } = result;
+  const batch = plan?.settings.batch ?? profile.settings.batches[0] ?? 1;
+  // The frontier: the plan's when it has one, else a fresh uncertified search on the profile.
+  const frontierPlan = plan?.frontier ? plan : profile.latency?.[String(batch)] ? planFromProfile(result, { ...(plan ? { maxDrop: plan.settings.maxDrop, metric: plan.settings.metric, against: plan.settings.against } : {}), batch, confidence: 0, frontier: true }) : undefined;
+  const sections: string[] = [];
+  sections.push(`<h1>ee-tool report</h1><p>Model <code>${esc(profile.model.file)}</code> (sha256 ${esc(profile.model.sha256.slice(0, 12))}…), ${profile.ramps.length} ramps, ${profile.samples.scored} scored samples (${profile.samples.skippedFitted} skipped: they fitted the ramps). Profiled ${esc(profile.created)} on ${esc(profile.environment.cpu)}, ${esc(profile.environment.executionProvider)}, onnxruntime ${esc(profile.environment.onnxruntime)}.</p>`);
+  if (plan) {
+    const e = plan.expected;
+    sections.push(`<h2>Plan</h2><table><tr><th>exits</th><td>${plan.exits.map((x) => `ramp ${x.ramp} (threshold ${x.threshold.toFixed(3)})`).join(", ") || "none"}</td></tr>
+<tr><th>expected latency</th><td>mean ${e.meanLatencyMs.toFixed(3)} ms, median ${e.medianLatencyMs.toFixed(3)} ms vs ${plan.baselineMs.toFixed(3)} ms: saving ${pct(e.saving)}</td></tr>
+<tr><th>accuracy drop</th><td>${pct(e.dropTune)} tuning, ${pct(e.dropCertify)} held back (max ${pct(plan.settings.maxDrop)}, against ${esc(plan.settings.against)})</td></tr>
+<tr><th>certificate</th><td>${plan.certificate ? `${esc(plan.certificate.method)}, p = ${plan.certificate.pValue.toExponential(2)}, n = ${plan.certificate.n}${plan.certificate.bound !== null ? `, ${plan.certificate.confidence * 100}% bound ${pct(plan.certificate.bound)}` : ""}` : "none"}</td></tr>
+<tr><th>greedy baseline</th><td>saving ${pct(plan.greedy.saving)}, drop ${pct(plan.greedy.dropTune)} tuning / ${pct(plan.greedy.dropCertify)} held back</td></tr></table>`);
+  }
+  if (frontierPlan?.frontier) {
+    const base = frontierPlan.baselineMs;
+    const tune = frontierPlan.frontier.map((f): [number, number] => [f.dropTune * 100, f.meanLatencyMs]);
+    const cert = frontierPlan.frontier.map((f): [number, number] => [f.dropCertify * 100, f.meanLatencyMs]);
+    const chosen = plan ? { x: plan.expected.dropCertify * 100, y: plan.expected.meanLatencyMs, label: "plan" } : undefined;
+    sections.push(`<h2>Latency against accuracy drop</h2><p>Pareto frontier on the tuning half, and the same configurations' drop on the held-back half. The original model: ${base.toFixed(3)} ms.</p>` +
+      lineChart([{ name: "tuning half", points: tune, color: COLORS[0]! }, { name: "held-back half", points: cert, color: COLORS[1]!, markers: true }], "accuracy drop (percentage points)", `expected latency (ms, batch ${batch})`, chosen));
+  }
+  const lat = profile.latency?.[String(batch)];
+  if (lat) {
+    const bars = [
+      { label: "whole model", value: lat.model.p50, color: "#444" },
+      ...lat.stages.map((s, i) => ({ label: `stage ${i}`, value: s.p50, color: COLORS[0]! })),
+      ...lat.ramps.map((s, i) => ({ label: `ramp ${i}`, value: s.p50, color: COLORS[1]! })),
+      { label: "one call", value: lat.callOverhead.p50, color: "#999" },
+    ];
+    sections.push(`<h2>Measured latency (p50, batch ${batch})</h2>` + barChart(bars, "ms"));
+  }
+  if (plan) {
+    const bars = [...plan.exits].sort((a, b) => a.stage - b.stage).map((e, i) => ({ label: `ramp ${e.ramp}`, value: e.exitRateCertify * 100, color: COLORS[i % COLORS.length]! }));
+    bars.push({ label: "no exit", value: Math.max(0, 100 - bars.reduce((a, b) => a + b.value, 0)), color: "#444" });
+    sections.push(`<h2>Exit rates (held-back half)</h2>` + barChart(bars, "%"));
+  }
+  const series = profile.summary.ramps.map((r, i) => ({
+    name: `ramp ${r.id} (depth ${(profile.ramps[i]!.depth * 100).toFixed(0)}%)`,
+    points: r.curve.filter((c) => c.agreement !== null).map((c): [number, number] => [c.threshold, c.agreement! * 100]),
+    color: COLORS[i % COLORS.length]!,
+  }));
+  sections.push(`<h2>Agreement with the model against the max-probability threshold</h2>` + lineChart(series, "threshold", "agreement among samples above it (%)", undefined, false));
+  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>ee-tool report</title>
+<style>body{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto;color:#222}table{border-collapse:collapse}th,td{text-align:left;padding:4px 10px;border-bottom:1px solid #ddd}code{background:#f3f3f3;padding:1px 4px}h2{margin-top:1.6em}</style>
+</head><body>${sections.join("\n")}</body></html>
+`;
+}
