@@ -3,6 +3,11 @@
 import { loadModel, saveModel } from "../dist/onnx/model.js";
 
 const [mode, file, out] = process.argv.slice(2);
+if (mode === "baseline") {
+  // Node and ee-tool's modules alone, nothing loaded.
+  process.stdout.write(JSON.stringify({ peakRss: process.resourceUsage().maxRSS * 1024 }) + "\n");
+  process.exit(0);
+}
 const t0 = process.hrtime.bigint();
 const model = loadModel(file);
 const t1 = process.hrtime.bigint();

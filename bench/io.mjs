@@ -45,6 +45,8 @@ function sameFile(a, b) {
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const mb = (b) => (b / 1e6).toFixed(0) + " MB";
 
+const baseline = JSON.parse(execFileSync(process.execPath, [path.join(here, "io-child.mjs"), "baseline"], { encoding: "utf8" })).peakRss;
+console.log(`Node with ee-tool's modules, nothing loaded: ${(baseline / 1e6).toFixed(0)} MB RSS`);
 for (const model of models) {
   if (!fs.existsSync(model)) {
     console.error(`${model} not found: run /usr/bin/python3 bench/make-large-models.py .bench first`);
@@ -70,7 +72,7 @@ for (const model of models) {
   console.log(`  load       ee-tool ${eeLoad.toFixed(0)} ms  python onnx ${pyLoad.toFixed(0)} ms  ratio ${(eeLoad / pyLoad).toFixed(2)}`);
   console.log(`  save       ee-tool ${eeSave.toFixed(0)} ms  python onnx ${pySave.toFixed(0)} ms  ratio ${(eeSave / pySave).toFixed(2)}`);
   console.log(`  load+save  ratio ${((eeLoad + eeSave) / (pyLoad + pySave)).toFixed(2)} (ee-tool / python; below 1 is faster)`);
-  console.log(`  ee-tool peak RSS: after load ${mb(eeRssLoad)} = ${(eeRssLoad / size).toFixed(2)}x file, load+save ${mb(eePeak)} = ${(eePeak / size).toFixed(2)}x file`);
+  console.log(`  ee-tool peak RSS: after load ${mb(eeRssLoad)} = ${(eeRssLoad / size).toFixed(2)}x file, load+save ${mb(eePeak)} = ${(eePeak / size).toFixed(2)}x file (above the empty process: ${((eePeak - baseline) / size).toFixed(2)}x)`);
   console.log(`  python  peak RSS: after load ${mb(Math.max(...py.map((r) => r.rssAfterLoad)))}, load+save ${mb(Math.max(...py.map((r) => r.peakRss)))}`);
 }
 fs.rmSync(tmp, { recursive: true, force: true });

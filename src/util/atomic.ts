@@ -1,8 +1,10 @@
 /**
  * Atomic output: every file ee-tool writes goes to a temporary file in the destination's
- * directory and is renamed into place once complete and fsync'ed. A process killed at any moment
- * leaves the previous file or none, never a partial one. Temporary files of an interrupted run
- * (SIGINT, SIGTERM) are removed before the process exits.
+ * directory and is renamed into place once complete. A process killed at any moment leaves the
+ * previous file or none, never a partial one. Temporary files of an interrupted run (SIGINT,
+ * SIGTERM) are removed before the process exits. Like onnx.save, the data is not fsync'ed (that
+ * would guard against power loss, at the cost of a disk flush per output); set EE_TOOL_FSYNC=1
+ * to flush every output before the rename.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -69,7 +71,7 @@ export class PieceWriter {
 
 /**
  * Write a file atomically: `fill` receives a PieceWriter on a temporary file in the same directory;
- * when it returns the file is flushed, fsync'ed and renamed over `target`.
+ * when it returns the file is flushed and renamed over `target`.
  */
 export function writeFileAtomic(target: string, fill: (out: PieceWriter) => void): void {
   installSignalCleanup();
@@ -86,7 +88,7 @@ export function writeFileAtomic(target: string, fill: (out: PieceWriter) => void
     const out = new PieceWriter(fd);
     fill(out);
     out.flush();
-    fs.fsyncSync(fd);
+    if (process.env.EE_TOOL_FSYNC === "1") fs.fsyncSync(fd);
     fs.closeSync(fd);
     fs.renameSync(tmp, target);
   } catch (e) {
