@@ -136,7 +136,7 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
   const per = (xs: number[]): number[] => xs.map((x) => x / batch);
   const baseStats = summarize(per(tBase), true);
   const early = summarize(per(tEe), true);
-  const dropVsModel = 1 - agree / m;
+  const dropVsModel = (m - agree) / m;
   const dropVsLabels = labels ? (baseRight - eeRight) / m : null;
   const against = plan.settings.against;
   const measuredDrop = against === "labels" ? dropVsLabels : dropVsModel;
@@ -145,7 +145,7 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
   const tolerance = options.savingTolerance ?? 0.1;
   const failures: string[] = [];
   if (measuredDrop === null) failures.push("the plan is against labels but no --labels were given");
-  else if (measuredDrop > plan.settings.maxDrop) {
+  else if (measuredDrop > plan.settings.maxDrop + 1e-12) {
     failures.push(`measured accuracy drop ${(measuredDrop * 100).toFixed(2)}% exceeds the plan's maximum ${(plan.settings.maxDrop * 100).toFixed(2)}%`);
   }
   if (saving < plan.expected.saving - tolerance) {
