@@ -113,7 +113,7 @@ describe("ee-tool insert on the fixtures", () => {
 
   it("takes exits by count, ids and names; mlp ramps and labels", () => {
     const all = JSON.parse(runCli(["inspect", CNN, "--json"]).stdout).exits.candidates as Array<{ id: number; tensor: string }>;
-    const picked = insert(CNN, FIX("cnn/calib.npz"), ["--exits", `1,${all[4]!.tensor}`, "--ramp", "mlp", "--labels", FIX("cnn/calib_labels.npy")]);
+    const picked = insert(CNN, FIX("cnn/calib.npz"), ["--exits", `1,${all[4]!.tensor}`, "--ramp", "mlp", "--labels", FIX("cnn/calib_labels.npy"), "--output", "logits"]);
     const meta = readRampMetadata(loadModel(picked.file).proto)!;
     expect(meta.ramps.map((r) => r.exit)).toEqual([1, 4]);
     expect(meta.ramps.every((r) => r.kind === "mlp" && r.hidden > 0)).toBe(true);

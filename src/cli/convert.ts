@@ -9,7 +9,7 @@ export function registerConvert(program: Command): void {
     .command("convert")
     .description("Load and save a model: a lossless round trip, or tensors moved into one external data file or back inline")
     .argument("<in>", "ONNX model file")
-    .requiredOption("-o, --output <file>", "output model file (written atomically)")
+    .requiredOption("-o, --out <file>", "output model file (written atomically)")
     .option("--external-data <file>", "move every tensor of at least --size-threshold bytes into this file, next to the output")
     .option("--inline", "store every tensor inside the model file")
     .option("--size-threshold <bytes>", "smallest tensor moved to external data", "1024")
@@ -19,12 +19,12 @@ export function registerConvert(program: Command): void {
         "  $ ee-tool convert model.onnx -o big.onnx --external-data big.onnx.data\n" +
         "  $ ee-tool convert big.onnx -o small.onnx --inline",
     )
-    .action((input: string, opts: { output: string; externalData?: string; inline?: boolean; sizeThreshold: string }) => {
+    .action((input: string, opts: { out: string; externalData?: string; inline?: boolean; sizeThreshold: string }) => {
       if (opts.externalData && opts.inline) throw new EeToolError("USAGE", "--external-data and --inline cannot be combined");
       const threshold = Number(opts.sizeThreshold);
       if (!Number.isInteger(threshold) || threshold < 0) throw new EeToolError("USAGE", `--size-threshold must be a non-negative integer, got '${opts.sizeThreshold}'`);
       const model = loadModel(input);
-      const result = saveModel(model, opts.output, {
+      const result = saveModel(model, opts.out, {
         ...(opts.externalData ? { externalData: opts.externalData } : {}),
         ...(opts.inline ? { inline: true } : {}),
         sizeThreshold: threshold,

@@ -8,13 +8,13 @@ import { table } from "./format.js";
 import type { RampKind, PoolChoice } from "../ramps/build.js";
 
 interface InsertCliOptions {
-  output: string;
+  out: string;
   calib: string;
   labels?: string;
   exits: string;
   ramp: string;
   pool: string;
-  modelOutput?: string;
+  output?: string;
   seed: string;
   fitFraction: string;
   batch: string;
@@ -33,13 +33,13 @@ export function registerInsert(program: Command): void {
     .command("insert")
     .description("Find exit points, insert ramps and fit them on part of a calibration set (no labels needed)")
     .argument("<model>", "ONNX classifier")
-    .requiredOption("-o, --output <file>", "augmented model to write (original outputs unchanged, plus ee_exit_<id>)")
+    .requiredOption("-o, --out <file>", "augmented model to write (original outputs unchanged, plus ee_exit_<id>)")
     .requiredOption("--calib <data>", "calibration inputs: file.npy (single input), name=a.npy,name2=b.npy, an .npz keyed by input name, or a directory of input_N.pb")
     .option("--labels <y.npy>", "ground-truth labels; ramps then learn from labels and the model's predictions")
     .option("--exits <spec>", "auto (up to 8 block boundaries spread in depth), all, a count N, or comma-separated ids / tensor names (one id: '3,')", "auto")
     .option("--ramp <kind>", "linear, or mlp (one hidden Tanh layer, as a BERT pooler)", "linear")
     .option("--pool <how>", "for [N,S,D] exits: auto (mask-aware mean), cls (first token) or mean", "auto")
-    .option("--model-output <name>", "the logits output, when the model has several (default: the first)")
+    .option("--output <name>", "the model's logits output, when it has several (default: the first)")
     .option("--seed <n>", "seed for sample selection and initialisation", "0")
     .option("--fit-fraction <f>", "fraction of calibration samples that fit the ramps; the rest is left for profile and plan", "0.4")
     .option("--batch <n>", "batch size of the feature-extraction pass", "64")
@@ -63,7 +63,7 @@ export function registerInsert(program: Command): void {
         exits: opts.exits,
         ramp: opts.ramp as RampKind,
         pool: opts.pool as PoolChoice,
-        ...(opts.modelOutput ? { output: opts.modelOutput } : {}),
+        ...(opts.output ? { output: opts.output } : {}),
         seed: intOption("--seed", opts.seed, 0),
         fitFraction: fraction,
         batchSize: intOption("--batch", opts.batch, 1),
@@ -71,7 +71,7 @@ export function registerInsert(program: Command): void {
         onProgress: (phase, done, total) => bars.update(phase, done, total),
       });
       bars.stop();
-      const saved = saveModel(result.model, opts.output);
+      const saved = saveModel(result.model, opts.out);
       const meta = result.metadata;
       if (opts.json) {
         out(JSON.stringify({ ...meta, calibration: { ...meta.calibration, fitHashes: undefined }, timings: result.timings }, null, 2));

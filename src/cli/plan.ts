@@ -9,7 +9,7 @@ import { table } from "./format.js";
 import type { Against, Metric } from "../plan/problem.js";
 
 interface PlanCliOptions {
-  output: string;
+  out: string;
   maxDrop: string;
   against: string;
   metric: string;
@@ -59,7 +59,7 @@ export function registerPlan(program: Command): void {
     .command("plan")
     .description("Choose exits and thresholds under an accuracy constraint, certified on held-back samples; optionally emit runnable models")
     .argument("<profile>", "profile JSON written by ee-tool profile (its model must sit where the profile says)")
-    .requiredOption("-o, --output <plan.json>", "plan to write")
+    .requiredOption("-o, --out <plan.json>", "plan to write")
     .option("--max-drop <d>", "maximum accuracy drop, as a fraction (0.01 = 1 percentage point)", "0.01")
     .option("--against <what>", "model (agreement with the original's predictions) or labels", "model")
     .option("--metric <m>", "confidence measure: maxprob, margin or entropy", "maxprob")
@@ -89,9 +89,9 @@ export function registerPlan(program: Command): void {
         levels: num("--levels", opts.levels), frontier: !!opts.frontier,
       });
       const modelPath = path.resolve(path.dirname(file), result.profile.model.file);
-      const written = await writePlan(plan, opts.output, modelPath, { emit, ...(opts.outDir ? { outDir: opts.outDir } : {}) });
+      const written = await writePlan(plan, opts.out, modelPath, { emit, ...(opts.outDir ? { outDir: opts.outDir } : {}) });
       if (opts.json) out(JSON.stringify(written, null, 2));
       else info(renderPlan(written));
-      info(`wrote ${opts.output}`);
+      info(`wrote ${opts.out}`);
     });
 }

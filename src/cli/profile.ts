@@ -51,7 +51,7 @@ export function registerProfile(program: Command): void {
     .command("profile")
     .description("Measure every stage's and ramp's latency, and every ramp's confidence and agreement on calibration samples it was not fitted on")
     .argument("<model>", "augmented model written by ee-tool insert")
-    .requiredOption("-o, --output <profile.json>", "profile to write (its per-sample data goes to <profile>.bin beside it)")
+    .requiredOption("-o, --out <profile.json>", "profile to write (its per-sample data goes to <profile>.bin beside it)")
     .requiredOption("--calib <data>", "calibration inputs (same forms as insert); samples that fitted the ramps are skipped")
     .option("--labels <y.npy>", "ground-truth labels, for accuracy against labels")
     .option("--ep <provider>", "execution provider: cpu, cuda, ... (must be available in this onnxruntime build)", "cpu")
@@ -67,7 +67,7 @@ export function registerProfile(program: Command): void {
         "  $ ee-tool profile model.ee.onnx --calib data.npz --ep cuda --batch 1,8,32 -o profile.json\n" +
         "  $ ee-tool profile model.ee.onnx --calib data.npz --shard 0/4 --no-latency -o shard0.json",
     )
-    .action(async (file: string, opts: { output: string; calib: string; labels?: string; ep: string; batch: string; threads?: string; shard?: string; budget: string; latency: boolean; json?: boolean }) => {
+    .action(async (file: string, opts: { out: string; calib: string; labels?: string; ep: string; batch: string; threads?: string; shard?: string; budget: string; latency: boolean; json?: boolean }) => {
       const threads = opts.threads === undefined ? undefined : Number(opts.threads);
       if (threads !== undefined && (!Number.isInteger(threads) || threads < 1)) throw new EeToolError("USAGE", `--threads must be a positive integer, got '${opts.threads}'`);
       const budget = Number(opts.budget);
@@ -87,7 +87,7 @@ export function registerProfile(program: Command): void {
         onProgress: (phase, done, total) => bars.update(phase, done, total),
       });
       bars.stop();
-      const written = writeProfile(opts.output, result, file);
+      const written = writeProfile(opts.out, result, file);
       if (opts.json) out(JSON.stringify({ ...result.profile, samples: { ...result.profile.samples, file: written.sidecar } }, null, 2));
       else info(renderProfile(result.profile));
       info(`wrote ${written.json} and ${written.sidecar}`);
@@ -97,11 +97,11 @@ export function registerProfile(program: Command): void {
     .command("merge")
     .description("Combine the shards of a sharded profile into one profile")
     .argument("<profiles...>", "shard profiles written by ee-tool profile --shard i/n")
-    .requiredOption("-o, --output <profile.json>", "merged profile to write")
+    .requiredOption("-o, --out <profile.json>", "merged profile to write")
     .addHelpText("after", "\nExamples:\n  $ ee-tool merge shard0.json shard1.json shard2.json shard3.json -o profile.json")
-    .action((files: string[], opts: { output: string }) => {
+    .action((files: string[], opts: { out: string }) => {
       const merged = mergeProfiles(files);
-      const written = writeProfile(opts.output, merged, path.resolve(path.dirname(files[0]!), merged.profile.model.file));
+      const written = writeProfile(opts.out, merged, path.resolve(path.dirname(files[0]!), merged.profile.model.file));
       info(`merged ${files.length} shards: ${merged.profile.samples.scored} samples`);
       info(`wrote ${written.json} and ${written.sidecar}`);
     });

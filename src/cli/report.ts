@@ -13,9 +13,9 @@ export function registerReport(program: Command): void {
     .description("Write one self-contained HTML report: frontier, latency bars, exit rates, agreement against threshold")
     .argument("<profile>", "profile JSON")
     .argument("[plan]", "plan JSON made from that profile")
-    .requiredOption("-o, --output <report.html>", "HTML file to write")
+    .requiredOption("-o, --out <report.html>", "HTML file to write")
     .addHelpText("after", "\nExamples:\n  $ ee-tool report cnn.profile.json cnn.plan.json -o report.html\n  $ ee-tool report profile.json -o report.html")
-    .action((profilePath: string, planPath: string | undefined, opts: { output: string }) => {
+    .action((profilePath: string, planPath: string | undefined, opts: { out: string }) => {
       const result = loadProfile(profilePath);
       let plan: Plan | undefined;
       if (planPath) {
@@ -26,7 +26,7 @@ export function registerReport(program: Command): void {
         }
         if (plan.model.sha256 !== result.profile.model.sha256) throw new EeToolError("PROFILE_MISMATCH", `${planPath} was not made from ${profilePath} (different models)`);
       }
-      writeBytesAtomic(opts.output, renderReport(result, plan));
-      info(`wrote ${opts.output}`);
+      writeBytesAtomic(opts.out, renderReport(result, plan));
+      info(`wrote ${opts.out}`);
     });
 }
