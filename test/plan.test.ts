@@ -146,6 +146,16 @@ describe("ee-tool plan", () => {
     }
   });
 
+  it("keeps the model unchanged when no exit can pay for itself", async () => {
+    const { planFromProfile } = await import("../src/plan/plan.js");
+    const result = loadProfile(files.cnn.profile);
+    for (const l of Object.values(result.profile.latency!)) l.ramps = l.ramps.map((x) => ({ ...x, p50: 10 * l.model.p50 }));
+    const plan = planFromProfile(result, { maxDrop: 0.01 });
+    expect(plan.exits).toEqual([]);
+    expect(plan.expected.saving).toBe(0);
+    expect(plan.certificate).toBeNull();
+  });
+
   it("explains infeasible constraints in one line with exit code 3, and refuses a changed model", () => {
     let r = runCli(["plan", files.cnn.profile, "--max-drop", "-0.1", "-o", path.join(work, "x.json")]);
     expect(r.code).toBe(3);

@@ -35,6 +35,7 @@ function pct(x: number): string {
 
 export function renderPlan(p: Plan): string {
   const lines: string[] = [];
+  if (p.exits.length === 0) lines.push("no exit configuration is faster than the model under this constraint: the plan keeps the model unchanged");
   lines.push(`plan: ${p.exits.length} exits, max drop ${pct(p.settings.maxDrop)} against the ${p.settings.against === "model" ? "model's predictions" : "labels"}, metric ${p.settings.metric}, batch ${p.settings.batch}`);
   lines.push(table([
     ["ramp", "stage", "threshold", "exit rate (tune)", "exit rate (certify)"],
@@ -46,7 +47,7 @@ export function renderPlan(p: Plan): string {
   if (p.certificate) {
     const c = p.certificate;
     lines.push(`certified: true drop <= ${pct(c.maxDrop)} with probability ${c.confidence} (${c.method} p-value ${c.pValue.toExponential(2)}${c.bound !== null ? `, ${c.confidence * 100}% upper bound ${pct(c.bound)}` : ""}, n=${c.n})`);
-  } else lines.push("not certified (--confidence 0)");
+  } else lines.push(p.exits.length ? "not certified (--confidence 0)" : "nothing to certify");
   const g = p.greedy;
   const s = p.searchBest;
   lines.push(`search (${p.settings.search}) before certification: saving ${pct(s.saving)}, drop ${pct(s.dropTune)} tuning / ${pct(s.dropCertify)} held back`);

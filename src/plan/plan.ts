@@ -149,7 +149,10 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
   const found = runSearch(tune, cands, maxDrop, method);
   let chosen: Point = found.best;
   let certificate: Certificate | null = null;
-  if (confidence > 0) {
+  // Nothing to certify when no configuration with exits is faster than the model itself: the plan
+  // is then the model unchanged (no exits), which is an answer, not an error.
+  const worthIt = found.frontier.some((f) => f.config.some((t) => t !== Infinity) && f.meanLatency < costs.baseline && f.drop <= maxDrop + 1e-12);
+  if (confidence > 0 && worthIt) {
     const c = certifyFrontier(found.frontier, cert, maxDrop, confidence, against === "labels");
     if (!c) {
       throw new EeToolError("CONSTRAINT_INFEASIBLE", `no exit configuration could be certified to lose at most ${maxDrop} at confidence ${confidence} on ${cert.n} held-back samples`, {
@@ -158,6 +161,8 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
     }
     chosen = c.point;
     certificate = c.certificate;
+  } else if (!worthIt) {
+    chosen = found.frontier.find((f) => f.config.every((t) => t === Infinity)) ?? { config: found.best.config.map(() => Infinity), meanLatency: costs.baseline, drop: 0 };
   }
   const greedy = greedySearch(tune, cands, maxDrop).best;
   const order = profile.ramps.map((r) => r).sort((a, b) => a.depth - b.depth);
