@@ -236,7 +236,7 @@ export async function insertRamps(model: OnnxModel, options: InsertOptions): Pro
     emitHead(d, em, emitFeatures(d, em), fits[i]!.weights, rampOut);
     nodes.push(...em.nodes);
     inits.push(...em.initializers);
-    outputs.push(makeValueInfo(rampOut, DataType.FLOAT, [typeof probe[analysis.mainInput] === "undefined" ? null : "batch", classes]));
+    outputs.push(makeValueInfo(rampOut, DataType.FLOAT, [outInfo.shape?.[0] ?? null, classes]));
     const f = fits[i]!;
     return {
       id: d.id, exit: d.exit.id, tensor: d.exit.tensor, layout: d.exit.layout, shape: d.exit.shape.slice(1), depth: round(d.exit.depth),
@@ -269,8 +269,9 @@ export async function insertRamps(model: OnnxModel, options: InsertOptions): Pro
   };
   writeRampMetadata(out, metadata);
   new Graph(out.graph).toposort();
+  const { path: _source, ...rest } = model;
   return {
-    model: { ...model, proto: out, path: undefined as unknown as string },
+    model: { ...rest, proto: out },
     metadata,
     analysis,
     timings: { analyzeMs, extractMs, fitMs },
