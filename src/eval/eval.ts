@@ -15,6 +15,7 @@ import { createRunnable } from "../runtime/sync.js";
 import { summarize, type LatencyStats } from "../profile/timing.js";
 import { checkModelHash } from "../plan/write.js";
 import { EeToolError } from "../errors.js";
+import { argmaxRows } from "../util/logits.js";
 
 export interface EvalReport {
   plan: string;
@@ -50,12 +51,6 @@ export interface EvalOptions {
   savingTolerance?: number;
   warmup?: number;
   onProgress?: (phase: string, done: number, total: number) => void;
-}
-
-function argmax(x: Float32Array, k: number, i: number): number {
-  let b = 0;
-  for (let j = 1; j < k; j++) if (x[i * k + j]! > x[i * k + b]!) b = j;
-  return b;
 }
 
 export async function evaluatePlan(planPath: string, options: EvalOptions): Promise<EvalReport> {
@@ -96,17 +91,14 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
         const t0 = performance.now();
         const out = await base.run(feeds, [plan.model.output]);
         tBase.push(performance.now() - t0);
-        const x = out[plan.model.output]!.data as Float32Array;
-        for (let i = 0; i < batch; i++) basePred[s + i] = argmax(x, k, i);
+        basePred.set(argmaxRows(out[plan.model.output]!.data as Float32Array, batch, k), s);
       };
       const runEe = async (): Promise<void> => {
         const t0 = performance.now();
         const r = await ee.run(feeds);
         tEe.push(performance.now() - t0);
-        for (let i = 0; i < batch; i++) {
-          eePred[s + i] = argmax(r.logits, k, i);
-          exits[s + i] = r.exits[i]!;
-        }
+        eePred.set(argmaxRows(r.logits, batch, k), s);
+        exits.set(r.exits, s);
       };
       // Alternate the order so neither always runs on a warmer cache.
       if (b % 2 === 0) {

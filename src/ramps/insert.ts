@@ -16,6 +16,7 @@ import { openCalibration, openLabels } from "../data/calib.js";
 import { createSession, runSession, runtimeBytes, type SessionSettings } from "../runtime/ort.js";
 import { EeToolError } from "../errors.js";
 import { Rng } from "../util/rng.js";
+import { argmaxRows } from "../util/logits.js";
 import { designRamp, emitFeatures, emitHead, rampParameterCount, type PoolChoice, type RampDesign, type RampKind } from "./build.js";
 import { fitRamps, type FitResult } from "./fit.js";
 import { packHashes, writeRampMetadata, type RampMetadata, type RampRecord } from "./metadata.js";
@@ -87,16 +88,6 @@ export function selectExits(candidates: ExitCandidate[], spec: string): ExitCand
     if (!picked.includes(c)) picked.push(c);
   }
   return picked.sort((a, b) => a.id - b.id);
-}
-
-function argmaxRows(x: Float32Array, n: number, k: number): Int32Array {
-  const out = new Int32Array(n);
-  for (let i = 0; i < n; i++) {
-    let best = 0;
-    for (let j = 1; j < k; j++) if (x[i * k + j]! > x[i * k + best]!) best = j;
-    out[i] = best;
-  }
-  return out;
 }
 
 function softmaxRows(x: Float32Array, n: number, k: number): Float32Array {

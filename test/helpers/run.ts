@@ -1,5 +1,6 @@
 import { createSession, runSession, ort, type SessionSettings } from "../../src/runtime/ort.js";
 import type { CalibrationSet } from "../../src/data/calib.js";
+import { argmaxRows } from "../../src/util/logits.js";
 
 /** Run a model (bytes) over samples [0, n) of a calibration set, batched; returns each output concatenated. */
 export async function runAll(bytes: Uint8Array, data: CalibrationSet, outputs: string[], opts: { n?: number; batch?: number; settings?: SessionSettings } = {}): Promise<Map<string, Float32Array>> {
@@ -28,15 +29,9 @@ export async function runAll(bytes: Uint8Array, data: CalibrationSet, outputs: s
   return out;
 }
 
+/** Row-wise argmax of logits with k classes. */
 export function argmax(x: Float32Array, k: number): Int32Array {
-  const n = x.length / k;
-  const out = new Int32Array(n);
-  for (let i = 0; i < n; i++) {
-    let b = 0;
-    for (let j = 1; j < k; j++) if (x[i * k + j]! > x[i * k + b]!) b = j;
-    out[i] = b;
-  }
-  return out;
+  return argmaxRows(x, x.length / k, k);
 }
 
 export function agreement(a: Int32Array, b: Int32Array): number {
