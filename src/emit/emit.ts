@@ -30,10 +30,13 @@ export interface SegmentArtifact {
   exit: { ramp: number; output: string; threshold: number } | null;
 }
 
-/** Emit the confidence of logits [N, K] under a metric: [N] (higher is more confident). */
-export function emitConfidence(em: NodeEmitter, logits: string, metric: Metric): string {
+/**
+ * Emit the confidence of logits [N, K] under a metric: [N] (higher is more confident). With
+ * `oneRow` (N = 1) maxprob reduces to a scalar in one op.
+ */
+export function emitConfidence(em: NodeEmitter, logits: string, metric: Metric, oneRow = false): string {
   const probs = em.node("Softmax", [logits], [attr("axis", -1)]);
-  if (metric === "maxprob") return em.reduce("ReduceMax", probs, [1], false);
+  if (metric === "maxprob") return em.reduce("ReduceMax", probs, oneRow ? [] : [1], false);
   if (metric === "margin") {
     const k = em.constant("k2", DataType.INT64, [1], BigInt64Array.of(2n));
     const top = em.node("TopK", [probs, k], [attr("axis", -1)]);

@@ -1,0 +1,180 @@
+/**
+ * One model that really exits early, for the runtime: after each active ramp, an If node returns
+ * the ramp's logits when every row is confident, and otherwise runs the rest of the network, so a
+ * request makes one onnxruntime call whatever exit it takes. Outputs: `ee_logits` [N, classes] and
+ * `ee_exit` [N] (the ramp id each row took, -1 for the model's own output).
+ *
+ * Two ways to treat a batch with some confident rows:
+ * - "gather": the rest runs on the remaining rows only (Gather of every batch tensor that crosses
+ *   the cut), and the results are scattered back (ScatterND): rows leave the batch as they exit.
+ * - "where": the rest runs on every row and each row keeps the first confident exit's logits
+ *   (Where). Used at batch 1, where it saves the copies, and when a tensor crossing a cut holds
+ *   the batch size (a shape), so rows cannot leave.
+ * - "single": batch 1 only. The rest runs only when the one row is not confident, so it needs no
+ *   merging: an exit costs the ramp, three small ops (Softmax, ReduceMax, Less) and the If.
+ * Each row gets the logits of its first confident active ramp, or the model's.
+ */
+import type { AttributeProto, GraphProto, ModelProto, NodeProto } from "../onnx/types.js";
+import { AttributeType } from "../onnx/types.js";
+import type { Metric } from "../plan/problem.js";
+import { Graph } from "../ir/graph.js";
+import { NodeEmitter, attr, defaultOpset } from "../ir/builder.js";
+import { makeValueInfo } from "../ir/shapes.js";
+import { shallowClone } from "../ir/clone.js";
+import { DataType } from "../onnx/dtype.js";
+import { needed } from "../stages/split.js";
+import { emitConfidence } from "../emit/emit.js";
+import { METADATA_KEY } from "../ramps/metadata.js";
+
+export interface ActiveExit {
+  ramp: number;
+  output: string;
+  threshold: number;
+}
+
+export type BatchMode = "single" | "gather" | "where";
+
+export interface ExitGraphOptions {
+  exits: ActiveExit[];
+  metric: Metric;
+  classes: number;
+  /** The model's logits output. */
+  output: string;
+  mode: BatchMode;
+  /** Tensors whose first dimension is the batch (gathered when rows leave); needed for "gather". */
+  batchTensors?: ReadonlySet<string>;
+}
+
+export const EXIT_LOGITS = "ee_logits";
+export const EXIT_IDS = "ee_exit";
+
+/** A node whose inputs (and its subgraphs' reads from outer scopes) are renamed. */
+function renamed(node: NodeProto, map: ReadonlyMap<string, string>): NodeProto {
+  if (map.size === 0) return node;
+  const r = (s: string): string => map.get(s) ?? s;
+  const graph = (g: GraphProto): GraphProto => ({ ...g, node: (g.node ?? []).map((n) => renamed(n, map)) });
+  const attrs = node.attribute?.map((a): AttributeProto => (a.g ? { ...a, g: graph(a.g) } : a.graphs?.length ? { ...a, graphs: a.graphs.map(graph) } : a));
+  return { ...node, input: (node.input ?? []).map((i) => (i === "" ? i : r(i))), ...(attrs ? { attribute: attrs } : {}) };
+}
+
+function graphAttr(name: string, g: GraphProto): AttributeProto {
+  return { name, type: AttributeType.GRAPH, g };
+}
+
+/** Build the early-exit model from an augmented model (ramps in place) and the active exits. */
+export function buildExitModel(model: ModelProto, o: ExitGraphOptions): ModelProto {
+  const view = new Graph(model.graph!);
+  const order = view.sortedNodes();
+  const pos = new Map(order.map((n, i) => [n, i]));
+  const exits = [...o.exits];
+  const opset = defaultOpset(model.opset_import);
+  const inits: NonNullable<GraphProto["initializer"]> = [];
+
+  // Nodes of level i: what exit i's ramp needs beyond earlier levels; the last level: the rest.
+  const taken = new Set<NodeProto>();
+  const levelNodes = [...exits.map((e) => e.output), o.output].map((target) => {
+    const s = [...needed(view, [target], new Set())].filter((n) => !taken.has(n));
+    s.forEach((n) => taken.add(n));
+    return s.sort((a, b) => pos.get(a)! - pos.get(b)!);
+  });
+  // Where each tensor is made (graph inputs: -1) and from which level on it is read.
+  const madeAt = new Map<string, number>();
+  for (const i of view.inputs) madeAt.set(i.name ?? "", -1);
+  levelNodes.forEach((nodes, l) => nodes.forEach((n) => (n.output ?? []).forEach((t) => t && madeAt.set(t, l))));
+  const readAt = levelNodes.map((nodes) => new Set(nodes.flatMap((n) => view.inputsOf(n))));
+  /** Batch tensors made at or before level i and read after it. */
+  const crossing = (i: number): string[] => {
+    const s = new Set<string>();
+    for (let l = i + 1; l < readAt.length; l++) for (const t of readAt[l]!) if ((madeAt.get(t) ?? Infinity) <= i && o.batchTensors?.has(t)) s.add(t);
+    return [...s].sort();
+  };
+
+  const emitLevel = (i: number, names: ReadonlyMap<string, string>, outLogits: string, outExit: string): NodeProto[] => {
+    const em = new NodeEmitter(`ee_rt${i}`, opset);
+    const nodes = levelNodes[i]!.map((n) => renamed(n, names));
+    if (i === exits.length) {
+      const shape = em.node("Shape", [o.output]);
+      const n = em.node("Gather", [shape, em.constant("zero", DataType.INT64, [1], BigInt64Array.of(0n))], [attr("axis", 0)]);
+      em.node("Identity", [o.output], [], outLogits);
+      em.node("Expand", [em.constant("none", DataType.INT64, [], BigInt64Array.of(-1n)), n], [], outExit);
+      inits.push(...em.initializers);
+      return [...nodes, ...em.nodes];
+    }
+    const e = exits[i]!;
+    const threshold = em.constant("threshold", DataType.FLOAT, [], Float32Array.of(e.threshold));
+    const rampId = (r: NodeEmitter): string => r.constant("ramp", DataType.INT64, [], BigInt64Array.of(BigInt(e.ramp)));
+    const rest = new NodeEmitter(`ee_rt${i}_rest`, opset);
+    const done = new NodeEmitter(`ee_rt${i}_done`, opset);
+    const restLogits = rest.name("logits");
+    const restExit = rest.name("exit");
+    const doneLogits = done.name("logits");
+    const doneExit = done.name("exit");
+    let anyLeft: string;
+    let thenNodes: NodeProto[];
+    if (o.mode === "single") {
+      // One row: the rest runs only when it is not confident; its results are the answer.
+      anyLeft = em.node("Less", [emitConfidence(em, e.output, o.metric, true), threshold]);
+      thenNodes = emitLevel(i + 1, names, restLogits, restExit);
+      done.node("Identity", [e.output], [], doneLogits);
+      done.node("Reshape", [rampId(done), done.constant("one", DataType.INT64, [1], BigInt64Array.of(1n))], [], doneExit);
+    } else {
+      const conf = emitConfidence(em, e.output, o.metric);
+      anyLeft = em.node("Less", [em.reduce("ReduceMin", conf, [], false), threshold]);
+      const taken = (r: NodeEmitter): string => r.node("Expand", [rampId(r), r.node("Shape", [conf])]);
+      const ok = rest.node("GreaterOrEqual", [conf, threshold]);
+      const innerLogits = rest.name("inner_logits");
+      const innerExit = rest.name("inner_exit");
+      if (o.mode === "gather") {
+        // The rest runs on the rows left; its results are scattered back.
+        const idx = rest.node("Reshape", [rest.node("NonZero", [rest.node("Not", [ok])]), rest.constant("flat", DataType.INT64, [1], BigInt64Array.of(-1n))]);
+        const next = new Map(names);
+        for (const t of crossing(i)) next.set(t, rest.node("Gather", [names.get(t) ?? t, idx], [attr("axis", 0)]));
+        const before = rest.nodes.splice(0);
+        const inner = emitLevel(i + 1, next, innerLogits, innerExit);
+        const at = rest.unsqueeze(idx, [1]);
+        rest.node("ScatterND", [e.output, at, innerLogits], [], restLogits);
+        rest.node("ScatterND", [taken(rest), at, innerExit], [], restExit);
+        thenNodes = [...before, ...inner, ...rest.nodes];
+      } else {
+        // The rest runs on every row; each row keeps its first confident exit.
+        const before = rest.nodes.splice(0);
+        const inner = emitLevel(i + 1, names, innerLogits, innerExit);
+        rest.node("Where", [rest.unsqueeze(ok, [1]), e.output, innerLogits], [], restLogits);
+        rest.node("Where", [ok, taken(rest), innerExit], [], restExit);
+        thenNodes = [...before, ...inner, ...rest.nodes];
+      }
+      done.node("Identity", [e.output], [], doneLogits);
+      done.node("Identity", [taken(done)], [], doneExit);
+    }
+    inits.push(...em.initializers, ...rest.initializers, ...done.initializers);
+    const branch = (name: string, nodes: NodeProto[], logits: string, exit: string): GraphProto => ({
+      name, node: nodes,
+      output: [makeValueInfo(logits, DataType.FLOAT, [null, o.classes]), makeValueInfo(exit, DataType.INT64, [null])],
+    });
+    const thenBranch = branch(`ee_rest_${i}`, thenNodes, restLogits, restExit);
+    const elseBranch = branch(`ee_done_${i}`, done.nodes, doneLogits, doneExit);
+    const ifNode: NodeProto = { op_type: "If", name: `ee_rt${i}/if`, input: [anyLeft], output: [outLogits, outExit], attribute: [graphAttr("then_branch", thenBranch), graphAttr("else_branch", elseBranch)] };
+    return [...nodes, ...em.nodes, ifNode];
+  };
+
+  const nodes = emitLevel(0, new Map(), EXIT_LOGITS, EXIT_IDS);
+  const used = new Set<string>();
+  const collect = (ns: NodeProto[]): void => {
+    for (const n of ns) {
+      for (const i of n.input ?? []) used.add(i);
+      for (const a of n.attribute ?? []) for (const g of a.g ? [a.g] : a.graphs ?? []) collect(g.node ?? []);
+    }
+  };
+  collect(nodes);
+  const g = model.graph!;
+  const out = shallowClone(model);
+  out.graph = {
+    name: `${g.name ?? "model"}_early_exit`,
+    node: nodes,
+    initializer: [...(g.initializer ?? []).filter((t) => used.has(t.name ?? "")), ...inits],
+    input: g.input ?? [],
+    output: [makeValueInfo(EXIT_LOGITS, DataType.FLOAT, [null, o.classes]), makeValueInfo(EXIT_IDS, DataType.INT64, [null])],
+  };
+  out.metadata_props = (model.metadata_props ?? []).filter((m) => m.key !== METADATA_KEY);
+  return out;
+}
