@@ -44,7 +44,7 @@ function synthetic(seed: number, n: number, R: number, adversarial = false): Pro
     conf.push(c);
     loss.push(l);
   }
-  const costs: Costs = { stage: Array.from({ length: R + 1 }, () => 1), ramp: Array.from({ length: R }, (_, j) => (adversarial && j === 0 ? 0.05 : 0.15)), overhead: 0.05, baseline: R + 1.05 };
+  const costs: Costs = { stage: Array.from({ length: R + 1 }, () => 1), ramp: Array.from({ length: R }, (_, j) => (adversarial && j === 0 ? 0.1 : 0.2)), baseline: R + 1 };
   return { rampIds: Array.from({ length: R }, (_, j) => j), n, conf, loss, costs };
 }
 
@@ -149,7 +149,7 @@ describe("ee-tool plan", () => {
   it("keeps the model unchanged when no exit can pay for itself", async () => {
     const { planFromProfile } = await import("../src/plan/plan.js");
     const result = loadProfile(files.cnn.profile);
-    for (const l of Object.values(result.profile.latency!)) l.ramps = l.ramps.map((x) => ({ ...x, p50: 10 * l.model.p50 }));
+    for (const l of Object.values(result.profile.latency!)) l.allExits = { ...l.model, p50: 10 * l.model.p50 };
     const plan = planFromProfile(result, { maxDrop: 0.01 });
     expect(plan.exits).toEqual([]);
     expect(plan.expected.saving).toBe(0);

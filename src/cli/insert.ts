@@ -38,7 +38,7 @@ export function registerInsert(program: Command): void {
     .option("--labels <y.npy>", "ground-truth labels; ramps then learn from labels and the model's predictions")
     .option("--exits <spec>", "auto (up to 8 block boundaries spread in depth), all, a count N, or comma-separated ids / tensor names (one id: '3,')", "auto")
     .option("--ramp <kind>", "linear, or mlp (one hidden Tanh layer, as a BERT pooler)", "linear")
-    .option("--pool <how>", "for [N,S,D] exits: auto (mask-aware mean), cls (first token) or mean", "auto")
+    .option("--pool <how>", "auto (fit both kinds per exit, keep the better), or one kind: cls or mean for [N,S,D] exits, gap or grid for [N,C,H,W]", "auto")
     .option("--output <name>", "the model's logits output, when it has several (default: the first)")
     .option("--seed <n>", "seed for sample selection and initialisation", "0")
     .option("--fit-fraction <f>", "fraction of calibration samples that fit the ramps; the rest is left for profile and plan", "0.4")
@@ -52,7 +52,7 @@ export function registerInsert(program: Command): void {
     )
     .action(async (modelPath: string, opts: InsertCliOptions) => {
       if (opts.ramp !== "linear" && opts.ramp !== "mlp") throw new EeToolError("USAGE", `--ramp must be linear or mlp, got '${opts.ramp}'`);
-      if (!["auto", "cls", "mean"].includes(opts.pool)) throw new EeToolError("USAGE", `--pool must be auto, cls or mean, got '${opts.pool}'`);
+      if (!["auto", "cls", "mean", "gap", "grid"].includes(opts.pool)) throw new EeToolError("USAGE", `--pool must be auto, cls, mean, gap or grid, got '${opts.pool}'`);
       const fraction = Number(opts.fitFraction);
       if (!(fraction > 0 && fraction < 1)) throw new EeToolError("USAGE", `--fit-fraction must be between 0 and 1, got '${opts.fitFraction}'`);
       const model = loadModel(modelPath);

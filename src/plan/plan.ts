@@ -177,7 +177,7 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
   const truncation = order.map((r, j) => {
     let loss = 0;
     for (let s = 0; s < cert.n; s++) loss += cert.loss[j]![s]!;
-    let latency = costs.overhead + costs.ramp[j]!;
+    let latency = costs.ramp[j]!;
     for (let k = 0; k <= j; k++) latency += costs.stage[k]!;
     const bytes = profile.stages.slice(j + 1).reduce((a, s) => a + s.weightBytes, 0);
     return { ramp: r.id, dropCertify: loss / Math.max(1, cert.n), latencyMs: latency, saving: 1 - latency / costs.baseline, bytesNotLoaded: bytes };

@@ -3,18 +3,14 @@
  * and the latency cost model.
  *
  * Cost model (per request, from the profile's measured medians at the chosen batch size, divided
- * by the batch size; medians resist the outliers of a busy machine): the runtime makes one call per segment (the stages up to the next active ramp,
- * plus that ramp) and one last call for the rest. A call costs the measured call overhead plus
- * the net time of what it runs (each part's measured time minus one call overhead). A sample that
- * exits at its i-th active ramp j pays i calls, the stages up to j and every active ramp up to j;
- * a sample that never exits pays every segment and the last call.
- *
- * The cost of one call is taken from the profile itself: stages timed one by one add up to more
- * than the model run whole, and that excess spread over the extra calls is what a call really costs
- * (copies and cold caches at each boundary, beyond the bare Identity call measured as
- * `callOverhead`, which is the floor). The stages' net costs are then scaled to sum, with one
- * call, to the whole model's measured latency: a configuration without exits costs exactly the
- * original model, and every extra call costs one call.
+ * by the batch size; medians resist the outliers of a busy machine). The runtime makes one call per
+ * request (runtime/exit-graph.ts), so:
+ * - a sample that exits at ramp j pays the stages up to j and the cost of every active exit up to j;
+ * - a sample that never exits pays the whole model and every active exit.
+ * Stage costs: each stage's measured time less one bare call (`callOverhead`), scaled so the stages
+ * add up to the whole model measured in one call. Exit costs: the all-exits model (every ramp active,
+ * none firing) less the model is what all exits together cost; it is shared among the ramps in
+ * proportion to their measured times (less one bare call).
  */
 import type { Profile } from "../profile/profile.js";
 import type { SampleData } from "../profile/samples.js";
@@ -26,9 +22,8 @@ export type Against = "model" | "labels";
 export interface Costs {
   /** Net cost of each stage (stage k ends at ramp k; the last stage ends at the output). */
   stage: number[];
-  /** Net cost of each ramp. */
+  /** Cost of each ramp as an active exit (the ramp, its confidence test and the branch). */
   ramp: number[];
-  overhead: number;
   /** The original model, measured end to end. */
   baseline: number;
 }
@@ -54,14 +49,17 @@ export function buildCosts(profile: Profile, batch: number): Costs {
   }
   const per = (x: number): number => x / batch;
   const baseline = per(l.model.p50);
-  const stageSum = l.stages.reduce((a, s) => a + per(s.p50), 0);
-  const empirical = l.stages.length > 1 ? (stageSum - baseline) / (l.stages.length - 1) : 0;
-  const overhead = Math.max(per(l.callOverhead.p50), empirical);
-  const net = (x: number): number => Math.max(0, per(x) - overhead);
+  const call = per(l.callOverhead.p50);
+  const net = (x: number): number => Math.max(0, per(x) - call);
   const stages = l.stages.map((s) => net(s.p50));
   const sum = stages.reduce((a, b) => a + b, 0);
-  const scale = sum > 0 ? Math.max(0, baseline - overhead) / sum : 0;
-  return { stage: stages.map((s) => s * scale), ramp: l.ramps.map((r) => net(r.p50)), overhead, baseline };
+  const scale = sum > 0 ? baseline / sum : 0;
+  const ramps = l.ramps.map((r) => net(r.p50));
+  const rampSum = ramps.reduce((a, b) => a + b, 0);
+  // Profiles without the all-exits measurement: each exit costs its ramp.
+  const allExits = l.allExits ? Math.max(0, per(l.allExits.p50) - baseline) : rampSum;
+  const share = (r: number): number => (rampSum > 0 ? (allExits * r) / rampSum : allExits / ramps.length);
+  return { stage: stages.map((s) => s * scale), ramp: ramps.map(share), baseline };
 }
 
 /** Build the problem over a subset of the profile's samples. */
@@ -107,19 +105,16 @@ export interface Evaluation {
 export function exitCosts(costs: Costs, config: Config): { atRamp: number[]; none: number } {
   const R = config.length;
   const atRamp = new Array<number>(R).fill(Infinity);
-  let calls = 0;
   let acc = 0;
   let rampSum = 0;
   for (let j = 0; j < R; j++) {
     acc += costs.stage[j]!;
     if (config[j] !== Infinity) {
-      calls++;
       rampSum += costs.ramp[j]!;
-      atRamp[j] = calls * costs.overhead + acc + rampSum;
+      atRamp[j] = acc + rampSum;
     }
   }
-  const none = (calls + 1) * costs.overhead + acc + costs.stage[R]! + rampSum;
-  return { atRamp, none };
+  return { atRamp, none: acc + costs.stage[R]! + rampSum };
 }
 
 export function evaluate(p: Problem, config: Config, withLosses = false): Evaluation {

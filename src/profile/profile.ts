@@ -9,8 +9,13 @@ import { createHash } from "node:crypto";
 import type { OnnxModel } from "../onnx/model.js";
 import { openCalibration, openLabels } from "../data/calib.js";
 import { readRampMetadata, unpackHashes, type RampMetadata } from "../ramps/metadata.js";
-import { splitWithTypes, openParts, releaseParts, chainStages, partFeeds } from "../stages/runner.js";
+import { splitWithTypes, partFeeds } from "../stages/runner.js";
 import { createSession, runSession, runtimeBytes, ort, type SessionSettings } from "../runtime/ort.js";
+import { createRunnable, type RunnableSession } from "../runtime/sync.js";
+import { optimizeForRuntime, partSettings } from "../runtime/optimize.js";
+import { buildExitModel, EXIT_IDS, EXIT_LOGITS, type BatchMode } from "../runtime/exit-graph.js";
+import { batchTensorsAt } from "../runtime/early-exit.js";
+import type { StagePart } from "../stages/split.js";
 import { serializeModel } from "../onnx/model.js";
 import { measure, type LatencyStats } from "./timing.js";
 import { emptySamples, encodeSamples, scoreLogits, type ArraySpec, type SampleData } from "./samples.js";
@@ -31,8 +36,13 @@ export interface BatchLatency {
   model: LatencyStats;
   stages: LatencyStats[];
   ramps: LatencyStats[];
-  /** One onnxruntime call that only copies the first exit tensor through (Identity): the fixed cost of a call. */
+  /** One bare onnxruntime call that reads the first exit tensor and returns its sum (ReduceSum): the fixed cost of a call. */
   callOverhead: LatencyStats;
+  /**
+   * The runtime's one-call early-exit model with every ramp active and thresholds that never
+   * fire: what all exits cost on top of the model when no sample takes them.
+   */
+  allExits?: LatencyStats;
   /**
    * Sum over stages of the mean and of the median, and their ratio to the whole model's. Running
    * S stages costs S - 1 more calls than running the model; `net` subtracts those calls' overhead.
@@ -177,60 +187,17 @@ export async function profileModel(model: OnnxModel, options: ProfileOptions): P
     await session.release();
   }
 
-  // Stages and ramps as separate models, timed at each batch size.
+  // Stages and ramps as separate models, timed at each batch size. They are cut from the graph
+  // onnxruntime optimises for this machine (see runtime/optimize.ts), as the runtime runs it; the
+  // portable split gives the stages' structure and weight bytes.
   const probe = calib.feedsFor(chosen.slice(0, Math.min(2, chosen.length)));
   const split = await splitWithTypes(model, probe, settings);
   const rampStage = new Map<number, number>();
   split.ramps.forEach((r, i) => rampStage.set(r.index, split.stages.findIndex((s) => s.outputs.includes(split.ramps[i]!.inputs[0]!))));
   let latency: Record<string, BatchLatency> | null = null;
   if (options.latency !== false) {
-    latency = {};
-    const stageSessions = await openParts(split.stages, model.readExternal, settings);
-    const rampSessions = await openParts(split.ramps, model.readExternal, settings);
-    const whole = await createSession(runtimeBytes(split.original, model.readExternal), settings);
-    const cut0 = split.stages[0]!.outputs[0]!;
-    const identity = await createSession(serializeModel({
-      ir_version: 8, opset_import: [{ domain: "", version: 13 }],
-      graph: { name: "call_overhead", node: [{ op_type: "Identity", input: ["x"], output: ["y"] }], input: [makeValueInfo("x", DataType.FLOAT)], output: [makeValueInfo("y", DataType.FLOAT)] },
-    }), settings);
-    try {
-      for (const b of batches) {
-        if (b > chosen.length) throw new EeToolError("TOO_FEW_SAMPLES", `batch size ${b} is larger than the ${chosen.length} samples to profile`);
-        const feeds = calib.feedsFor(chosen.slice(0, b));
-        const pool = await chainStages(stageSessions, feeds);
-        const cutTensor = pool.get(cut0)!;
-        const items = [
-          { name: "model", run: () => whole.run(feeds) },
-          { name: "overhead", run: () => identity.run({ x: cutTensor }) },
-          ...stageSessions.map((s) => { const f = partFeeds(s.part, pool); return { name: `stage${s.part.index}`, run: () => s.session.run(f, s.part.outputs) }; }),
-          ...rampSessions.map((s) => { const f = partFeeds(s.part, pool); return { name: `ramp${s.part.index}`, run: () => s.session.run(f) }; }),
-        ];
-        const stats = await measure(items, {
-          budgetMs: options.budgetMs ?? 10_000, tolerance: options.tolerance ?? 0.02,
-          onRound: (d, t) => progress(`latency b=${b}`, d, t),
-        });
-        const stages = stageSessions.map((s) => stats.get(`stage${s.part.index}`)!);
-        const whole1 = stats.get("model")!;
-        const sumMean = stages.reduce((a, s) => a + s.mean, 0);
-        const sumP50 = stages.reduce((a, s) => a + s.p50, 0);
-        const overhead = stats.get("overhead")!;
-        const netP50 = sumP50 - (stages.length - 1) * overhead.p50;
-        latency[String(b)] = {
-          model: whole1,
-          stages,
-          ramps: rampSessions.map((s) => stats.get(`ramp${s.part.index}`)!),
-          callOverhead: overhead,
-          stageSum: { mean: sumMean, p50: sumP50, ratioMean: sumMean / whole1.mean, ratioP50: sumP50 / whole1.p50, netP50, netRatioP50: netP50 / whole1.p50 },
-        };
-      }
-    } finally {
-      await releaseParts(stageSessions);
-      await releaseParts(rampSessions);
-      await whole.release();
-      await identity.release();
-    }
+    latency = await measureLatency(model, split.original, batches, chosen, calib.feedsFor.bind(calib), probe, settings, options, progress);
   }
-
   const encoded = encodeSamples(samples);
   const profile: Profile = {
     format: PROFILE_FORMAT,
@@ -255,6 +222,137 @@ export async function profileModel(model: OnnxModel, options: ProfileOptions): P
     summary: summarizeSamples(samples),
   };
   return { profile, samples };
+}
+
+interface TimedPart {
+  part: StagePart;
+  session: RunnableSession;
+  /** What the timed call fetches. */
+  fetches: string[];
+}
+
+/**
+ * A part whose float outputs are each reduced to one number inside onnxruntime (ReduceSum), so a
+ * timed call measures the part's work and not the copy of its outputs into JavaScript, which the
+ * one-call runtime never makes (at batch 8 on the CNN fixture that copy costs as much as a stage).
+ */
+export function reducedOutputs(part: StagePart): { proto: OnnxModel["proto"]; fetches: string[] } {
+  const g = part.proto.graph!;
+  const nodes = [...(g.node ?? [])];
+  const outputs = (g.output ?? []).map((o) => {
+    if (o.type?.tensor_type?.elem_type !== DataType.FLOAT) return o;
+    const name = `${o.name}/ee_timing_sum`;
+    nodes.push({ op_type: "ReduceSum", input: [o.name!], output: [name], name, attribute: [{ name: "keepdims", type: 2, i: 0 }] });
+    return makeValueInfo(name, DataType.FLOAT, []);
+  });
+  return { proto: { ...part.proto, graph: { ...g, node: nodes, output: outputs } }, fetches: outputs.map((o) => o.name!) };
+}
+
+async function openTimed(parts: StagePart[], readExternal: OnnxModel["readExternal"], settings: SessionSettings): Promise<TimedPart[]> {
+  const out: TimedPart[] = [];
+  for (const part of parts) {
+    const r = reducedOutputs(part);
+    out.push({ part, fetches: r.fetches, session: await createRunnable(runtimeBytes(r.proto, readExternal), settings, r.fetches) });
+  }
+  return out;
+}
+
+/**
+ * Latency of the whole model, every stage, every ramp, one bare call and the all-exits model at
+ * each batch size, interleaved (timing.ts). Every call goes straight to onnxruntime's native binding,
+ * as the runtime's do.
+ */
+async function measureLatency(
+  model: OnnxModel,
+  original: OnnxModel["proto"],
+  batches: number[],
+  chosen: number[],
+  feedsFor: (idx: number[]) => Record<string, ort.Tensor>,
+  probe: Record<string, ort.Tensor>,
+  settings: SessionSettings,
+  options: ProfileOptions,
+  progress: (phase: string, done: number, total: number) => void,
+): Promise<Record<string, BatchLatency>> {
+  const rt = await optimizeForRuntime(model, settings);
+  const rtSettings = partSettings(rt, settings);
+  const split = await splitWithTypes({ ...model, proto: rt.proto }, probe, rtSettings);
+  const meta = rt.meta;
+  const opened: RunnableSession[] = [];
+  const open = async (proto: OnnxModel["proto"], s: SessionSettings, outputs: string[]): Promise<RunnableSession> => {
+    const r = await createRunnable(runtimeBytes(proto, model.readExternal), s, outputs);
+    opened.push(r);
+    return r;
+  };
+  const latency: Record<string, BatchLatency> = {};
+  try {
+    // Every tensor the parts exchange, at each batch size, from one pass of the stages.
+    const pools = new Map<number, Map<string, ort.Tensor>>();
+    for (const b of batches) {
+      if (b > chosen.length) throw new EeToolError("TOO_FEW_SAMPLES", `batch size ${b} is larger than the ${chosen.length} samples to profile`);
+      pools.set(b, new Map(Object.entries(feedsFor(chosen.slice(0, b)))));
+    }
+    for (const s of split.stages) {
+      const session = await createRunnable(runtimeBytes(s.proto, model.readExternal), rtSettings, s.outputs);
+      try {
+        for (const pool of pools.values()) for (const [k, v] of Object.entries(await session.run(partFeeds(s, pool), s.outputs))) pool.set(k, v);
+      } finally {
+        await session.release();
+      }
+    }
+    const stages = await openTimed(split.stages, model.readExternal, rtSettings);
+    const ramps = await openTimed(split.ramps, model.readExternal, rtSettings);
+    opened.push(...stages.map((p) => p.session), ...ramps.map((p) => p.session));
+    const whole = await open(original, settings, [meta.output]);
+    // A bare call: read the first cut tensor, return one number (as a timed stage does).
+    const bare = await open({
+      ir_version: 8, opset_import: [{ domain: "", version: 13 }],
+      graph: { name: "call_overhead", node: [{ op_type: "ReduceSum", input: ["x"], output: ["y"], attribute: [{ name: "keepdims", type: 2, i: 0 }] }], input: [makeValueInfo("x", DataType.FLOAT)], output: [makeValueInfo("y", DataType.FLOAT, [])] },
+    }, settings, ["y"]);
+    const never = meta.ramps.map((r) => ({ ramp: r.id, output: r.output, threshold: Infinity }));
+    const { batchTensors, rowRemoval } = batchTensorsAt(rt.proto, meta.ramps.map((r) => r.id));
+    const allExits = new Map<BatchMode, RunnableSession>();
+    const cut0 = split.stages[0]!.outputs[0]!;
+    for (const b of batches) {
+      const mode: BatchMode = b === 1 ? "single" : rowRemoval ? "gather" : "where";
+      let ee = allExits.get(mode);
+      if (!ee) {
+        const proto = buildExitModel(rt.proto, { exits: never, metric: "maxprob", classes: meta.classes, output: meta.output, mode, batchTensors });
+        ee = await open(proto, rtSettings, [EXIT_LOGITS, EXIT_IDS]);
+        allExits.set(mode, ee);
+      }
+      const pool = pools.get(b)!;
+      const feeds = Object.fromEntries(Object.keys(probe).map((k) => [k, pool.get(k)!]));
+      const cutTensor = { x: pool.get(cut0)! };
+      const eeSession = ee;
+      const items = [
+        { name: "model", run: () => whole.run(feeds, [meta.output]) },
+        { name: "overhead", run: () => bare.run(cutTensor, ["y"]) },
+        { name: "allExits", run: () => eeSession.run(feeds, [EXIT_LOGITS, EXIT_IDS]) },
+        ...[...stages, ...ramps].map((s) => { const f = partFeeds(s.part, pool); return { name: `${s.part.kind}${s.part.index}`, run: () => s.session.run(f, s.fetches) }; }),
+      ];
+      const stats = await measure(items, {
+        budgetMs: options.budgetMs ?? 10_000, tolerance: options.tolerance ?? 0.02,
+        onRound: (d, t) => progress(`latency b=${b}`, d, t),
+      });
+      const st = stages.map((s) => stats.get(`stage${s.part.index}`)!);
+      const whole1 = stats.get("model")!;
+      const sumMean = st.reduce((a, s) => a + s.mean, 0);
+      const sumP50 = st.reduce((a, s) => a + s.p50, 0);
+      const overhead = stats.get("overhead")!;
+      const netP50 = sumP50 - (st.length - 1) * overhead.p50;
+      latency[String(b)] = {
+        model: whole1,
+        stages: st,
+        ramps: ramps.map((s) => stats.get(`ramp${s.part.index}`)!),
+        callOverhead: overhead,
+        allExits: stats.get("allExits")!,
+        stageSum: { mean: sumMean, p50: sumP50, ratioMean: sumMean / whole1.mean, ratioP50: sumP50 / whole1.p50, netP50, netRatioP50: netP50 / whole1.p50 },
+      };
+    }
+  } finally {
+    for (const s of opened) await s.release();
+  }
+  return latency;
 }
 
 /** Write a profile and its binary sidecar (`<name>.bin`), both atomically. */

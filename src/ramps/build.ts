@@ -1,7 +1,10 @@
 /**
  * Ramp subgraphs. A ramp pools the tensor at its exit point into features [N, D], then maps them
  * to logits [N, classes]:
- *   [N,C,H,W]  GlobalAveragePool, Flatten         [N,H,W,C]  ReduceMean over H, W
+ *   [N,C,H,W]  GlobalAveragePool, Flatten, or (grid) AveragePool to a coarse grid of up to 4x4
+ *              cells, Flatten: keeps where things are, which early layers need (a shirt and a
+ *              pullover differ in where their edges are, not in which edges there are)
+ *   [N,H,W,C]  ReduceMean over H, W
  *   [N,S,D]    first token (cls) or mean over S, mask-aware when the model has an attention mask
  *   [N,D]      as is
  * then Gemm (linear), or Gemm, Tanh, Gemm (mlp, as a BERT pooler).
@@ -12,8 +15,24 @@ import { DataType } from "../onnx/dtype.js";
 import { EeToolError } from "../errors.js";
 
 export type RampKind = "linear" | "mlp";
-export type PoolChoice = "auto" | "cls" | "mean";
-export type Pooling = "gap" | "spatial-mean" | "cls" | "mean" | "masked-mean" | "none";
+export type PoolChoice = "auto" | "cls" | "mean" | "gap" | "grid";
+export type Pooling = "gap" | "grid" | "spatial-mean" | "cls" | "mean" | "masked-mean" | "none";
+
+/** Most features a grid-pooled ramp may have. */
+const GRID_MAX_FEATURES = 1024;
+
+/** AveragePool window (= stride) for an up-to-4x4 grid over [C, H, W] within GRID_MAX_FEATURES, or null. */
+export function gridWindow(shape: readonly number[]): { kernel: [number, number]; cells: [number, number] } | null {
+  const [c, h, w] = [shape[1]!, shape[2]!, shape[3]!];
+  if (![c, h, w].every((d) => Number.isInteger(d) && d > 0)) return null;
+  for (const g of [4, 3, 2]) {
+    if (h < g || w < g) continue;
+    const kernel: [number, number] = [Math.ceil(h / g), Math.ceil(w / g)];
+    const cells: [number, number] = [Math.floor(h / kernel[0]), Math.floor(w / kernel[1])];
+    if (c * cells[0] * cells[1] <= GRID_MAX_FEATURES) return { kernel, cells };
+  }
+  return null;
+}
 
 export interface RampDesign {
   id: number;
@@ -39,10 +58,12 @@ export function designRamp(id: number, exit: ExitCandidate, kind: RampKind, pool
   let pooling: Pooling;
   let featureDim: number;
   switch (exit.layout) {
-    case "NCHW":
-      pooling = "gap";
-      featureDim = exit.shape[1]!;
+    case "NCHW": {
+      const grid = pool === "grid" ? gridWindow(exit.shape) : null;
+      pooling = grid ? "grid" : "gap";
+      featureDim = grid ? exit.shape[1]! * grid.cells[0] * grid.cells[1] : exit.shape[1]!;
       break;
+    }
     case "NHWC":
       pooling = "spatial-mean";
       featureDim = exit.shape[3]!;
@@ -70,6 +91,10 @@ export function emitFeatures(d: RampDesign, em: NodeEmitter): string {
   switch (d.pooling) {
     case "gap":
       return em.node("Flatten", [em.node("GlobalAveragePool", [x])], [attr("axis", 1)]);
+    case "grid": {
+      const { kernel } = gridWindow(d.exit.shape)!;
+      return em.node("Flatten", [em.node("AveragePool", [x], [attr("kernel_shape", kernel), attr("strides", kernel)])], [attr("axis", 1)]);
+    }
     case "spatial-mean":
       return em.reduce("ReduceMean", x, [1, 2], false);
     case "cls": {

@@ -138,13 +138,15 @@ export async function insertRamps(model: OnnxModel, options: InsertOptions): Pro
   const classes = probeOut.dims[1]!;
   const exits = selectExits(analysis.candidates, options.exits ?? "auto");
   const mask = findMaskInput(proto, analysis.mainInput);
-  // With --pool auto, [N,S,D] exits try both the first token and the (mask-aware) mean; the
-  // held-out loss decides per exit.
+  // With --pool auto, [N,S,D] exits try both the first token and the (mask-aware) mean, and
+  // [N,C,H,W] exits both global and grid average pooling; the held-out loss decides per exit.
   const pool = options.pool ?? "auto";
   const kind = options.ramp ?? "linear";
   const variants: RampDesign[][] = exits.map((e, i) => {
-    const first = designRamp(i, e, kind, pool === "auto" ? "mean" : pool, classes, mask);
-    return pool === "auto" && e.layout === "NSD" ? [first, designRamp(i, e, kind, "cls", classes, mask)] : [first];
+    if (pool !== "auto") return [designRamp(i, e, kind, pool, classes, mask)];
+    const second = e.layout === "NSD" ? designRamp(i, e, kind, "cls", classes, mask) : e.layout === "NCHW" ? designRamp(i, e, kind, "grid", classes, mask) : undefined;
+    const first = designRamp(i, e, kind, "mean", classes, mask);
+    return second && second.pooling !== first.pooling ? [first, second] : [first];
   });
   const tried = variants.flat();
   const analyzeMs = performance.now() - t0;

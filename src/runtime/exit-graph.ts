@@ -61,6 +61,38 @@ function graphAttr(name: string, g: GraphProto): AttributeProto {
   return { name, type: AttributeType.GRAPH, g };
 }
 
+/** Names the nodes of a graph read, with those of their subgraphs. */
+function namesRead(nodes: NodeProto[], into = new Set<string>()): Set<string> {
+  for (const n of nodes) {
+    for (const i of n.input ?? []) if (i) into.add(i);
+    for (const a of n.attribute ?? []) for (const sg of a.g ? [a.g] : a.graphs ?? []) namesRead(sg.node ?? [], into);
+  }
+  return into;
+}
+
+/**
+ * Put each initializer into the innermost branch of the early-exit Ifs that holds all its uses
+ * (unused ones are dropped). onnxruntime hands every outer-scope value a branch reads to it on each
+ * execution, so weights of deep layers left in the main graph would make every If pay for them.
+ */
+function placeInitializers(graph: GraphProto, inits: NonNullable<GraphProto["initializer"]>): void {
+  const branches = (graph.node ?? []).filter((n) => n.op_type === "If" && n.name?.startsWith("ee_rt")).flatMap((n) => (n.attribute ?? []).map((a) => a.g!));
+  const own = namesRead((graph.node ?? []).filter((n) => !(n.op_type === "If" && n.name?.startsWith("ee_rt"))));
+  // An early-exit If's condition is read by the If itself.
+  for (const n of graph.node ?? []) if (n.op_type === "If") for (const i of n.input ?? []) own.add(i);
+  const usedBy = branches.map((b) => namesRead(b.node ?? []));
+  const pushed = branches.map((): NonNullable<GraphProto["initializer"]> => []);
+  const here: NonNullable<GraphProto["initializer"]> = [];
+  for (const t of inits) {
+    const name = t.name ?? "";
+    const users = usedBy.flatMap((u, i) => (u.has(name) ? [i] : []));
+    if (own.has(name) || users.length > 1) here.push(t);
+    else if (users.length === 1) pushed[users[0]!]!.push(t);
+  }
+  graph.initializer = [...(graph.initializer ?? []), ...here];
+  branches.forEach((b, i) => placeInitializers(b, pushed[i]!));
+}
+
 /** Build the early-exit model from an augmented model (ramps in place) and the active exits. */
 export function buildExitModel(model: ModelProto, o: ExitGraphOptions): ModelProto {
   const view = new Graph(model.graph!);
@@ -158,23 +190,16 @@ export function buildExitModel(model: ModelProto, o: ExitGraphOptions): ModelPro
   };
 
   const nodes = emitLevel(0, new Map(), EXIT_LOGITS, EXIT_IDS);
-  const used = new Set<string>();
-  const collect = (ns: NodeProto[]): void => {
-    for (const n of ns) {
-      for (const i of n.input ?? []) used.add(i);
-      for (const a of n.attribute ?? []) for (const g of a.g ? [a.g] : a.graphs ?? []) collect(g.node ?? []);
-    }
-  };
-  collect(nodes);
   const g = model.graph!;
   const out = shallowClone(model);
   out.graph = {
     name: `${g.name ?? "model"}_early_exit`,
     node: nodes,
-    initializer: [...(g.initializer ?? []).filter((t) => used.has(t.name ?? "")), ...inits],
+    initializer: [],
     input: g.input ?? [],
     output: [makeValueInfo(EXIT_LOGITS, DataType.FLOAT, [null, o.classes]), makeValueInfo(EXIT_IDS, DataType.INT64, [null])],
   };
+  placeInitializers(out.graph, [...(g.initializer ?? []), ...inits]);
   out.metadata_props = (model.metadata_props ?? []).filter((m) => m.key !== METADATA_KEY);
   return out;
 }
