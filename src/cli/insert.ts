@@ -13,6 +13,7 @@ interface InsertCliOptions {
   labels?: string;
   exits: string;
   ramp: string;
+  hidden: string;
   pool: string;
   output?: string;
   seed: string;
@@ -37,7 +38,8 @@ export function registerInsert(program: Command): void {
     .requiredOption("--calib <data>", "calibration inputs: file.npy (single input), name=a.npy,name2=b.npy, an .npz keyed by input name, or a directory of input_N.pb")
     .option("--labels <y.npy>", "ground-truth labels; ramps then learn from labels and the model's predictions")
     .option("--exits <spec>", "auto (up to 8 block boundaries spread in depth), all, a count N, or comma-separated ids / tensor names (one id: '3,')", "auto")
-    .option("--ramp <kind>", "linear, or mlp (one hidden Tanh layer, as a BERT pooler)", "linear")
+    .option("--ramp <kind>", "linear, or mlp (one hidden Tanh layer; on CNNs with grid pooling it agrees far better at early exits)", "linear")
+    .option("--hidden <n>", "hidden width of mlp ramps (capped at the feature width)", "64")
     .option("--pool <how>", "auto (fit both kinds per exit, keep the better), or one kind: cls or mean for [N,S,D] exits, gap or grid for [N,C,H,W]", "auto")
     .option("--output <name>", "the model's logits output, when it has several (default: the first)")
     .option("--seed <n>", "seed for sample selection and initialisation", "0")
@@ -62,6 +64,7 @@ export function registerInsert(program: Command): void {
         ...(opts.labels ? { labels: opts.labels } : {}),
         exits: opts.exits,
         ramp: opts.ramp as RampKind,
+        hidden: intOption("--hidden", opts.hidden, 1),
         pool: opts.pool as PoolChoice,
         ...(opts.output ? { output: opts.output } : {}),
         seed: intOption("--seed", opts.seed, 0),

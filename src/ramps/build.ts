@@ -7,7 +7,7 @@
  *   [N,H,W,C]  ReduceMean over H, W
  *   [N,S,D]    first token (cls) or mean over S, mask-aware when the model has an attention mask
  *   [N,D]      as is
- * then Gemm (linear), or Gemm, Tanh, Gemm (mlp, as a BERT pooler).
+ * then Gemm (linear), or Gemm, Tanh, Gemm (mlp: a hidden layer of min(D, --hidden) units).
  */
 import type { ExitCandidate } from "../analysis/exits.js";
 import { attr, NodeEmitter } from "../ir/builder.js";
@@ -54,7 +54,10 @@ export interface RampWeights {
   b2?: Float32Array;
 }
 
-export function designRamp(id: number, exit: ExitCandidate, kind: RampKind, pool: PoolChoice, classes: number, maskInput?: string): RampDesign {
+/** Default hidden width of mlp ramps (capped at the feature width). */
+export const DEFAULT_HIDDEN = 64;
+
+export function designRamp(id: number, exit: ExitCandidate, kind: RampKind, pool: PoolChoice, classes: number, maskInput?: string, hiddenWidth = DEFAULT_HIDDEN): RampDesign {
   let pooling: Pooling;
   let featureDim: number;
   switch (exit.layout) {
@@ -77,7 +80,7 @@ export function designRamp(id: number, exit: ExitCandidate, kind: RampKind, pool
       featureDim = exit.shape[1]!;
       break;
   }
-  const hidden = kind === "mlp" ? Math.min(featureDim, 512) : 0;
+  const hidden = kind === "mlp" ? Math.min(featureDim, hiddenWidth) : 0;
   return { id, exit, kind, pooling, featureDim, hidden, classes, ...(pooling === "masked-mean" && maskInput ? { maskInput } : {}) };
 }
 

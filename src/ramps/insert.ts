@@ -17,7 +17,7 @@ import { createSession, runSession, runtimeBytes, type SessionSettings } from ".
 import { EeToolError } from "../errors.js";
 import { Rng } from "../util/rng.js";
 import { argmaxRows } from "../util/logits.js";
-import { designRamp, emitFeatures, emitHead, rampParameterCount, type PoolChoice, type RampDesign, type RampKind } from "./build.js";
+import { DEFAULT_HIDDEN, designRamp, emitFeatures, emitHead, rampParameterCount, type PoolChoice, type RampDesign, type RampKind } from "./build.js";
 import { fitRamps, type FitResult } from "./fit.js";
 import { packHashes, writeRampMetadata, type RampMetadata, type RampRecord } from "./metadata.js";
 
@@ -32,6 +32,8 @@ export interface InsertOptions {
   /** auto | all | a count | comma-separated ids or tensor names. */
   exits?: string;
   ramp?: RampKind;
+  /** Hidden width of mlp ramps (default 64, capped at the feature width). */
+  hidden?: number;
   pool?: PoolChoice;
   output?: string;
   seed?: number;
@@ -142,10 +144,11 @@ export async function insertRamps(model: OnnxModel, options: InsertOptions): Pro
   // [N,C,H,W] exits both global and grid average pooling; the held-out loss decides per exit.
   const pool = options.pool ?? "auto";
   const kind = options.ramp ?? "linear";
+  const hidden = options.hidden ?? DEFAULT_HIDDEN;
   const variants: RampDesign[][] = exits.map((e, i) => {
-    if (pool !== "auto") return [designRamp(i, e, kind, pool, classes, mask)];
-    const second = e.layout === "NSD" ? designRamp(i, e, kind, "cls", classes, mask) : e.layout === "NCHW" ? designRamp(i, e, kind, "grid", classes, mask) : undefined;
-    const first = designRamp(i, e, kind, "mean", classes, mask);
+    if (pool !== "auto") return [designRamp(i, e, kind, pool, classes, mask, hidden)];
+    const second = e.layout === "NSD" ? designRamp(i, e, kind, "cls", classes, mask, hidden) : e.layout === "NCHW" ? designRamp(i, e, kind, "grid", classes, mask, hidden) : undefined;
+    const first = designRamp(i, e, kind, "mean", classes, mask, hidden);
     return second && second.pooling !== first.pooling ? [first, second] : [first];
   });
   const tried = variants.flat();
