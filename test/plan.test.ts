@@ -44,7 +44,7 @@ function synthetic(seed: number, n: number, R: number, adversarial = false): Pro
     conf.push(c);
     loss.push(l);
   }
-  const costs: Costs = { stage: Array.from({ length: R + 1 }, () => 1), ramp: Array.from({ length: R }, (_, j) => (adversarial && j === 0 ? 0.1 : 0.2)), baseline: R + 1 };
+  const costs: Costs = { stage: Array.from({ length: R + 1 }, () => 1), ramp: Array.from({ length: R }, (_, j) => (adversarial && j === 0 ? 0.1 : 0.2)), fixed: 0, baseline: R + 1 };
   return { rampIds: Array.from({ length: R }, (_, j) => j), n, conf, loss, costs };
 }
 

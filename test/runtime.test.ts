@@ -9,6 +9,11 @@ import { openCalibration } from "../src/data/calib.js";
 import { createSession, runSession } from "../src/runtime/ort.js";
 import { scoreLogits } from "../src/profile/samples.js";
 import type { EvalReport } from "../src/eval/eval.js";
+import { optimizeForRuntime, partSettings } from "../src/runtime/optimize.js";
+import { buildExitModel, EXIT_IDS, EXIT_LOGITS } from "../src/runtime/exit-graph.js";
+import { createRunnable } from "../src/runtime/sync.js";
+import { readRampMetadata } from "../src/ramps/metadata.js";
+import { declaredTypes, splitModel } from "../src/stages/split.js";
 
 const FIX = (p: string): string => path.join(ROOT, "fixtures", p);
 const work = tmpDir();
@@ -56,6 +61,47 @@ describe("EarlyExitSession", () => {
     }
     expect(ee.rowRemoval).toBe(true);
     await ee.release();
+
+    // The batch-together form (used when rows cannot leave): every row still gets its first confident exit.
+    const rt = await optimizeForRuntime(model);
+    expect(rt.optimized).toBe(true);
+    const where = buildExitModel(rt.proto, { exits, metric: plan.settings.metric, classes: k, output: plan.model.output, mode: "where" });
+    const s = await createRunnable(serializeModel(where), partSettings(rt, {}), [EXIT_LOGITS, EXIT_IDS]);
+    for (let b = 0; b < n; b += 16) {
+      const out = await s.run(data.feeds(b, b + 16), [EXIT_LOGITS, EXIT_IDS]);
+      expect(Array.from(out[EXIT_IDS]!.data as BigInt64Array, Number)).toEqual(Array.from(single.subarray(b, b + 16)));
+      const got = out[EXIT_LOGITS]!.data as Float32Array;
+      for (let j = 0; j < 16 * k; j++) expect(got[j]!).toBeCloseTo(singleLogits[b * k + j]!, 4);
+    }
+    await s.release();
+  });
+
+  it("optimises the augmented model as onnxruntime would and finds every exit in it again", async () => {
+    for (const name of ["cnn", "text"] as const) {
+      const model = loadModel(f(name, "ee.onnx"));
+      const rt = await optimizeForRuntime(model);
+      expect(rt.optimized).toBe(true);
+      expect(rt.meta.ramps.map((r) => r.output)).toEqual(readRampMetadata(model.proto)!.ramps.map((r) => r.output));
+      // Chaining the optimised stages gives the model's output.
+      const split = splitModel(rt.proto, declaredTypes(rt.proto));
+      const data = openCalibration(FIX(`${name}/eval.npz`), model.proto);
+      const feeds = data.feeds(0, 4);
+      const pool = new Map(Object.entries(feeds));
+      for (const st of split.stages) {
+        const sess = await createRunnable(serializeModel(st.proto), partSettings(rt, {}), st.outputs);
+        const out = await sess.run(Object.fromEntries(st.inputs.map((i) => [i, pool.get(i)!])), st.outputs);
+        for (const [key, v] of Object.entries(out)) pool.set(key, v);
+        await sess.release();
+      }
+      const full = await createSession(serializeModel(model.proto));
+      const want = (await runSession(full, feeds))[readRampMetadata(model.proto)!.output]!.data as Float32Array;
+      const got = pool.get(readRampMetadata(model.proto)!.output)!.data as Float32Array;
+      for (let j = 0; j < want.length; j++) expect(got[j]!).toBeCloseTo(want[j]!, 4);
+      await full.release();
+    }
+    // The cnn's exit tensors are rewritten into onnxruntime's blocked layout: names change.
+    const cnn = await optimizeForRuntime(loadModel(f("cnn", "ee.onnx")));
+    expect(cnn.meta.ramps.some((r) => !r.tensor.startsWith("/"))).toBe(true);
   });
 
   it("refuses a plan whose model file changed", async () => {

@@ -95,10 +95,38 @@ export function runSearch(p: Problem, cands: number[][], maxDrop: number, method
   return autoSearch(p, cands, maxDrop);
 }
 
-/** Fixed-sequence testing along the frontier, safest first; returns the last certified point. */
-export function certifyFrontier(frontier: Point[], cert: Problem, maxDrop: number, confidence: number, signed = false): { point: Point; certificate: Certificate } | undefined {
-  const delta = 1 - confidence;
+/**
+ * A configuration with the same active exits whose thresholds are raised so that each ramp takes
+ * only a fraction q of the tuning samples it took: a point between the model and `point`.
+ */
+export function shrink(tune: Problem, point: Point, q: number): Point {
+  const config = point.config.map((t, j) => {
+    if (t === Infinity) return t;
+    const above = Array.from(tune.conf[j]!).filter((c) => c >= t).sort((a, b) => b - a);
+    const keep = Math.floor(above.length * q);
+    return keep === 0 ? Infinity : above[keep - 1]!;
+  });
+  const e = evaluate(tune, config);
+  return { config, meanLatency: e.meanLatency, drop: e.drop };
+}
+
+/**
+ * The fixed sequence of configurations to test, safest first, from the tuning half only: the
+ * frontier's points by tuning drop (then slowest first), each preceded by versions of itself whose
+ * exits take a quarter, half and three quarters of its tuning exits. Thresholds tuned to zero drop
+ * on a few hundred samples are often too low on new data; without the intermediate steps the first
+ * test fails and nothing can be certified, although a slightly more careful plan would be.
+ */
+export function testSequence(frontier: Point[], maxDrop: number, tune?: Problem): Point[] {
   const ordered = [...frontier].filter((f) => f.drop <= maxDrop + 1e-12).sort((a, b) => a.drop - b.drop || b.meanLatency - a.meanLatency);
+  if (!tune) return ordered;
+  return ordered.flatMap((f) => [...[0.25, 0.5, 0.75].map((q) => shrink(tune, f, q)), f]);
+}
+
+/** Fixed-sequence testing along the sequence above; returns the last certified point. */
+export function certifyFrontier(frontier: Point[], cert: Problem, maxDrop: number, confidence: number, signed = false, tune?: Problem): { point: Point; certificate: Certificate } | undefined {
+  const delta = 1 - confidence;
+  const ordered = testSequence(frontier, maxDrop, tune);
   let last: { point: Point; certificate: Certificate } | undefined;
   let tested = 0;
   for (const point of ordered) {
@@ -153,7 +181,7 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
   // is then the model unchanged (no exits), which is an answer, not an error.
   const worthIt = found.frontier.some((f) => f.config.some((t) => t !== Infinity) && f.meanLatency < costs.baseline && f.drop <= maxDrop + 1e-12);
   if (confidence > 0 && worthIt) {
-    const c = certifyFrontier(found.frontier, cert, maxDrop, confidence, against === "labels");
+    const c = certifyFrontier(found.frontier, cert, maxDrop, confidence, against === "labels", tune);
     if (!c) {
       throw new EeToolError("CONSTRAINT_INFEASIBLE", `no exit configuration could be certified to lose at most ${maxDrop} at confidence ${confidence} on ${cert.n} held-back samples`, {
         hint: "Raise --max-drop, lower --confidence, or profile more samples; without exits the model is unchanged.",
@@ -177,7 +205,7 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
   const truncation = order.map((r, j) => {
     let loss = 0;
     for (let s = 0; s < cert.n; s++) loss += cert.loss[j]![s]!;
-    let latency = costs.ramp[j]!;
+    let latency = costs.fixed + costs.ramp[j]!;
     for (let k = 0; k <= j; k++) latency += costs.stage[k]!;
     const bytes = profile.stages.slice(j + 1).reduce((a, s) => a + s.weightBytes, 0);
     return { ramp: r.id, dropCertify: loss / Math.max(1, cert.n), latencyMs: latency, saving: 1 - latency / costs.baseline, bytesNotLoaded: bytes };

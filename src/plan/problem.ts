@@ -7,8 +7,9 @@
  * request (runtime/exit-graph.ts), so:
  * - a sample that exits at ramp j pays the stages up to j and the cost of every active exit up to j;
  * - a sample that never exits pays the whole model and every active exit.
- * Stage costs: each stage's measured time less one bare call (`callOverhead`), scaled so the stages
- * add up to the whole model measured in one call. Exit costs: the all-exits model (every ramp active,
+ * Every request pays one call's fixed cost (`callOverhead`, a bare call) whatever exit it takes.
+ * Stage costs: each stage's measured time less one bare call, scaled so that the call and the
+ * stages add up to the whole model measured in one call. Exit costs: the all-exits model (every ramp active,
  * none firing) less the model is what all exits together cost; it is shared among the ramps in
  * proportion to their measured times (less one bare call).
  */
@@ -24,6 +25,8 @@ export interface Costs {
   stage: number[];
   /** Cost of each ramp as an active exit (the ramp, its confidence test and the branch). */
   ramp: number[];
+  /** What every request pays once: the fixed cost of a call. */
+  fixed: number;
   /** The original model, measured end to end. */
   baseline: number;
 }
@@ -53,13 +56,14 @@ export function buildCosts(profile: Profile, batch: number): Costs {
   const net = (x: number): number => Math.max(0, per(x) - call);
   const stages = l.stages.map((s) => net(s.p50));
   const sum = stages.reduce((a, b) => a + b, 0);
-  const scale = sum > 0 ? baseline / sum : 0;
+  const fixed = Math.min(call, baseline);
+  const scale = sum > 0 ? (baseline - fixed) / sum : 0;
   const ramps = l.ramps.map((r) => net(r.p50));
   const rampSum = ramps.reduce((a, b) => a + b, 0);
   // Profiles without the all-exits measurement: each exit costs its ramp.
   const allExits = l.allExits ? Math.max(0, per(l.allExits.p50) - baseline) : rampSum;
   const share = (r: number): number => (rampSum > 0 ? (allExits * r) / rampSum : allExits / ramps.length);
-  return { stage: stages.map((s) => s * scale), ramp: ramps.map(share), baseline };
+  return { stage: stages.map((s) => s * scale), ramp: ramps.map(share), fixed, baseline };
 }
 
 /** Build the problem over a subset of the profile's samples. */
@@ -111,10 +115,10 @@ export function exitCosts(costs: Costs, config: Config): { atRamp: number[]; non
     acc += costs.stage[j]!;
     if (config[j] !== Infinity) {
       rampSum += costs.ramp[j]!;
-      atRamp[j] = acc + rampSum;
+      atRamp[j] = costs.fixed + acc + rampSum;
     }
   }
-  return { atRamp, none: acc + costs.stage[R]! + rampSum };
+  return { atRamp, none: costs.fixed + acc + costs.stage[R]! + rampSum };
 }
 
 export function evaluate(p: Problem, config: Config, withLosses = false): Evaluation {
