@@ -309,7 +309,7 @@ async function measureLatency(
       graph: { name: "call_overhead", node: [{ op_type: "ReduceSum", input: ["x"], output: ["y"], attribute: [{ name: "keepdims", type: 2, i: 0 }] }], input: [makeValueInfo("x", DataType.FLOAT)], output: [makeValueInfo("y", DataType.FLOAT, [])] },
     }, settings, ["y"]);
     const never = meta.ramps.map((r) => ({ ramp: r.id, output: r.output, threshold: Infinity }));
-    const { batchTensors, rowRemoval } = batchTensorsAt(rt.proto, meta.ramps.map((r) => r.id));
+    const { batchTensors, rowRemoval } = batchTensorsAt(rt.proto, never, meta.output);
     const allExits = new Map<BatchMode, RunnableSession>();
     const cut0 = split.stages[0]!.outputs[0]!;
     for (const b of batches) {

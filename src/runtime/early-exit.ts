@@ -10,13 +10,13 @@ import * as path from "node:path";
 import type { Plan } from "../plan/plan.js";
 import { loadModel } from "../onnx/model.js";
 import { checkModelHash } from "../plan/write.js";
-import { declaredTypes, splitModel } from "../stages/split.js";
+import { declaredTypes } from "../stages/split.js";
 import { scoreLogits } from "../profile/samples.js";
 import type { Metric } from "../plan/problem.js";
 import { runtimeBytes, ort, type SessionSettings } from "./ort.js";
 import { createRunnable, type RunnableSession } from "./sync.js";
 import { optimizeForRuntime, partSettings, type RuntimeModel } from "./optimize.js";
-import { buildExitModel, EXIT_IDS, EXIT_LOGITS, type ActiveExit, type BatchMode } from "./exit-graph.js";
+import { buildExitModel, crossingTensors, EXIT_IDS, EXIT_LOGITS, type ActiveExit, type BatchMode } from "./exit-graph.js";
 import { EeToolError } from "../errors.js";
 import { Graph } from "../ir/graph.js";
 import { DataType } from "../onnx/dtype.js";
@@ -39,18 +39,18 @@ export function rowConfidence(logits: Float32Array, k: number, i: number, metric
 }
 
 /**
- * Tensors crossing the cuts at `exits` that carry the batch (graph inputs and activations), and
- * whether rows may leave: not when a rank-1 integer tensor made by shape arithmetic crosses a cut
- * (it may hold the batch size).
+ * Tensors passed from one level of the early-exit model to a later one that carry the batch (graph
+ * inputs and activations), and whether rows may leave: not when a rank-1 integer tensor made by
+ * shape arithmetic crosses (it may hold the batch size).
  */
-export function batchTensorsAt(proto: RuntimeModel["proto"], exits: number[]): { batchTensors: Set<string>; rowRemoval: boolean } {
+export function batchTensorsAt(proto: RuntimeModel["proto"], exits: readonly ActiveExit[], output: string): { batchTensors: Set<string>; rowRemoval: boolean } {
   const view = new Graph(proto.graph!);
   const typeOf = declaredTypes(proto);
-  const split = splitModel(proto, (t) => typeOf(t) ?? DataType.FLOAT, { rampIds: exits, fuse: true });
   const graphInputs = new Set(view.inputs.map((i) => i.name ?? ""));
   const batchTensors = new Set<string>();
   let rowRemoval = true;
-  for (const t of new Set(split.stages.flatMap((s) => s.inputs))) {
+  for (const t of crossingTensors(proto, exits, output)) {
+    if (view.isInitializer(t)) continue;
     if (graphInputs.has(t)) {
       batchTensors.add(t);
       continue;
@@ -94,7 +94,7 @@ export class EarlyExitSession {
     const s: SessionSettings = { optimization: "all", spinning: false, ...settings };
     const model = await optimizeForRuntime(loadModel(modelPath), s);
     const exits = [...plan.exits].sort((a, b) => a.stage - b.stage).map((e) => ({ ramp: e.ramp, output: e.output, threshold: e.threshold }));
-    const { batchTensors, rowRemoval } = exits.length ? batchTensorsAt(model.proto, exits.map((e) => e.ramp)) : { batchTensors: new Set<string>(), rowRemoval: true };
+    const { batchTensors, rowRemoval } = exits.length ? batchTensorsAt(model.proto, exits, plan.model.output) : { batchTensors: new Set<string>(), rowRemoval: true };
     const ee = new EarlyExitSession(plan, model, exits, s, rowRemoval, batchTensors);
     await ee.session(1);
     return ee;

@@ -93,33 +93,45 @@ function placeInitializers(graph: GraphProto, inits: NonNullable<GraphProto["ini
   branches.forEach((b, i) => placeInitializers(b, pushed[i]!));
 }
 
-/** Build the early-exit model from an augmented model (ramps in place) and the active exits. */
-export function buildExitModel(model: ModelProto, o: ExitGraphOptions): ModelProto {
-  const view = new Graph(model.graph!);
-  const order = view.sortedNodes();
-  const pos = new Map(order.map((n, i) => [n, i]));
-  const exits = [...o.exits];
-  const opset = defaultOpset(model.opset_import);
-  const inits: NonNullable<GraphProto["initializer"]> = [];
-
-  // Nodes of level i: what exit i's ramp needs beyond earlier levels; the last level: the rest.
+/**
+ * The nodes of each level (level i: what exit i's ramp needs beyond earlier levels; the last level:
+ * the rest) and the tensors made at or before level i (graph inputs included) and read after it.
+ */
+function levels(view: Graph, exits: readonly ActiveExit[], output: string): { levelNodes: NodeProto[][]; crossingAt: (i: number) => string[] } {
+  const pos = new Map(view.sortedNodes().map((n, i) => [n, i]));
   const taken = new Set<NodeProto>();
-  const levelNodes = [...exits.map((e) => e.output), o.output].map((target) => {
+  const levelNodes = [...exits.map((e) => e.output), output].map((target) => {
     const s = [...needed(view, [target], new Set())].filter((n) => !taken.has(n));
     s.forEach((n) => taken.add(n));
     return s.sort((a, b) => pos.get(a)! - pos.get(b)!);
   });
-  // Where each tensor is made (graph inputs: -1) and from which level on it is read.
   const madeAt = new Map<string, number>();
   for (const i of view.inputs) madeAt.set(i.name ?? "", -1);
   levelNodes.forEach((nodes, l) => nodes.forEach((n) => (n.output ?? []).forEach((t) => t && madeAt.set(t, l))));
   const readAt = levelNodes.map((nodes) => new Set(nodes.flatMap((n) => view.inputsOf(n))));
-  /** Batch tensors made at or before level i and read after it. */
-  const crossing = (i: number): string[] => {
+  const crossingAt = (i: number): string[] => {
     const s = new Set<string>();
-    for (let l = i + 1; l < readAt.length; l++) for (const t of readAt[l]!) if ((madeAt.get(t) ?? Infinity) <= i && o.batchTensors?.has(t)) s.add(t);
+    for (let l = i + 1; l < readAt.length; l++) for (const t of readAt[l]!) if ((madeAt.get(t) ?? Infinity) <= i) s.add(t);
     return [...s].sort();
   };
+  return { levelNodes, crossingAt };
+}
+
+/** Every tensor the early-exit model passes from one level to a later one. */
+export function crossingTensors(model: ModelProto, exits: readonly ActiveExit[], output: string): string[] {
+  const { levelNodes, crossingAt } = levels(new Graph(model.graph!), exits, output);
+  return [...new Set(levelNodes.slice(0, -1).flatMap((_, i) => crossingAt(i)))];
+}
+
+/** Build the early-exit model from an augmented model (ramps in place) and the active exits. */
+export function buildExitModel(model: ModelProto, o: ExitGraphOptions): ModelProto {
+  const view = new Graph(model.graph!);
+  const exits = [...o.exits];
+  const opset = defaultOpset(model.opset_import);
+  const inits: NonNullable<GraphProto["initializer"]> = [];
+
+  const { levelNodes, crossingAt } = levels(view, exits, o.output);
+  const crossing = (i: number): string[] => crossingAt(i).filter((t) => o.batchTensors?.has(t));
 
   const emitLevel = (i: number, names: ReadonlyMap<string, string>, outLogits: string, outExit: string): NodeProto[] => {
     const em = new NodeEmitter(`ee_rt${i}`, opset);
