@@ -37,6 +37,7 @@ export function renderProfile(p: Profile): string {
     const pct = (r: number): string => `${r >= 1 ? "+" : ""}${((r - 1) * 100).toFixed(1)}%`;
     lines.push(`latency at batch ${b} (ms, ${p.environment.executionProvider}): model p50 ${ms(l.model.p50)} mean ${ms(l.model.mean)}`);
     lines.push(`  sum of ${l.stages.length} stages p50 ${ms(l.stageSum.p50)} (${pct(l.stageSum.ratioP50)} vs model); one call costs ${ms(l.callOverhead.p50)}, net of the ${l.stages.length - 1} extra calls ${ms(l.stageSum.netP50)} (${pct(l.stageSum.netRatioP50)})`);
+    if (l.allExits) lines.push(`  one-call model with all ${l.ramps.length} exits active, none firing: p50 ${ms(l.allExits.p50)} (${pct(l.allExits.p50 / l.model.p50)} vs model)`);
     lines.push(table([
       ["part", "p50", "mean", "p90", "p99", "runs", "converged"],
       ...l.stages.map((s, i) => [`stage ${i}`, ms(s.p50), ms(s.mean), ms(s.p90), ms(s.p99), String(s.runs), s.converged ? "yes" : "no"]),
