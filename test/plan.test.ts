@@ -227,8 +227,11 @@ describe("ee-tool plan --emit", () => {
       const single = await open(art.single.file);
       const got: number[] = [];
       for (let i = 0; i < n; i++) got.push(Number((await single.run(convert(data.feeds(i, i + 1) as never)))["ee_exit"]!.data[0]));
+      // A whole batch at once: each row takes its own first confident exit.
+      const batch = (await single.run(convert(data.feeds(0, n) as never)))["ee_exit"]!.data;
       await single.release();
       expect(got, `${runtime} single`).toEqual(expected);
+      expect(Array.from(batch, Number), `${runtime} single, batch of ${n}`).toEqual(expected);
       // stages: run segments in order, stop at the first confident ramp.
       const segs = [];
       for (const s of art.stages.segments) segs.push({ s, session: await open(s.file) });

@@ -11,8 +11,6 @@ import type { Plan } from "../plan/plan.js";
 import { loadModel } from "../onnx/model.js";
 import { checkModelHash } from "../plan/write.js";
 import { declaredTypes } from "../stages/split.js";
-import { scoreLogits } from "../profile/samples.js";
-import type { Metric } from "../plan/problem.js";
 import { runtimeBytes, ort, type SessionSettings } from "./ort.js";
 import { createRunnable, type RunnableSession } from "./sync.js";
 import { optimizeForRuntime, partSettings, type RuntimeModel } from "./optimize.js";
@@ -30,12 +28,6 @@ export interface EarlyExitResult {
   exits: Int32Array;
   /** Milliseconds of the call. */
   timings: { totalMs: number };
-}
-
-/** Confidence of row i of logits [n, k] under a metric (higher is more confident), as the profile measures it. */
-export function rowConfidence(logits: Float32Array, k: number, i: number, metric: Metric): number {
-  const sc = scoreLogits(logits, k, i);
-  return Math.fround(metric === "maxprob" ? sc.maxprob : metric === "margin" ? sc.margin : -sc.entropy);
 }
 
 /**

@@ -4,12 +4,12 @@
  * request makes one onnxruntime call whatever exit it takes. Outputs: `ee_logits` [N, classes] and
  * `ee_exit` [N] (the ramp id each row took, -1 for the model's own output).
  *
- * Two ways to treat a batch with some confident rows:
+ * Three forms:
  * - "gather": the rest runs on the remaining rows only (Gather of every batch tensor that crosses
  *   the cut), and the results are scattered back (ScatterND): rows leave the batch as they exit.
  * - "where": the rest runs on every row and each row keeps the first confident exit's logits
- *   (Where). Used at batch 1, where it saves the copies, and when a tensor crossing a cut holds
- *   the batch size (a shape), so rows cannot leave.
+ *   (Where). Used when a tensor crossing a cut holds the batch size (a shape), so rows cannot
+ *   leave, and for the portable `plan --emit single` model.
  * - "single": batch 1 only. The rest runs only when the one row is not confident, so it needs no
  *   merging: an exit costs the ramp, three small ops (Softmax, ReduceMax, Less) and the If.
  * Each row gets the logits of its first confident active ramp, or the model's.
@@ -23,8 +23,26 @@ import { makeValueInfo } from "../ir/shapes.js";
 import { shallowClone } from "../ir/clone.js";
 import { DataType } from "../onnx/dtype.js";
 import { needed } from "../stages/split.js";
-import { emitConfidence } from "../emit/emit.js";
 import { METADATA_KEY } from "../ramps/metadata.js";
+
+/**
+ * Emit the confidence of logits [N, K] under a metric: [N] (higher is more confident). With
+ * `oneRow` (N = 1) maxprob reduces to a scalar in one op.
+ */
+export function emitConfidence(em: NodeEmitter, logits: string, metric: Metric, oneRow = false): string {
+  const probs = em.node("Softmax", [logits], [attr("axis", -1)]);
+  if (metric === "maxprob") return em.reduce("ReduceMax", probs, oneRow ? [] : [1], false);
+  if (metric === "margin") {
+    const k = em.constant("k2", DataType.INT64, [1], BigInt64Array.of(2n));
+    const top = em.node("TopK", [probs, k], [attr("axis", -1)]);
+    const first = em.node("Gather", [top, em.constant("i0", DataType.INT64, [], BigInt64Array.of(0n))], [attr("axis", 1)]);
+    const second = em.node("Gather", [top, em.constant("i1", DataType.INT64, [], BigInt64Array.of(1n))], [attr("axis", 1)]);
+    return em.node("Sub", [first, second]);
+  }
+  // -entropy = sum p log p (p clamped away from 0)
+  const tiny = em.constant("tiny", DataType.FLOAT, [], Float32Array.of(1e-30));
+  return em.reduce("ReduceSum", em.node("Mul", [probs, em.node("Log", [em.node("Max", [probs, tiny])])]), [1], false);
+}
 
 export interface ActiveExit {
   ramp: number;
