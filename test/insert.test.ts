@@ -12,6 +12,7 @@ import { encodeMessage } from "../src/onnx/codec.js";
 import { DataType } from "../src/onnx/dtype.js";
 import { makeTensor } from "../src/onnx/tensor.js";
 import { makeValueInfo } from "../src/ir/shapes.js";
+import { gridWindow } from "../src/ramps/build.js";
 
 const FIX = (p: string): string => path.join(ROOT, "fixtures", p);
 
@@ -71,6 +72,31 @@ describe("ee-tool insert on the fixtures", () => {
     console.log("CNN ramp agreement on eval slice:", perRamp.map((a) => a.toFixed(3)).join(" "));
     expect(perRamp.at(-1)!).toBeGreaterThanOrEqual(0.9);
     expectRisingWithDepth(perRamp);
+  });
+
+  it("CNN with mlp ramps: --pool auto takes grid pooling where it fits better, and shallow exits agree far better on unseen data", async () => {
+    const mlp = insert(CNN, FIX("cnn/calib.npz"), ["--ramp", "mlp"]).file;
+    const meta = readRampMetadata(loadModel(mlp).proto)!;
+    expect(meta.ramps.every((r) => r.kind === "mlp" && r.hidden === Math.min(64, r.featureDim))).toBe(true);
+    expect(meta.ramps.slice(0, 2).map((r) => r.pooling)).toEqual(["grid", "grid"]);
+    // [16,28,28] on a 4x4 grid: 256 features.
+    expect(meta.ramps[0]!.featureDim).toBe(256);
+    const withGrid = (await evalAgreement(mlp, FIX("cnn/eval.npz"))).perRamp;
+    const linear = (await evalAgreement(insert(CNN, FIX("cnn/calib.npz")).file, FIX("cnn/eval.npz"))).perRamp;
+    console.log("CNN mlp/grid ramp agreement on eval slice:", withGrid.map((a) => a.toFixed(3)).join(" "), "linear/gap:", linear.map((a) => a.toFixed(3)).join(" "));
+    expect(withGrid[0]!).toBeGreaterThan(linear[0]! + 0.08);
+    expect(withGrid[1]!).toBeGreaterThan(linear[1]! + 0.08);
+    expect(withGrid.at(-1)!).toBeGreaterThanOrEqual(0.9);
+  });
+
+  it("grid pooling: 2x2 to 4x4 cells within 1,024 features", () => {
+    expect(gridWindow([1, 16, 28, 28])).toEqual({ kernel: [7, 7], cells: [4, 4] });
+    expect(gridWindow([1, 64, 7, 7])).toEqual({ kernel: [2, 2], cells: [3, 3] });
+    expect(gridWindow([1, 256, 56, 56])).toEqual({ kernel: [19, 19], cells: [2, 2] });
+    // 512 channels fit no grid of at least 2x2 cells (the 2x2 windows of a 7x7 map would be 4 wide: one cell).
+    expect(gridWindow([1, 512, 7, 7])).toBeNull();
+    expect(gridWindow([1, 128, 7, 7])).toEqual({ kernel: [3, 3], cells: [2, 2] });
+    expect(gridWindow([1, 16, 1, 1])).toBeNull();
   });
 
   it("text (BERT-style, attention mask across every layer): ramps agree on unseen data, rising with depth", async () => {

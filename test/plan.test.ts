@@ -4,7 +4,7 @@ import * as path from "node:path";
 import { CNN, TEXT, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
 import { loadProfile } from "../src/profile/merge.js";
 import type { Plan } from "../src/plan/plan.js";
-import { certifyFrontier } from "../src/plan/plan.js";
+import { certifyFrontier, testSequence } from "../src/plan/plan.js";
 import { buildCosts, buildProblem, candidateThresholds, evaluate, type Costs, type Problem } from "../src/plan/problem.js";
 import { autoSearch, exhaustiveSearch, greedySearch } from "../src/plan/search.js";
 import { binomialCdf, binomialUpperBound, hoeffdingBentkusPValue } from "../src/plan/certify.js";
@@ -77,6 +77,36 @@ describe("plan search", () => {
     expect(hoeffdingBentkusPValue(0.45, 4000, 0.505)).toBeLessThan(1e-6);
   });
 
+  it("the test sequence steps into each frontier point from the tuning half alone", () => {
+    const p = synthetic(3, 800, 3);
+    const found = autoSearch(p, candidateThresholds(p, 16), 0.02);
+    const plain = testSequence(found.frontier, 0.02);
+    const stepped = testSequence(found.frontier, 0.02, p);
+    expect(stepped.length).toBe(4 * plain.length);
+    let fewer = 0;
+    const exitsOf = (c: number[]): number[] => evaluate(p, c).exitRates.map((r) => r * p.n);
+    plain.forEach((point, i) => {
+      expect(stepped[4 * i + 3]).toBe(point);
+      const full = exitsOf(point.config);
+      const first = point.config.findIndex((t) => t !== Infinity);
+      let before = 0;
+      [0.25, 0.5, 0.75].forEach((q, k) => {
+        const step = stepped[4 * i + k]!;
+        // Thresholds only rise; the first active ramp takes about q of its exits (more where confidences tie), more as q grows.
+        step.config.forEach((t, j) => expect(t).toBeGreaterThanOrEqual(point.config[j]!));
+        if (first < 0) return;
+        const taken = exitsOf(step.config)[first]!;
+        expect(taken).toBeGreaterThanOrEqual(Math.floor(q * full[first]!) - 1);
+        expect(taken).toBeLessThanOrEqual(full[first]! + 1e-9);
+        expect(taken).toBeGreaterThanOrEqual(before);
+        if (q === 0.25 && taken < 0.5 * full[first]!) fewer++;
+        before = taken;
+      });
+    });
+    // The steps are real steps: at a quarter, the first exit takes well under its full share.
+    expect(fewer).toBeGreaterThan(plain.length / 2);
+  });
+
   it("certification keeps its promise on resampled data with known truth", () => {
     // The CNN profile's scored samples are the population: each configuration's true drop is known.
     const { profile, samples } = loadProfile(files.cnn.profile);
@@ -90,6 +120,8 @@ describe("plan search", () => {
     let violations = 0;
     let uncertifiedViolations = 0;
     let certified = 0;
+    let certifiedStepped = 0;
+    let violationsStepped = 0;
     for (let t = 0; t < trials; t++) {
       const draw = (): number[] => Array.from({ length: 1000 }, () => Math.floor(rng.next() * samples.count));
       const tune = buildProblem(profile, samples, draw(), "maxprob", "model", costs);
@@ -97,14 +129,23 @@ describe("plan search", () => {
       const found = autoSearch(tune, candidateThresholds(tune, 32), maxDrop);
       if (evaluate(population, found.best.config).drop > maxDrop) uncertifiedViolations++;
       const c = certifyFrontier(found.frontier, cert, maxDrop, confidence);
-      if (!c) continue;
-      certified++;
-      if (evaluate(population, c.point.config).drop > maxDrop) violations++;
+      if (c) {
+        certified++;
+        if (evaluate(population, c.point.config).drop > maxDrop) violations++;
+      }
+      // The sequence with intermediate steps before each frontier point (what plan uses).
+      const stepped = certifyFrontier(found.frontier, cert, maxDrop, confidence, false, tune);
+      if (stepped) {
+        certifiedStepped++;
+        if (evaluate(population, stepped.point.config).drop > maxDrop) violationsStepped++;
+      }
     }
-    console.log(`simulation: ${certified}/${trials} certified, ${violations} violations (allowed rate ${1 - confidence}); uncertified search: ${uncertifiedViolations} violations`);
+    console.log(`simulation: ${certified}/${trials} certified, ${violations} violations; with steps ${certifiedStepped}/${trials}, ${violationsStepped} violations (allowed rate ${1 - confidence}); uncertified search: ${uncertifiedViolations} violations`);
     expect(certified).toBeGreaterThan(trials / 2);
+    expect(certifiedStepped).toBeGreaterThanOrEqual(certified);
     // At most 1 - confidence, with room for Monte Carlo error (binomial 95% margin over 60 trials).
     expect(violations / trials).toBeLessThanOrEqual(1 - confidence + 0.08);
+    expect(violationsStepped / trials).toBeLessThanOrEqual(1 - confidence + 0.08);
     expect(uncertifiedViolations).toBeGreaterThan(violations);
   });
 });

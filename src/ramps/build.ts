@@ -21,7 +21,7 @@ export type Pooling = "gap" | "grid" | "spatial-mean" | "cls" | "mean" | "masked
 /** Most features a grid-pooled ramp may have. */
 const GRID_MAX_FEATURES = 1024;
 
-/** AveragePool window (= stride) for an up-to-4x4 grid over [C, H, W] within GRID_MAX_FEATURES, or null. */
+/** AveragePool window (= stride) for a grid of 2x2 to 4x4 cells over [C, H, W] within GRID_MAX_FEATURES, or null. */
 export function gridWindow(shape: readonly number[]): { kernel: [number, number]; cells: [number, number] } | null {
   const [c, h, w] = [shape[1]!, shape[2]!, shape[3]!];
   if (![c, h, w].every((d) => Number.isInteger(d) && d > 0)) return null;
@@ -29,6 +29,8 @@ export function gridWindow(shape: readonly number[]): { kernel: [number, number]
     if (h < g || w < g) continue;
     const kernel: [number, number] = [Math.ceil(h / g), Math.ceil(w / g)];
     const cells: [number, number] = [Math.floor(h / kernel[0]), Math.floor(w / kernel[1])];
+    // A "grid" of one cell would see only part of the map: worse than the global average.
+    if (cells[0] < 2 || cells[1] < 2) continue;
     if (c * cells[0] * cells[1] <= GRID_MAX_FEATURES) return { kernel, cells };
   }
   return null;
