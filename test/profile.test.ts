@@ -82,6 +82,7 @@ describe("ee-tool profile", () => {
       expect(l.stageSum.netRatioP50).toBeLessThan(1.6);
     }
     expect(p.environment.executionProvider).toBe("cpu");
+    expect(p.environment.optimizedGraph).toBe(true);
     expect(p.environment.cpu.length).toBeGreaterThan(0);
   });
 

@@ -60,7 +60,20 @@ describe("EarlyExitSession", () => {
       for (let j = 0; j < 16 * k; j++) expect(r.logits[j]!).toBeCloseTo(singleLogits[s * k + j]!, 4);
     }
     expect(ee.rowRemoval).toBe(true);
+    expect(ee.optimizedGraph).toBe(true);
     await ee.release();
+
+    // The portable graph (other providers, or EE_TOOL_NO_PREOPTIMIZE=1) takes the same exits.
+    process.env.EE_TOOL_NO_PREOPTIMIZE = "1";
+    try {
+      const portable = await EarlyExitSession.create(f(name, "plan.json"));
+      expect(portable.optimizedGraph).toBe(false);
+      for (let i = 0; i < 16; i++) expect((await portable.run(data.feeds(i, i + 1))).exits[0]).toBe(single[i]);
+      expect(Array.from((await portable.run(data.feeds(0, 16))).exits)).toEqual(Array.from(single.subarray(0, 16)));
+      await portable.release();
+    } finally {
+      delete process.env.EE_TOOL_NO_PREOPTIMIZE;
+    }
 
     // The batch-together form (used when rows cannot leave): every row still gets its first confident exit.
     const rt = await optimizeForRuntime(model);

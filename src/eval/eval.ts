@@ -38,7 +38,7 @@ export interface EvalReport {
     savingMedian: number;
     predicted: { meanMs: number; medianMs: number; baselineMs: number; saving: number; savingMedian: number };
   };
-  runtime: { direct: boolean; rowRemoval: boolean };
+  runtime: { direct: boolean; rowRemoval: boolean; optimizedGraph: boolean };
   assertions: { passed: boolean; failures: string[]; savingTolerance: number };
 }
 
@@ -160,7 +160,7 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
       model: baseStats, earlyExit: early, saving, savingMedian,
       predicted: { meanMs: plan.expected.meanLatencyMs, medianMs: plan.expected.medianLatencyMs, baselineMs: plan.baselineMs, saving: plan.expected.saving, savingMedian: plan.expected.savingMedian },
     },
-    runtime: { direct: base.direct, rowRemoval: ee.rowRemoval },
+    runtime: { direct: base.direct, rowRemoval: ee.rowRemoval, optimizedGraph: ee.optimizedGraph },
     assertions: { passed: failures.length === 0, failures, savingTolerance: tolerance },
   };
 }

@@ -59,6 +59,8 @@ export interface Profile {
   environment: {
     onnxruntime: string; node: string; platform: string; cpu: string; cores: number;
     executionProvider: string; threads: number | null;
+    /** Whether stages and ramps were cut from onnxruntime's optimised graph (runtime/optimize.ts); null without latency. */
+    optimizedGraph?: boolean | null;
   };
   settings: {
     batches: number[]; shard: { index: number; count: number } | null; calibrationHash: string; calibrationSamples: number;
@@ -195,8 +197,9 @@ export async function profileModel(model: OnnxModel, options: ProfileOptions): P
   const rampStage = new Map<number, number>();
   split.ramps.forEach((r, i) => rampStage.set(r.index, split.stages.findIndex((s) => s.outputs.includes(split.ramps[i]!.inputs[0]!))));
   let latency: Record<string, BatchLatency> | null = null;
+  let optimizedGraph: boolean | null = null;
   if (options.latency !== false) {
-    latency = await measureLatency(model, split.original, batches, chosen, calib.feedsFor.bind(calib), probe, settings, options, progress);
+    ({ latency, optimizedGraph } = await measureLatency(model, split.original, batches, chosen, calib.feedsFor.bind(calib), probe, settings, options, progress));
   }
   const encoded = encodeSamples(samples);
   const profile: Profile = {
@@ -207,6 +210,7 @@ export async function profileModel(model: OnnxModel, options: ProfileOptions): P
     environment: {
       onnxruntime: ort.env.versions.node ?? ort.env.versions.common, node: process.version, platform: `${process.platform}-${process.arch}`,
       cpu: os.cpus()[0]?.model ?? "unknown", cores: os.cpus().length, executionProvider: settings.ep ?? "cpu", threads: settings.threads ?? null,
+      optimizedGraph,
     },
     settings: {
       batches, shard: options.shard ?? null, calibrationHash: createHash("sha256").update(hashes.join("")).digest("hex"),
@@ -272,7 +276,7 @@ async function measureLatency(
   settings: SessionSettings,
   options: ProfileOptions,
   progress: (phase: string, done: number, total: number) => void,
-): Promise<Record<string, BatchLatency>> {
+): Promise<{ latency: Record<string, BatchLatency>; optimizedGraph: boolean }> {
   const rt = await optimizeForRuntime(model, settings);
   const rtSettings = partSettings(rt, settings);
   const split = await splitWithTypes({ ...model, proto: rt.proto }, probe, rtSettings);
@@ -352,7 +356,7 @@ async function measureLatency(
   } finally {
     for (const s of opened) await s.release();
   }
-  return latency;
+  return { latency, optimizedGraph: rt.optimized };
 }
 
 /** Write a profile and its binary sidecar (`<name>.bin`), both atomically. */

@@ -124,6 +124,11 @@ export class EarlyExitSession {
     return { logits, dims: [n, this.plan.model.classes], exits, timings: { totalMs } };
   }
 
+  /** Whether the runtime runs onnxruntime's optimised graph (runtime/optimize.ts) or the portable one. */
+  get optimizedGraph(): boolean {
+    return this.model.optimized;
+  }
+
   async release(): Promise<void> {
     for (const s of this.sessions.values()) await s.release();
     this.sessions.clear();
