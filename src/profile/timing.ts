@@ -1,7 +1,7 @@
 /**
  * Latency measurement: items are timed round-robin (in a shuffled order each round) so drift in
- * machine load hits all alike; each stops when the 95% confidence interval of its median is
- * within a relative tolerance of the median, or when the time budget runs out.
+ * machine load hits all alike; all stop together, when the 95% confidence interval of every
+ * item's median is within a relative tolerance of the median, or when the time budget runs out.
  */
 import { Rng } from "../util/rng.js";
 
@@ -74,24 +74,20 @@ export async function measure(items: TimedItem[], options: MeasureOptions = {}):
   const rng = new Rng(options.seed ?? 1);
   for (const it of items) for (let i = 0; i < warmup; i++) await it.run();
   const samples = new Map(items.map((it) => [it.name, [] as number[]]));
-  const done = new Set<string>();
   const start = performance.now();
-  while (done.size < items.length && performance.now() - start < budget) {
-    const order = rng.permutation(items.length);
-    for (const idx of order) {
+  let converged = 0;
+  // Every item runs once per round, until all have converged: an item that stopped early would be
+  // measured over a shorter stretch of the machine's drift than the others it is compared with.
+  for (let round = 1; round <= maxRuns && performance.now() - start < budget; round++) {
+    for (const idx of rng.permutation(items.length)) {
       const it = items[idx]!;
-      if (done.has(it.name)) continue;
       const t0 = performance.now();
       await it.run();
-      const list = samples.get(it.name)!;
-      list.push(performance.now() - t0);
-      if (list.length >= maxRuns) done.add(it.name);
-      else if (list.length >= minRuns && list.length % 10 === 0) {
-        const s = summarize(list, false);
-        if (s.ciRelative <= tolerance) done.add(it.name);
-      }
+      samples.get(it.name)!.push(performance.now() - t0);
     }
-    options.onRound?.(Math.min(done.size, items.length), items.length);
+    if (round >= minRuns && round % 10 === 0) converged = [...samples.values()].filter((list) => summarize(list, false).ciRelative <= tolerance).length;
+    options.onRound?.(converged, items.length);
+    if (converged === items.length) break;
   }
   const out = new Map<string, LatencyStats>();
   for (const it of items) {
