@@ -10,6 +10,8 @@ import { autoSearch, exhaustiveSearch, greedySearch } from "../src/plan/search.j
 import { binomialCdf, binomialUpperBound, hoeffdingBentkusPValue } from "../src/plan/certify.js";
 import { Rng } from "../src/util/rng.js";
 import { validate } from "./helpers/schema.js";
+import type { BatchLatency, Profile } from "../src/profile/profile.js";
+import type { LatencyStats } from "../src/profile/timing.js";
 
 const planSchema = JSON.parse(fs.readFileSync(path.join(ROOT, "docs/plan.schema.json"), "utf8")) as Record<string, unknown>;
 
@@ -47,6 +49,29 @@ function synthetic(seed: number, n: number, R: number, adversarial = false): Pro
   const costs: Costs = { stage: Array.from({ length: R + 1 }, () => 1), ramp: Array.from({ length: R }, (_, j) => (adversarial && j === 0 ? 0.1 : 0.2)), fixed: 0, baseline: R + 1 };
   return { rampIds: Array.from({ length: R }, (_, j) => j), n, conf, loss, costs };
 }
+
+describe("cost model", () => {
+  const stats = (p50: number): LatencyStats => ({ mean: p50, p50, p90: p50, p99: p50, std: 0, runs: 30, converged: true, ciRelative: 0 });
+  const withLatency = (l: Partial<BatchLatency>): Profile => ({ latency: { "2": { model: stats(2), stages: [], ramps: [stats(0.2), stats(0.4)], callOverhead: stats(0.1), allExits: stats(2.6), stageSum: { mean: 0, p50: 0, ratioMean: 0, ratioP50: 0, netP50: 0, netRatioP50: 0 }, ...l } } }) as unknown as Profile;
+
+  it("stages in place from the measured prefixes: differences, made non-decreasing, the last closing on the model", () => {
+    // Per request at batch 2: call 0.05, prefixes 0.4 0.35 (noise: lower) 0.9, model 1.0.
+    const c = buildCosts(withLatency({ stages: [stats(9), stats(9), stats(9)], prefixes: [stats(0.8), stats(0.7), stats(1.8)] }), 2);
+    expect(c.fixed).toBeCloseTo(0.05, 12);
+    expect(c.stage.map((x) => Number(x.toFixed(9)))).toEqual([0.35, 0, 0.6]);
+    expect(c.fixed + c.stage.reduce((a, b) => a + b, 0)).toBeCloseTo(c.baseline, 12);
+    // Exits share what all of them cost over the model (0.3 per request) in proportion to their net times.
+    expect(c.ramp[0]! + c.ramp[1]!).toBeCloseTo(0.3, 12);
+    expect(c.ramp[1]! / c.ramp[0]!).toBeCloseTo((0.2 - 0.05) / (0.1 - 0.05), 9);
+  });
+
+  it("older profiles without prefixes: stages alone less one call, scaled to the model", () => {
+    const c = buildCosts(withLatency({ stages: [stats(0.5), stats(0.9), stats(0.5)] }), 2);
+    // Per request: alone 0.25 0.45 0.25, less the 0.05 call: 0.2 0.4 0.2, scaled by 0.95 / 0.8.
+    expect(c.stage.map((x) => Number(x.toFixed(9)))).toEqual([0.2375, 0.475, 0.2375]);
+    expect(c.fixed + c.stage.reduce((a, b) => a + b, 0)).toBeCloseTo(c.baseline, 12);
+  });
+});
 
 describe("plan search", () => {
   it("the default search is within 1% of the exhaustive optimum and never worse than greedy, also where greedy gets stuck", () => {

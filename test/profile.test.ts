@@ -9,6 +9,7 @@ import { loadModel, serializeModel } from "../src/onnx/model.js";
 import { openCalibration } from "../src/data/calib.js";
 import { readRampMetadata, unpackHashes } from "../src/ramps/metadata.js";
 import { splitWithTypes, openParts, chainStages, releaseParts } from "../src/stages/runner.js";
+import { prefixPart } from "../src/stages/split.js";
 import { createSession, runSession } from "../src/runtime/ort.js";
 import { agreement, argmax, runAll } from "./helpers/run.js";
 
@@ -45,7 +46,20 @@ describe("stage models", () => {
     const ref = (await runSession(whole, feeds)).logits!.data as Float32Array;
     await whole.release();
     const got = pool.get("logits")!.data as Float32Array;
-    expect(Buffer.from(got.buffer, got.byteOffset, got.byteLength).equals(Buffer.from(ref.buffer, ref.byteOffset, ref.byteLength))).toBe(true);
+    const bytes = (t: Float32Array): Buffer => Buffer.from(t.buffer, t.byteOffset, t.byteLength);
+    expect(bytes(got).equals(bytes(ref))).toBe(true);
+    // Prefix k (stages 0..k in one model) gives exactly what the chained stages hand on at cut k.
+    const prefixes = await openParts(split.stages.map((_, k) => prefixPart(split.stages, k)), model.readExternal, { optimization: "disabled" });
+    for (const pre of prefixes) {
+      expect(pre.part.outputs).toEqual(expect.arrayContaining(split.stages[pre.part.index]!.outputs));
+      const out = await runSession(pre.session, Object.fromEntries(pre.part.inputs.map((i) => [i, feeds[i]!])));
+      for (const t of pre.part.outputs) {
+        const want = pool.get(t)!;
+        expect(out[t]!.dims).toEqual(want.dims);
+        expect(Array.from(out[t]!.data as ArrayLike<number | bigint>)).toEqual(Array.from(want.data as ArrayLike<number | bigint>));
+      }
+    }
+    await releaseParts(prefixes);
     // Each ramp alone reproduces the augmented model's ramp output.
     const rampParts = await openParts(split.ramps, model.readExternal, { optimization: "disabled" });
     const full = await runAll(serializeModel(model.proto), data, split.meta.ramps.map((r) => r.output), { n: 16, settings: { optimization: "disabled" } });
@@ -75,11 +89,18 @@ describe("ee-tool profile", () => {
     for (const b of ["1", "8"]) {
       const l = p.latency![b]!;
       expect(l.stages.length).toBe(p.ramps.length + 1);
-      for (const s of [...l.stages, ...l.ramps, l.model]) expect(s.runs).toBeGreaterThanOrEqual(30);
-      // Stage sums stay near the whole model (the figure itself is reported, see docs/profile.md).
-      console.log(`${name} batch ${b}: stages sum ${((l.stageSum.ratioP50 - 1) * 100).toFixed(1)}% vs model, net of call overhead ${((l.stageSum.netRatioP50 - 1) * 100).toFixed(1)}%`);
-      expect(l.stageSum.netRatioP50).toBeGreaterThan(0.7);
-      expect(l.stageSum.netRatioP50).toBeLessThan(1.6);
+      expect(l.prefixes!.length).toBe(l.stages.length);
+      // Every item runs once per round: all have the same number of runs.
+      for (const s of [...l.stages, ...l.ramps, ...l.prefixes!, l.callOverhead, l.allExits!]) expect(s.runs).toBe(l.model.runs);
+      expect(l.model.runs).toBeGreaterThanOrEqual(30);
+      // Stages in place add up to the last prefix; they and the stages alone stay near the whole
+      // model (the figures themselves are reported, see docs/profile.md; loose bounds, noisy machines).
+      expect(l.inPlace!.reduce((a, s) => a + s.p50, 0)).toBeCloseTo(l.prefixes!.at(-1)!.p50, 9);
+      console.log(`${name} batch ${b}: stages in place sum ${((l.stageSum.inPlaceRatioP50! - 1) * 100).toFixed(1)}% vs model; alone ${((l.stageSum.ratioP50 - 1) * 100).toFixed(1)}%, net of call overhead ${((l.stageSum.netRatioP50 - 1) * 100).toFixed(1)}%`);
+      for (const r of [l.stageSum.inPlaceRatioP50!, l.stageSum.netRatioP50]) {
+        expect(r).toBeGreaterThan(0.7);
+        expect(r).toBeLessThan(1.6);
+      }
     }
     expect(p.environment.executionProvider).toBe("cpu");
     expect(p.environment.optimizedGraph).toBe(true);

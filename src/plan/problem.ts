@@ -8,8 +8,11 @@
  * - a sample that exits at ramp j pays the stages up to j and the cost of every active exit up to j;
  * - a sample that never exits pays the whole model and every active exit.
  * Every request pays one call's fixed cost (`callOverhead`, a bare call) whatever exit it takes.
- * Stage costs: each stage's measured time less one bare call, scaled so that the call and the
- * stages add up to the whole model measured in one call. Exit costs: the all-exits model (every ramp active,
+ * Stage costs: reaching cut k costs the measured prefix k (stages 0..k in one call); stage k is
+ * prefix k less prefix k-1 (prefixes are made non-decreasing first, noise can invert two close
+ * ones), the first less the call, the last the whole model less the deepest prefix before it.
+ * Profiles without prefixes: each stage's time alone less one bare call, scaled so that the call
+ * and the stages add up to the whole model. Exit costs: the all-exits model (every ramp active,
  * none firing) less the model is what all exits together cost; it is shared among the ramps in
  * proportion to their measured times (less one bare call).
  */
@@ -54,16 +57,28 @@ export function buildCosts(profile: Profile, batch: number): Costs {
   const baseline = per(l.model.p50);
   const call = per(l.callOverhead.p50);
   const net = (x: number): number => Math.max(0, per(x) - call);
-  const stages = l.stages.map((s) => net(s.p50));
-  const sum = stages.reduce((a, b) => a + b, 0);
   const fixed = Math.min(call, baseline);
-  const scale = sum > 0 ? (baseline - fixed) / sum : 0;
+  let stages: number[];
+  if (l.prefixes?.length === l.stages.length) {
+    let reached = fixed;
+    stages = l.prefixes.map((p, k) => {
+      const cum = k === l.prefixes!.length - 1 ? Math.max(baseline, reached) : Math.max(per(p.p50), reached);
+      const cost = cum - reached;
+      reached = cum;
+      return cost;
+    });
+  } else {
+    const alone = l.stages.map((s) => net(s.p50));
+    const sum = alone.reduce((a, b) => a + b, 0);
+    const scale = sum > 0 ? (baseline - fixed) / sum : 0;
+    stages = alone.map((s) => s * scale);
+  }
   const ramps = l.ramps.map((r) => net(r.p50));
   const rampSum = ramps.reduce((a, b) => a + b, 0);
   // Profiles without the all-exits measurement: each exit costs its ramp.
   const allExits = l.allExits ? Math.max(0, per(l.allExits.p50) - baseline) : rampSum;
   const share = (r: number): number => (rampSum > 0 ? (allExits * r) / rampSum : allExits / ramps.length);
-  return { stage: stages.map((s) => s * scale), ramp: ramps.map(share), fixed, baseline };
+  return { stage: stages, ramp: ramps.map(share), fixed, baseline };
 }
 
 /** Build the problem over a subset of the profile's samples. */

@@ -10,6 +10,7 @@ import type { OnnxModel } from "../onnx/model.js";
 import { openCalibration, openLabels } from "../data/calib.js";
 import { readRampMetadata, unpackHashes, type RampMetadata } from "../ramps/metadata.js";
 import { splitWithTypes, partFeeds } from "../stages/runner.js";
+import { prefixPart } from "../stages/split.js";
 import { createSession, runSession, runtimeBytes, ort, type SessionSettings } from "../runtime/ort.js";
 import { createRunnable, type RunnableSession } from "../runtime/sync.js";
 import { optimizeForRuntime, partSettings } from "../runtime/optimize.js";
@@ -34,7 +35,15 @@ export const MIN_SCORED = 50;
 
 export interface BatchLatency {
   model: LatencyStats;
+  /** Each stage timed alone, in its own call (so each pays one call's fixed cost). */
   stages: LatencyStats[];
+  /**
+   * prefixes[k]: stages 0..k in one call (the tensors later stages need, reduced to one number
+   * each). What reaching cut k costs in the one-call runtime, where tensors stay in place.
+   */
+  prefixes?: LatencyStats[];
+  /** Each stage in place: prefixes[k] less prefixes[k-1] (mean and median), the first with the call's fixed cost. */
+  inPlace?: Array<{ mean: number; p50: number }>;
   ramps: LatencyStats[];
   /** One bare onnxruntime call that reads the first exit tensor and returns its sum (ReduceSum): the fixed cost of a call. */
   callOverhead: LatencyStats;
@@ -46,8 +55,13 @@ export interface BatchLatency {
   /**
    * Sum over stages of the mean and of the median, and their ratio to the whole model's. Running
    * S stages costs S - 1 more calls than running the model; `net` subtracts those calls' overhead.
+   * `inPlace`: the stages in place add up to the last prefix (all stages in one call, cut from
+   * the optimised graph), a measurement separate from the whole model's.
    */
-  stageSum: { mean: number; p50: number; ratioMean: number; ratioP50: number; netP50: number; netRatioP50: number };
+  stageSum: {
+    mean: number; p50: number; ratioMean: number; ratioP50: number; netP50: number; netRatioP50: number;
+    inPlaceP50?: number; inPlaceRatioP50?: number;
+  };
 }
 
 export interface Profile {
@@ -305,7 +319,8 @@ async function measureLatency(
     }
     const stages = await openTimed(split.stages, model.readExternal, rtSettings);
     const ramps = await openTimed(split.ramps, model.readExternal, rtSettings);
-    opened.push(...stages.map((p) => p.session), ...ramps.map((p) => p.session));
+    const prefixes = await openTimed(split.stages.map((_, k) => prefixPart(split.stages, k)), model.readExternal, rtSettings);
+    opened.push(...[...stages, ...ramps, ...prefixes].map((p) => p.session));
     const whole = await open(original, settings, [meta.output]);
     // A bare call: read the first cut tensor, return one number (as a timed stage does).
     const bare = await open({
@@ -332,7 +347,7 @@ async function measureLatency(
         { name: "model", run: () => whole.run(feeds, [meta.output]) },
         { name: "overhead", run: () => bare.run(cutTensor, ["y"]) },
         { name: "allExits", run: () => eeSession.run(feeds, [EXIT_LOGITS, EXIT_IDS]) },
-        ...[...stages, ...ramps].map((s) => { const f = partFeeds(s.part, pool); return { name: `${s.part.kind}${s.part.index}`, run: () => s.session.run(f, s.fetches) }; }),
+        ...[...stages, ...ramps, ...prefixes].map((s) => { const f = partFeeds(s.part, pool); return { name: `${s.part.kind}${s.part.index}`, run: () => s.session.run(f, s.fetches) }; }),
       ];
       const stats = await measure(items, {
         budgetMs: options.budgetMs ?? 10_000, tolerance: options.tolerance ?? 0.02,
@@ -344,13 +359,21 @@ async function measureLatency(
       const sumP50 = st.reduce((a, s) => a + s.p50, 0);
       const overhead = stats.get("overhead")!;
       const netP50 = sumP50 - (st.length - 1) * overhead.p50;
+      const pre = prefixes.map((s) => stats.get(`prefix${s.part.index}`)!);
+      const inPlace = pre.map((p, k) => ({ mean: p.mean - (pre[k - 1]?.mean ?? 0), p50: p.p50 - (pre[k - 1]?.p50 ?? 0) }));
+      const all = pre[pre.length - 1]!;
       latency[String(b)] = {
         model: whole1,
         stages: st,
+        prefixes: pre,
+        inPlace,
         ramps: ramps.map((s) => stats.get(`ramp${s.part.index}`)!),
         callOverhead: overhead,
         allExits: stats.get("allExits")!,
-        stageSum: { mean: sumMean, p50: sumP50, ratioMean: sumMean / whole1.mean, ratioP50: sumP50 / whole1.p50, netP50, netRatioP50: netP50 / whole1.p50 },
+        stageSum: {
+          mean: sumMean, p50: sumP50, ratioMean: sumMean / whole1.mean, ratioP50: sumP50 / whole1.p50, netP50, netRatioP50: netP50 / whole1.p50,
+          inPlaceP50: all.p50, inPlaceRatioP50: all.p50 / whole1.p50,
+        },
       };
     }
   } finally {

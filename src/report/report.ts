@@ -33,11 +33,12 @@ export function renderReport(result: ProfileResult, plan?: Plan): string {
   if (lat) {
     const bars = [
       { label: "whole model", value: lat.model.p50, color: "#444" },
-      ...lat.stages.map((s, i) => ({ label: `stage ${i}`, value: s.p50, color: COLORS[0]! })),
+      ...(lat.inPlace ?? []).map((s, i) => ({ label: `stage ${i} in place`, value: Math.max(0, s.p50), color: COLORS[2]! })),
+      ...lat.stages.map((s, i) => ({ label: `stage ${i} alone`, value: s.p50, color: COLORS[0]! })),
       ...lat.ramps.map((s, i) => ({ label: `ramp ${i}`, value: s.p50, color: COLORS[1]! })),
       { label: "one call", value: lat.callOverhead.p50, color: "#999" },
     ];
-    sections.push(`<h2>Measured latency (p50, batch ${batch})</h2>` + barChart(bars, "ms"));
+    sections.push(`<h2>Measured latency (p50, batch ${batch})</h2><p>A stage in place is what it adds to one call running the stages before it; alone, it runs in its own call and pays that call's fixed cost.</p>` + barChart(bars, "ms"));
   }
   if (plan) {
     const bars = [...plan.exits].sort((a, b) => a.stage - b.stage).map((e, i) => ({ label: `ramp ${e.ramp}`, value: e.exitRateCertify * 100, color: COLORS[i % COLORS.length]! }));

@@ -12,8 +12,8 @@ import { readRampMetadata, type RampMetadata } from "../ramps/metadata.js";
 import { DataType } from "../onnx/dtype.js";
 
 export interface StagePart {
-  /** "stage" k covers the backbone from cut k-1 to cut k; "ramp" k is ramp k alone. */
-  kind: "stage" | "ramp";
+  /** "stage" k covers the backbone from cut k-1 to cut k; "ramp" k is ramp k alone; "prefix" k is stages 0..k. */
+  kind: "stage" | "ramp" | "prefix";
   index: number;
   inputs: string[];
   outputs: string[];
@@ -226,4 +226,40 @@ function planSplit(model: ModelProto, options: SplitOptions = {}): SplitPlan {
     meta, stages, ramps: rampParts, backbone: sorted(backbone),
     originalOutputs: view.outputs.filter((o) => !rampOutputs.has(o.name ?? "")),
   };
+}
+
+/**
+ * Stages 0..k as one part: their nodes in order, the graph inputs they read, and every tensor
+ * the later stages need from them (stage k's outputs among them). Timing prefixes measures what
+ * reaching cut k costs in one call, as the one-call runtime pays it.
+ */
+export function prefixPart(stages: StagePart[], k: number): StagePart {
+  const parts = stages.slice(0, k + 1);
+  const produced = new Set<string>();
+  const inputs: string[] = [];
+  const nodes: NodeProto[] = [];
+  const initializers = new Map<string, NonNullable<GraphProto["initializer"]>[number]>();
+  const sparse = new Map<string, NonNullable<GraphProto["sparse_initializer"]>[number]>();
+  const infos = new Map<string, ValueInfoProto>();
+  for (const p of parts) {
+    const g = p.proto.graph!;
+    for (const i of g.input ?? []) {
+      infos.set(i.name ?? "", i);
+      if (!produced.has(i.name ?? "") && !inputs.includes(i.name ?? "")) inputs.push(i.name ?? "");
+    }
+    for (const o of g.output ?? []) infos.set(o.name ?? "", o);
+    nodes.push(...(g.node ?? []));
+    for (const t of g.initializer ?? []) initializers.set(t.name ?? "", t);
+    for (const t of g.sparse_initializer ?? []) sparse.set(t.values?.name ?? "", t);
+    for (const o of p.outputs) produced.add(o);
+  }
+  const later = new Set(stages.slice(k + 1).flatMap((s) => s.inputs));
+  const outputs = [...new Set([...stages[k]!.outputs, ...[...produced].filter((t) => later.has(t))])];
+  const first = parts[0]!.proto;
+  const graph: GraphProto = {
+    name: `prefix_${k}`, node: nodes, initializer: [...initializers.values()],
+    input: inputs.map((n) => infos.get(n)!), output: outputs.map((n) => infos.get(n)!),
+  };
+  if (sparse.size) graph.sparse_initializer = [...sparse.values()];
+  return { kind: "prefix", index: k, inputs, outputs, proto: { ...first, graph } };
 }
