@@ -110,17 +110,21 @@ export function shrink(tune: Problem, point: Point, q: number): Point {
   return { config, meanLatency: e.meanLatency, drop: e.drop };
 }
 
+/** The fractions of a frontier point's tuning exits taken by the steps tested before it. */
+export const STEPS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
+
 /**
  * The fixed sequence of configurations to test, safest first, from the tuning half only: the
  * frontier's points by tuning drop (then slowest first), each preceded by versions of itself whose
- * exits take a quarter, half and three quarters of its tuning exits. Thresholds tuned to zero drop
- * on a few hundred samples are often too low on new data; without the intermediate steps the first
- * test fails and nothing can be certified, although a slightly more careful plan would be.
+ * exits take a tenth, two tenths, ... nine tenths of its tuning exits. Thresholds tuned to zero
+ * drop on a few hundred samples are often too low on new data; without the intermediate steps the
+ * first test fails and nothing can be certified, although a slightly more careful plan would be.
+ * Testing stops at the first failure, so finer steps stop closer to what the data can certify.
  */
 export function testSequence(frontier: Point[], maxDrop: number, tune?: Problem): Point[] {
   const ordered = [...frontier].filter((f) => f.drop <= maxDrop + 1e-12).sort((a, b) => a.drop - b.drop || b.meanLatency - a.meanLatency);
   if (!tune) return ordered;
-  return ordered.flatMap((f) => [...[0.25, 0.5, 0.75].map((q) => shrink(tune, f, q)), f]);
+  return ordered.flatMap((f) => [...STEPS.map((q) => shrink(tune, f, q)), f]);
 }
 
 /** Fixed-sequence testing along the sequence above; returns the last certified point. */

@@ -13,8 +13,8 @@
  * ones), the first less the call, the last the whole model less the deepest prefix before it.
  * Profiles without prefixes: each stage's time alone less one bare call, scaled so that the call
  * and the stages add up to the whole model. Exit costs: the all-exits model (every ramp active,
- * none firing) less the model is what all exits together cost; it is shared among the ramps in
- * proportion to their measured times (less one bare call).
+ * none firing) less the model is what all exits together cost; each exit gets its ramp's time
+ * alone less one bare call, plus an equal share of the rest (the confidence ops and the If).
  */
 import type { Profile } from "../profile/profile.js";
 import type { SampleData } from "../profile/samples.js";
@@ -77,7 +77,10 @@ export function buildCosts(profile: Profile, batch: number): Costs {
   const rampSum = ramps.reduce((a, b) => a + b, 0);
   // Profiles without the all-exits measurement: each exit costs its ramp.
   const allExits = l.allExits ? Math.max(0, per(l.allExits.p50) - baseline) : rampSum;
-  const share = (r: number): number => (rampSum > 0 ? (allExits * r) / rampSum : allExits / ramps.length);
+  // Each exit costs its ramp plus an equal share of the rest (confidence ops and the If, the same
+  // few ops at every exit); when the ramps in place cost less than alone, a share in proportion.
+  const extra = allExits - rampSum;
+  const share = (r: number): number => (extra >= 0 ? r + extra / ramps.length : (allExits * r) / rampSum);
   return { stage: stages, ramp: ramps.map(share), fixed, baseline };
 }
 
