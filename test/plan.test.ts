@@ -105,7 +105,7 @@ describe("plan search", () => {
     expect(hoeffdingBentkusPValue(0.45, 4000, 0.505)).toBeLessThan(1e-6);
   });
 
-  it("the test sequence steps into each frontier point from the tuning half alone", () => {
+  it("the test sequence steps into each frontier point from the tuning set alone", () => {
     const p = synthetic(3, 800, 3);
     const found = autoSearch(p, candidateThresholds(p, 16), 0.02);
     const plain = testSequence(found.frontier, 0.02);
@@ -189,6 +189,10 @@ describe("ee-tool plan", () => {
     expect(validate(plan, planSchema)).toEqual([]);
     expect(plan.exits.length).toBeGreaterThan(0);
     expect(plan.expected.saving).toBeGreaterThan(0);
+    // A quarter of the scored samples tune (by content hash), the rest certify.
+    expect(plan.settings.tuneFraction).toBe(0.25);
+    expect(plan.data.tune / (plan.data.tune + plan.data.certify)).toBeGreaterThan(0.2);
+    expect(plan.data.tune / (plan.data.tune + plan.data.certify)).toBeLessThan(0.3);
     expect(plan.certificate!.pValue).toBeLessThanOrEqual(0.05);
     expect(plan.certificate!.bound!).toBeLessThanOrEqual(0.01);
     expect(plan.expected.dropTune).toBeLessThanOrEqual(0.01);
@@ -222,7 +226,7 @@ describe("ee-tool plan", () => {
     for (const l of Object.values(result.profile.latency!)) l.allExits = { ...l.model, p50: 10 * l.model.p50 };
     const plan = planFromProfile(result, { maxDrop: 0.01 });
     expect(plan.exits).toEqual([]);
-    expect(plan.expected.saving).toBe(0);
+    expect(plan.expected.saving).toBeCloseTo(0, 12);
     expect(plan.certificate).toBeNull();
   });
 
@@ -234,6 +238,9 @@ describe("ee-tool plan", () => {
     expect(r.code).toBe(3);
     expect(r.stderr).toMatch(/too few samples to certify .* at least 6905 are needed/);
     expect(r.stderr.trim().split("\n").length).toBe(2);
+    r = runCli(["plan", files.cnn.profile, "--tune-fraction", "1", "-o", path.join(work, "x.json")]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/--tune-fraction must be between 0 and 1, got 1/);
     expect(fs.existsSync(path.join(work, "x.json"))).toBe(false);
     const copy = tmpDir();
     fs.copyFileSync(files.cnn.profile, path.join(copy, "p.json"));

@@ -15,6 +15,7 @@ interface PlanCliOptions {
   metric: string;
   batch: string;
   confidence: string;
+  tuneFraction: string;
   search: string;
   levels: string;
   frontier?: boolean;
@@ -68,6 +69,7 @@ export function registerPlan(program: Command): void {
     .option("--confidence <c>", "probability that the true drop stays within --max-drop (0 turns certification off)", "0.95")
     .option("--search <how>", "auto, exhaustive (small instances) or greedy (Apparate's tuner)", "auto")
     .option("--levels <n>", "candidate thresholds per ramp", "64")
+    .option("--tune-fraction <f>", "share of the scored samples that tune thresholds; the rest certify them", "0.25")
     .option("--frontier", "include the Pareto frontier of (drop, latency) configurations")
     .option("--emit <kinds>", "write artifacts: stages, single, truncated (comma-separated)")
     .option("--out-dir <dir>", "directory for --emit artifacts (default: next to the plan)")
@@ -87,7 +89,7 @@ export function registerPlan(program: Command): void {
       const plan = planFromProfile(result, {
         maxDrop: num("--max-drop", opts.maxDrop), against: opts.against as Against, metric: opts.metric as Metric,
         batch: num("--batch", opts.batch), confidence: num("--confidence", opts.confidence), search: opts.search as SearchMethod,
-        levels: num("--levels", opts.levels), frontier: !!opts.frontier,
+        levels: num("--levels", opts.levels), tuneFraction: num("--tune-fraction", opts.tuneFraction), frontier: !!opts.frontier,
       });
       const modelPath = path.resolve(path.dirname(file), result.profile.model.file);
       const written = await writePlan(plan, opts.out, modelPath, { emit, ...(opts.outDir ? { outDir: opts.outDir } : {}) });

@@ -1,6 +1,6 @@
 /**
- * `ee-tool plan`: choose exits and thresholds under a maximum accuracy drop, tuned on one half of
- * the profile's samples and certified on the other half.
+ * `ee-tool plan`: choose exits and thresholds under a maximum accuracy drop, tuned on one part of
+ * the profile's samples (the tuning set) and certified on the rest (the certification set).
  */
 import type { ProfileResult } from "../profile/profile.js";
 import { EeToolError } from "../errors.js";
@@ -20,7 +20,9 @@ export interface PlanOptions {
   batch?: number;
   confidence?: number;
   search?: SearchMethod;
-  /** Candidate thresholds per ramp (quantiles of its confidence on the tuning half). */
+  /** Candidate thresholds per ramp (quantiles of its confidence on the tuning set). */
+  /** Share of the scored samples that tune the thresholds (the rest certifies them); default 0.25. */
+  tuneFraction?: number;
   levels?: number;
   frontier?: boolean;
 }
@@ -49,13 +51,13 @@ export interface Plan {
   tool: string;
   model: { file: string; sha256: string; output: string; classes: number };
   profile: { created: string; samples: number; calibrationHash: string };
-  settings: { maxDrop: number; against: Against; metric: Metric; batch: number; confidence: number; search: SearchMethod; levels: number };
+  settings: { maxDrop: number; against: Against; metric: Metric; batch: number; confidence: number; search: SearchMethod; levels: number; tuneFraction: number };
   data: { tune: number; certify: number; split: string };
   baselineMs: number;
   exits: PlannedExit[];
   expected: Outcome;
   certificate: Certificate | null;
-  /** The search's best configuration on the tuning half, before certification. */
+  /** The search's best configuration on the tuning set, before certification. */
   searchBest: Outcome;
   greedy: Outcome & { exits: Array<{ ramp: number; threshold: number }> };
   frontier: Array<{ thresholds: Array<number | null>; meanLatencyMs: number; dropTune: number; dropCertify: number }> | null;
@@ -64,11 +66,16 @@ export interface Plan {
   artifacts?: Record<string, unknown>;
 }
 
-/** Tuning/certification split by content hash: a sample always falls on the same side. */
-export function splitByHash(hash: Uint8Array, count: number): { tune: number[]; certify: number[] } {
+/**
+ * Tuning/certification split by content hash: a sample always falls on the same side. The tuning
+ * set only shapes the sequence of configurations to test; the certification set decides how far
+ * along it the plan may go, and a larger one certifies more (docs/plan.md).
+ */
+export function splitByHash(hash: Uint8Array, count: number, tuneFraction = 0.25): { tune: number[]; certify: number[] } {
   const tune: number[] = [];
   const certify: number[] = [];
-  for (let i = 0; i < count; i++) (hash[i * 8 + 7]! < 128 ? tune : certify).push(i);
+  const cut = Math.round(256 * tuneFraction);
+  for (let i = 0; i < count; i++) (hash[i * 8 + 7]! < cut ? tune : certify).push(i);
   return { tune, certify };
 }
 
@@ -114,7 +121,7 @@ export function shrink(tune: Problem, point: Point, q: number): Point {
 export const STEPS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
 
 /**
- * The fixed sequence of configurations to test, safest first, from the tuning half only: the
+ * The fixed sequence of configurations to test, safest first, from the tuning set only: the
  * frontier's points by tuning drop (then slowest first), each preceded by versions of itself whose
  * exits take a tenth, two tenths, ... nine tenths of its tuning exits. Thresholds tuned to zero
  * drop on a few hundred samples are often too low on new data; without the intermediate steps the
@@ -163,16 +170,19 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
   const batch = options.batch ?? 1;
   const method = options.search ?? "auto";
   const levels = options.levels ?? 64;
+  const tuneFraction = options.tuneFraction ?? 0.25;
+  if (!(tuneFraction > 0 && tuneFraction < 1)) throw new EeToolError("USAGE", `--tune-fraction must be between 0 and 1, got ${tuneFraction}`);
   if (!(maxDrop >= 0 && maxDrop < 1)) throw new EeToolError("CONSTRAINT_INFEASIBLE", `--max-drop ${maxDrop} cannot be met: even a model without exits has a drop of 0`, { hint: "Give a maximum drop between 0 and 1, e.g. 0.01 for one percentage point." });
   if (!(confidence >= 0 && confidence < 1)) throw new EeToolError("USAGE", `--confidence must be in [0, 1), got ${confidence}`);
   const costs = buildCosts(profile, batch);
-  const split = splitByHash(samples.hash, samples.count);
+  const split = splitByHash(samples.hash, samples.count, tuneFraction);
+  if (split.tune.length === 0 || split.certify.length === 0) throw new EeToolError("TOO_FEW_SAMPLES", `--tune-fraction ${tuneFraction} leaves no samples on one side (${split.tune.length} to tune, ${split.certify.length} to certify)`);
   const tune = buildProblem(profile, samples, split.tune, metric, against, costs);
   const cert = buildProblem(profile, samples, split.certify, metric, against, costs);
   if (confidence > 0) {
     const need = minimumCertifiable(maxDrop, 1 - confidence);
     if (cert.n < need) {
-      throw new EeToolError("CONSTRAINT_INFEASIBLE", `too few samples to certify a drop of at most ${maxDrop} at confidence ${confidence}: the certification half has ${cert.n} samples, at least ${need} are needed even with no errors`, {
+      throw new EeToolError("CONSTRAINT_INFEASIBLE", `too few samples to certify a drop of at most ${maxDrop} at confidence ${confidence}: the certification set has ${cert.n} samples, at least ${need} are needed even with no errors`, {
         hint: `Profile more calibration samples (about ${2 * need} unfitted ones), raise --max-drop, lower --confidence, or turn certification off with --confidence 0.`,
       });
     }
@@ -220,8 +230,8 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
     tool: TOOL_VERSION,
     model: { file: profile.model.file, sha256: profile.model.sha256, output: profile.model.output, classes: profile.model.classes },
     profile: { created: profile.created, samples: samples.count, calibrationHash: profile.settings.calibrationHash },
-    settings: { maxDrop, against, metric, batch, confidence, search: method, levels },
-    data: { tune: tune.n, certify: cert.n, split: "by content hash: tuning half tunes thresholds, certification half checks them" },
+    settings: { maxDrop, against, metric, batch, confidence, search: method, levels, tuneFraction },
+    data: { tune: tune.n, certify: cert.n, split: `by content hash: ${Math.round(tuneFraction * 100)}% tune thresholds, the rest certify them` },
     baselineMs: costs.baseline,
     exits,
     expected: outcome(tune, cert, chosen.config),

@@ -26,8 +26,8 @@ export function renderReport(result: ProfileResult, plan?: Plan): string {
     const tune = frontierPlan.frontier.map((f): [number, number] => [f.dropTune * 100, f.meanLatencyMs]);
     const cert = frontierPlan.frontier.map((f): [number, number] => [f.dropCertify * 100, f.meanLatencyMs]);
     const chosen = plan ? { x: plan.expected.dropCertify * 100, y: plan.expected.meanLatencyMs, label: "plan" } : undefined;
-    sections.push(`<h2>Latency against accuracy drop</h2><p>Pareto frontier on the tuning half, and the same configurations' drop on the held-back half. The original model: ${base.toFixed(3)} ms.</p>` +
-      lineChart([{ name: "tuning half", points: tune, color: COLORS[0]! }, { name: "held-back half", points: cert, color: COLORS[1]!, markers: true }], "accuracy drop (percentage points)", `expected latency (ms, batch ${batch})`, chosen));
+    sections.push(`<h2>Latency against accuracy drop</h2><p>Pareto frontier on the tuning set, and the same configurations' drop on the held-back certification set. The original model: ${base.toFixed(3)} ms.</p>` +
+      lineChart([{ name: "tuning set", points: tune, color: COLORS[0]! }, { name: "certification set", points: cert, color: COLORS[1]!, markers: true }], "accuracy drop (percentage points)", `expected latency (ms, batch ${batch})`, chosen));
   }
   const lat = profile.latency?.[String(batch)];
   if (lat) {
@@ -43,7 +43,7 @@ export function renderReport(result: ProfileResult, plan?: Plan): string {
   if (plan) {
     const bars = [...plan.exits].sort((a, b) => a.stage - b.stage).map((e, i) => ({ label: `ramp ${e.ramp}`, value: e.exitRateCertify * 100, color: COLORS[i % COLORS.length]! }));
     bars.push({ label: "no exit", value: Math.max(0, 100 - bars.reduce((a, b) => a + b.value, 0)), color: "#444" });
-    sections.push(`<h2>Exit rates (held-back half)</h2>` + barChart(bars, "%"));
+    sections.push(`<h2>Exit rates (certification set)</h2>` + barChart(bars, "%"));
   }
   const series = profile.summary.ramps.map((r, i) => ({
     name: `ramp ${r.id} (depth ${(profile.ramps[i]!.depth * 100).toFixed(0)}%)`,
