@@ -1,4 +1,4 @@
-// End to end on both fixtures: insert (mlp ramps), profile, plan at --max-drop 0.01, then eval on the
+// End to end on both fixtures: insert (--ramp auto), profile, plan at --max-drop 0.01, then eval on the
 // evaluation slices at batch 1 on CPU. Prints measured latency reduction and accuracy drop beside
 // the plan's predictions (original model and early-exit runtime measured interleaved in one run).
 //   npm run build && node bench/e2e.mjs [--budget 10000]
@@ -17,7 +17,7 @@ const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ee-e2e-"));
 const run = (a) => execFileSync(process.execPath, [cli, ...a], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
 for (const name of ["cnn", "text"]) {
   const ee = path.join(dir, `${name}.ee.onnx`), prof = path.join(dir, `${name}.profile.json`), plan = path.join(dir, `${name}.plan.json`);
-  run(["insert", fx(`${name}/model.onnx`), "--calib", fx(`${name}/calib.npz`), "--ramp", "mlp", "-o", ee, "-q"]);
+  run(["insert", fx(`${name}/model.onnx`), "--calib", fx(`${name}/calib.npz`), "--ramp", "auto", "-o", ee, "-q"]);
   run(["profile", ee, "--calib", fx(`${name}/calib.npz`), "--batch", "1", "--budget", budget, "-o", prof, "-q"]);
   run(["plan", prof, "--max-drop", "0.01", "-o", plan, "-q"]);
   const r = JSON.parse(run(["eval", plan, "--data", fx(`${name}/eval.npz`), "--labels", fx(`${name}/eval_labels.npy`), "--json", "-q"]));

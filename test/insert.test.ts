@@ -89,6 +89,18 @@ describe("ee-tool insert on the fixtures", () => {
     expect(withGrid.at(-1)!).toBeGreaterThanOrEqual(0.9);
   });
 
+  it("--ramp auto: an mlp only where it agrees clearly better than a linear ramp", () => {
+    const cnn = readRampMetadata(loadModel(insert(CNN, FIX("cnn/calib.npz"), ["--ramp", "auto"]).file).proto)!;
+    // Shallow CNN exits: mlp on grid features agrees 10+ points better on held-out samples.
+    expect(cnn.ramps.slice(0, 2).map((r) => `${r.kind}/${r.pooling}`)).toEqual(["mlp/grid", "mlp/grid"]);
+    // Text exits: mlp and linear agree within a point on most, so most stay linear (cheaper).
+    const text = readRampMetadata(loadModel(insert(TEXT, FIX("text/calib.npz"), ["--ramp", "auto"]).file).proto)!;
+    expect(text.ramps.filter((r) => r.kind === "linear").length).toBeGreaterThanOrEqual(3);
+    const r = runCli(["insert", CNN, "--calib", FIX("cnn/calib.npz"), "--ramp", "deep", "-o", path.join(tmpDir(), "x.onnx")]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/--ramp must be linear, mlp or auto, got 'deep'/);
+  });
+
   it("grid pooling: 2x2 to 4x4 cells within 1,024 features", () => {
     expect(gridWindow([1, 16, 28, 28])).toEqual({ kernel: [7, 7], cells: [4, 4] });
     expect(gridWindow([1, 64, 7, 7])).toEqual({ kernel: [2, 2], cells: [3, 3] });

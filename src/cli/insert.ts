@@ -38,7 +38,7 @@ export function registerInsert(program: Command): void {
     .requiredOption("--calib <data>", "calibration inputs: file.npy (single input), name=a.npy,name2=b.npy, an .npz keyed by input name, or a directory of input_N.pb")
     .option("--labels <y.npy>", "ground-truth labels; ramps then learn from labels and the model's predictions")
     .option("--exits <spec>", "auto (up to 8 block boundaries spread in depth), all, a count N, or comma-separated ids / tensor names (one id: '3,')", "auto")
-    .option("--ramp <kind>", "linear, or mlp (one hidden Tanh layer; on CNNs with grid pooling it agrees far better at early exits)", "linear")
+    .option("--ramp <kind>", "linear, mlp (one hidden layer; on CNNs with grid pooling it agrees far better at early exits), or auto (both; mlp only where it agrees at least 1 point better on held-out samples)", "linear")
     .option("--hidden <n>", "hidden width of mlp ramps (capped at the feature width)", "64")
     .option("--pool <how>", "auto (fit both kinds per exit, keep the better), or one kind: cls or mean for [N,S,D] exits, gap or grid for [N,C,H,W]", "auto")
     .option("--output <name>", "the model's logits output, when it has several (default: the first)")
@@ -53,7 +53,7 @@ export function registerInsert(program: Command): void {
         "  $ ee-tool insert model.onnx --calib input_ids=ids.npy,attention_mask=mask.npy --exits 2,4,6 --ramp mlp -o model.ee.onnx",
     )
     .action(async (modelPath: string, opts: InsertCliOptions) => {
-      if (opts.ramp !== "linear" && opts.ramp !== "mlp") throw new EeToolError("USAGE", `--ramp must be linear or mlp, got '${opts.ramp}'`);
+      if (!["linear", "mlp", "auto"].includes(opts.ramp)) throw new EeToolError("USAGE", `--ramp must be linear, mlp or auto, got '${opts.ramp}'`);
       if (!["auto", "cls", "mean", "gap", "grid"].includes(opts.pool)) throw new EeToolError("USAGE", `--pool must be auto, cls, mean, gap or grid, got '${opts.pool}'`);
       const fraction = Number(opts.fitFraction);
       if (!(fraction > 0 && fraction < 1)) throw new EeToolError("USAGE", `--fit-fraction must be between 0 and 1, got '${opts.fitFraction}'`);
@@ -63,7 +63,7 @@ export function registerInsert(program: Command): void {
         calib: opts.calib,
         ...(opts.labels ? { labels: opts.labels } : {}),
         exits: opts.exits,
-        ramp: opts.ramp as RampKind,
+        ramp: opts.ramp as RampKind | "auto",
         hidden: intOption("--hidden", opts.hidden, 1),
         pool: opts.pool as PoolChoice,
         ...(opts.output ? { output: opts.output } : {}),
@@ -81,8 +81,8 @@ export function registerInsert(program: Command): void {
       } else {
         info(`${result.analysis.candidates.length} candidate exit points; ${meta.ramps.length} ramps fitted on ${meta.calibration.fitSamples} of ${meta.calibration.samples} calibration samples`);
         info(table([
-          ["ramp", "exit", "depth", "shape", "pool", "params", "held-out agreement"],
-          ...meta.ramps.map((r) => [String(r.id), String(r.exit), `${(r.depth * 100).toFixed(1)}%`, `[${r.shape.join(",")}]`, r.pooling, String(r.parameters), `${(r.fit.holdoutAgreement * 100).toFixed(1)}% (n=${r.fit.holdoutSamples})`]),
+          ["ramp", "exit", "depth", "shape", "kind", "pool", "params", "held-out agreement"],
+          ...meta.ramps.map((r) => [String(r.id), String(r.exit), `${(r.depth * 100).toFixed(1)}%`, `[${r.shape.join(",")}]`, r.kind, r.pooling, String(r.parameters), `${(r.fit.holdoutAgreement * 100).toFixed(1)}% (n=${r.fit.holdoutSamples})`]),
         ]));
         info(`feature extraction ${(result.timings.extractMs / 1000).toFixed(2)} s, fitting ${(result.timings.fitMs / 1000).toFixed(2)} s`);
       }

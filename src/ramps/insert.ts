@@ -31,7 +31,8 @@ export interface InsertOptions {
   labels?: string;
   /** auto | all | a count | comma-separated ids or tensor names. */
   exits?: string;
-  ramp?: RampKind;
+  /** linear (default), mlp, or auto: both, and an mlp only where it agrees clearly better (AUTO_MLP_MARGIN). */
+  ramp?: RampKind | "auto";
   /** Hidden width of mlp ramps (default 64, capped at the feature width). */
   hidden?: number;
   pool?: PoolChoice;
@@ -52,6 +53,13 @@ export interface InsertResult {
 }
 
 const AUTO_MAX = 8;
+
+/**
+ * With `--ramp auto`, an exit keeps an mlp ramp only where its held-out agreement beats the best
+ * linear ramp's by at least this much: an mlp costs two more operators at every request that
+ * passes the exit, and on a few hundred held-out samples smaller differences are noise.
+ */
+export const AUTO_MLP_MARGIN = 0.01;
 
 /** Choose exits from the candidates: auto (up to 8, spread in depth), all, N, or ids/names. */
 export function selectExits(candidates: ExitCandidate[], spec: string): ExitCandidate[] {
@@ -143,14 +151,15 @@ export async function insertRamps(model: OnnxModel, options: InsertOptions): Pro
   // With --pool auto, [N,S,D] exits try both the first token and the (mask-aware) mean, and
   // [N,C,H,W] exits both global and grid average pooling; the held-out loss decides per exit.
   const pool = options.pool ?? "auto";
-  const kind = options.ramp ?? "linear";
+  const choice = options.ramp ?? "linear";
+  const kinds: RampKind[] = choice === "auto" ? ["linear", "mlp"] : [choice];
   const hidden = options.hidden ?? DEFAULT_HIDDEN;
-  const variants: RampDesign[][] = exits.map((e, i) => {
+  const variants: RampDesign[][] = exits.map((e, i) => kinds.flatMap((kind) => {
     if (pool !== "auto") return [designRamp(i, e, kind, pool, classes, mask, hidden)];
     const second = e.layout === "NSD" ? designRamp(i, e, kind, "cls", classes, mask, hidden) : e.layout === "NCHW" ? designRamp(i, e, kind, "grid", classes, mask, hidden) : undefined;
     const first = designRamp(i, e, kind, "mean", classes, mask, hidden);
     return second && second.pooling !== first.pooling ? [first, second] : [first];
-  });
+  }));
   const tried = variants.flat();
   const analyzeMs = performance.now() - t0;
 
@@ -208,12 +217,18 @@ export async function insertRamps(model: OnnxModel, options: InsertOptions): Pro
   const designs: RampDesign[] = [];
   const fits: FitResult[] = [];
   const chosenFeatures: number[] = [];
-  for (const group of variants) {
+  // Per kind, the pooling with the lowest held-out loss; between kinds, see AUTO_MLP_MARGIN.
+  const bestOf = (group: RampDesign[]): number => {
     let bestJ = -1;
     for (const d of group) {
       const j = tried.indexOf(d);
       if (bestJ < 0 || triedFits[j]!.holdoutLoss < triedFits[bestJ]!.holdoutLoss) bestJ = j;
     }
+    return bestJ;
+  };
+  for (const group of variants) {
+    const [linear, mlp] = [bestOf(group.filter((d) => d.kind === "linear")), bestOf(group.filter((d) => d.kind === "mlp"))];
+    const bestJ = linear < 0 ? mlp : mlp < 0 ? linear : triedFits[mlp]!.holdoutAgreement - triedFits[linear]!.holdoutAgreement >= AUTO_MLP_MARGIN ? mlp : linear;
     designs.push(tried[bestJ]!);
     fits.push(triedFits[bestJ]!);
     chosenFeatures.push(bestJ);
