@@ -117,13 +117,13 @@ export function shrink(tune: Problem, point: Point, q: number): Point {
   return { config, meanLatency: e.meanLatency, drop: e.drop };
 }
 
-/** The fractions of a frontier point's tuning exits taken by the steps tested before it. */
-export const STEPS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
+/** The fractions of a frontier point's tuning exits taken by the steps tested before it: 1/40 ... 39/40. */
+export const STEPS: readonly number[] = Array.from({ length: 39 }, (_, i) => (i + 1) / 40);
 
 /**
  * The fixed sequence of configurations to test, safest first, from the tuning set only: the
  * frontier's points by tuning drop (then slowest first), each preceded by versions of itself whose
- * exits take a tenth, two tenths, ... nine tenths of its tuning exits. Thresholds tuned to zero
+ * exits take 1/40, 2/40, ... 39/40 of its tuning exits. Thresholds tuned to zero
  * drop on a few hundred samples are often too low on new data; without the intermediate steps the
  * first test fails and nothing can be certified, although a slightly more careful plan would be.
  * Testing stops at the first failure, so finer steps stop closer to what the data can certify.
