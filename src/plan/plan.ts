@@ -21,9 +21,9 @@ export interface PlanOptions {
   confidence?: number;
   search?: SearchMethod;
   /** Candidate thresholds per ramp (quantiles of its confidence on the tuning set). */
+  levels?: number;
   /** Share of the scored samples that tune the thresholds (the rest certifies them); default 0.25. */
   tuneFraction?: number;
-  levels?: number;
   frontier?: boolean;
 }
 
