@@ -28,9 +28,11 @@ export function lineChart(series: Series[], xLabel: string, yLabel: string, high
   const xs = all.map((p) => p[0]);
   const ys = all.map((p) => p[1]);
   const x0 = Math.min(0, ...xs);
-  const x1 = Math.max(...xs, x0 + 1e-9);
+  // With a highlight, some headroom so that it and its label are not drawn on the frame.
+  const pad = (lo: number, hi: number): number => (highlight ? hi + 0.06 * (hi - lo) : hi);
+  const x1 = pad(x0, Math.max(...xs, x0 + 1e-9));
   const y0 = zeroBased ? Math.min(0, ...ys) : Math.min(...ys);
-  const y1 = Math.max(...ys, y0 + 1e-9);
+  const y1 = pad(y0, Math.max(...ys, y0 + 1e-9));
   const sx = (x: number): number => M.left + ((x - x0) / (x1 - x0)) * (W - M.left - M.right);
   const sy = (y: number): number => H - M.bottom - ((y - y0) / (y1 - y0)) * (H - M.top - M.bottom);
   const parts: string[] = [`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" role="img">`];
