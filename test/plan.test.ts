@@ -68,11 +68,17 @@ describe("cost model", () => {
     expect(cheap.ramp.map((x) => Number(x.toFixed(9)))).toEqual([0.025, 0.075]);
   });
 
-  it("older profiles without prefixes: stages alone less one call, scaled to the model", () => {
-    const c = buildCosts(withLatency({ stages: [stats(0.5), stats(0.9), stats(0.5)] }), 2);
-    // Per request: alone 0.25 0.45 0.25, less the 0.05 call: 0.2 0.4 0.2, scaled by 0.95 / 0.8.
-    expect(c.stage.map((x) => Number(x.toFixed(9)))).toEqual([0.2375, 0.475, 0.2375]);
-    expect(c.fixed + c.stage.reduce((a, b) => a + b, 0)).toBeCloseTo(c.baseline, 12);
+  it("refuses a profile written before prefix and all-exits timings, in one line with a hint", () => {
+    const dir = tmpDir();
+    const old = JSON.parse(fs.readFileSync(files.cnn.profile, "utf8")) as Profile;
+    for (const l of Object.values(old.latency!)) delete (l as Partial<BatchLatency>).prefixes;
+    fs.writeFileSync(path.join(dir, "old.json"), JSON.stringify(old));
+    fs.copyFileSync(files.cnn.profile.replace(/\.json$/, ".bin"), path.join(dir, old.samples.file));
+    const r = runCli(["plan", path.join(dir, "old.json"), "-o", path.join(dir, "plan.json")]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/error \[PROFILE_INVALID\]: .*old\.json was written by an earlier ee-tool/);
+    expect(r.stderr).toMatch(/Profile the model again/);
+    expect(fs.existsSync(path.join(dir, "plan.json"))).toBe(false);
   });
 });
 

@@ -89,15 +89,15 @@ describe("ee-tool profile", () => {
     for (const b of ["1", "8"]) {
       const l = p.latency![b]!;
       expect(l.stages.length).toBe(p.ramps.length + 1);
-      expect(l.prefixes!.length).toBe(l.stages.length);
+      expect(l.prefixes.length).toBe(l.stages.length);
       // Every item runs once per round: all have the same number of runs.
-      for (const s of [...l.stages, ...l.ramps, ...l.prefixes!, l.callOverhead, l.allExits!]) expect(s.runs).toBe(l.model.runs);
+      for (const s of [...l.stages, ...l.ramps, ...l.prefixes, l.callOverhead, l.allExits]) expect(s.runs).toBe(l.model.runs);
       expect(l.model.runs).toBeGreaterThanOrEqual(30);
       // Stages in place add up to the last prefix; they and the stages alone stay near the whole
       // model (the figures themselves are reported, see docs/profile.md; loose bounds, noisy machines).
-      expect(l.inPlace!.reduce((a, s) => a + s.p50, 0)).toBeCloseTo(l.prefixes!.at(-1)!.p50, 9);
-      console.log(`${name} batch ${b}: stages in place sum ${((l.stageSum.inPlaceRatioP50! - 1) * 100).toFixed(1)}% vs model; alone ${((l.stageSum.ratioP50 - 1) * 100).toFixed(1)}%, net of call overhead ${((l.stageSum.netRatioP50 - 1) * 100).toFixed(1)}%`);
-      for (const r of [l.stageSum.inPlaceRatioP50!, l.stageSum.netRatioP50]) {
+      expect(l.inPlace.reduce((a, s) => a + s.p50, 0)).toBeCloseTo(l.prefixes.at(-1)!.p50, 9);
+      console.log(`${name} batch ${b}: stages in place sum ${((l.stageSum.inPlaceRatioP50 - 1) * 100).toFixed(1)}% vs model; alone ${((l.stageSum.ratioP50 - 1) * 100).toFixed(1)}%, net of call overhead ${((l.stageSum.netRatioP50 - 1) * 100).toFixed(1)}%`);
+      for (const r of [l.stageSum.inPlaceRatioP50, l.stageSum.netRatioP50]) {
         expect(r).toBeGreaterThan(0.7);
         expect(r).toBeLessThan(1.6);
       }

@@ -11,8 +11,7 @@
  * Stage costs: reaching cut k costs the measured prefix k (stages 0..k in one call); stage k is
  * prefix k less prefix k-1 (prefixes are made non-decreasing first, noise can invert two close
  * ones), the first less the call, the last the whole model less the deepest prefix before it.
- * Profiles without prefixes: each stage's time alone less one bare call, scaled so that the call
- * and the stages add up to the whole model. Exit costs: the all-exits model (every ramp active,
+ * Exit costs: the all-exits model (every ramp active,
  * none firing) less the model is what all exits together cost; each exit gets its ramp's time
  * alone less one bare call, plus an equal share of the rest (the confidence ops and the If).
  */
@@ -58,25 +57,16 @@ export function buildCosts(profile: Profile, batch: number): Costs {
   const call = per(l.callOverhead.p50);
   const net = (x: number): number => Math.max(0, per(x) - call);
   const fixed = Math.min(call, baseline);
-  let stages: number[];
-  if (l.prefixes?.length === l.stages.length) {
-    let reached = fixed;
-    stages = l.prefixes.map((p, k) => {
-      const cum = k === l.prefixes!.length - 1 ? Math.max(baseline, reached) : Math.max(per(p.p50), reached);
-      const cost = cum - reached;
-      reached = cum;
-      return cost;
-    });
-  } else {
-    const alone = l.stages.map((s) => net(s.p50));
-    const sum = alone.reduce((a, b) => a + b, 0);
-    const scale = sum > 0 ? (baseline - fixed) / sum : 0;
-    stages = alone.map((s) => s * scale);
-  }
+  let reached = fixed;
+  const stages = l.prefixes.map((p, k) => {
+    const cum = k === l.prefixes.length - 1 ? Math.max(baseline, reached) : Math.max(per(p.p50), reached);
+    const cost = cum - reached;
+    reached = cum;
+    return cost;
+  });
   const ramps = l.ramps.map((r) => net(r.p50));
   const rampSum = ramps.reduce((a, b) => a + b, 0);
-  // Profiles without the all-exits measurement: each exit costs its ramp.
-  const allExits = l.allExits ? Math.max(0, per(l.allExits.p50) - baseline) : rampSum;
+  const allExits = Math.max(0, per(l.allExits.p50) - baseline);
   // Each exit costs its ramp plus an equal share of the rest (confidence ops and the If, the same
   // few ops at every exit); when the ramps in place cost less than alone, a share in proportion.
   const extra = allExits - rampSum;

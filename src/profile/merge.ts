@@ -20,6 +20,11 @@ export function loadProfile(file: string): ProfileResult {
     throw new EeToolError("PROFILE_INVALID", `${file} is not JSON: ${(e as Error).message}`);
   }
   if (profile.format !== PROFILE_FORMAT) throw new EeToolError("PROFILE_INVALID", `${file} is not an ee-tool profile (format ${JSON.stringify(profile.format)})`);
+  // Latency without prefix timings and the all-exits model: written by an earlier ee-tool, whose
+  // stage figures the planner's cost model can no longer use.
+  if (Object.values(profile.latency ?? {}).some((l) => !l.prefixes || !l.inPlace || !l.allExits)) {
+    throw new EeToolError("PROFILE_INVALID", `${file} was written by an earlier ee-tool: its latency has no prefix or all-exits timings`, { hint: "Profile the model again with this version." });
+  }
   const sidecar = path.join(path.dirname(file), profile.samples.file);
   const samples = decodeSamples(sidecar, profile.samples.arrays, profile.samples.scored, profile.ramps.length, profile.samples.sha256);
   return { profile, samples };

@@ -14,7 +14,7 @@ import { prefixPart } from "../stages/split.js";
 import { createSession, runSession, runtimeBytes, ort, type SessionSettings } from "../runtime/ort.js";
 import { createRunnable, type RunnableSession } from "../runtime/sync.js";
 import { optimizeForRuntime, partSettings } from "../runtime/optimize.js";
-import { buildExitModel, EXIT_IDS, EXIT_LOGITS, type BatchMode } from "../runtime/exit-graph.js";
+import { batchMode, buildExitModel, EXIT_IDS, EXIT_LOGITS, type BatchMode } from "../runtime/exit-graph.js";
 import { batchTensorsAt } from "../runtime/early-exit.js";
 import type { StagePart } from "../stages/split.js";
 import { serializeModel } from "../onnx/model.js";
@@ -41,9 +41,9 @@ export interface BatchLatency {
    * prefixes[k]: stages 0..k in one call (the tensors later stages need, reduced to one number
    * each). What reaching cut k costs in the one-call runtime, where tensors stay in place.
    */
-  prefixes?: LatencyStats[];
+  prefixes: LatencyStats[];
   /** Each stage in place: prefixes[k] less prefixes[k-1] (mean and median), the first with the call's fixed cost. */
-  inPlace?: Array<{ mean: number; p50: number }>;
+  inPlace: Array<{ mean: number; p50: number }>;
   ramps: LatencyStats[];
   /** One bare onnxruntime call that reads the first exit tensor and returns its sum (ReduceSum): the fixed cost of a call. */
   callOverhead: LatencyStats;
@@ -51,7 +51,7 @@ export interface BatchLatency {
    * The runtime's one-call early-exit model with every ramp active and thresholds that never
    * fire: what all exits cost on top of the model when no sample takes them.
    */
-  allExits?: LatencyStats;
+  allExits: LatencyStats;
   /**
    * Sum over stages of the mean and of the median, and their ratio to the whole model's. Running
    * S stages costs S - 1 more calls than running the model; `net` subtracts those calls' overhead.
@@ -60,7 +60,7 @@ export interface BatchLatency {
    */
   stageSum: {
     mean: number; p50: number; ratioMean: number; ratioP50: number; netP50: number; netRatioP50: number;
-    inPlaceP50?: number; inPlaceRatioP50?: number;
+    inPlaceP50: number; inPlaceRatioP50: number;
   };
 }
 
@@ -332,7 +332,7 @@ async function measureLatency(
     const allExits = new Map<BatchMode, RunnableSession>();
     const cut0 = split.stages[0]!.outputs[0]!;
     for (const b of batches) {
-      const mode: BatchMode = b === 1 ? "single" : rowRemoval ? "gather" : "where";
+      const mode = batchMode(b, rowRemoval);
       let ee = allExits.get(mode);
       if (!ee) {
         const proto = buildExitModel(rt.proto, { exits: never, metric: "maxprob", classes: meta.classes, output: meta.output, mode, batchTensors });

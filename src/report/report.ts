@@ -33,7 +33,7 @@ export function renderReport(result: ProfileResult, plan?: Plan): string {
   if (lat) {
     const bars = [
       { label: "whole model", value: lat.model.p50, color: "#444" },
-      ...(lat.inPlace ?? []).map((s, i) => ({ label: `stage ${i} in place`, value: Math.max(0, s.p50), color: COLORS[2]! })),
+      ...lat.inPlace.map((s, i) => ({ label: `stage ${i} in place`, value: Math.max(0, s.p50), color: COLORS[2]! })),
       ...lat.stages.map((s, i) => ({ label: `stage ${i} alone`, value: s.p50, color: COLORS[0]! })),
       ...lat.ramps.map((s, i) => ({ label: `ramp ${i}`, value: s.p50, color: COLORS[1]! })),
       { label: "one call", value: lat.callOverhead.p50, color: "#999" },

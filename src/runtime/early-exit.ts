@@ -14,7 +14,7 @@ import { declaredTypes } from "../stages/split.js";
 import { runtimeBytes, ort, type SessionSettings } from "./ort.js";
 import { createRunnable, type RunnableSession } from "./sync.js";
 import { optimizeForRuntime, partSettings, type RuntimeModel } from "./optimize.js";
-import { buildExitModel, crossingTensors, EXIT_IDS, EXIT_LOGITS, type ActiveExit, type BatchMode } from "./exit-graph.js";
+import { batchMode, buildExitModel, crossingTensors, EXIT_IDS, EXIT_LOGITS, type ActiveExit, type BatchMode } from "./exit-graph.js";
 import { EeToolError } from "../errors.js";
 import { Graph } from "../ir/graph.js";
 import { DataType } from "../onnx/dtype.js";
@@ -93,13 +93,8 @@ export class EarlyExitSession {
   }
 
   /** The session for a batch of n rows (made on first use). */
-  private modeFor(n: number): BatchMode {
-    if (n === 1) return "single";
-    return this.rowRemoval && this.exits.length ? "gather" : "where";
-  }
-
   private async session(n: number): Promise<RunnableSession> {
-    const mode = this.modeFor(n);
+    const mode = batchMode(n, this.rowRemoval);
     let s = this.sessions.get(mode);
     if (!s) {
       const proto = buildExitModel(this.model.proto, {
@@ -115,7 +110,7 @@ export class EarlyExitSession {
   /** Run a batch: each row exits at its first confident active ramp. */
   async run(feeds: Record<string, ort.Tensor>): Promise<EarlyExitResult> {
     const n = Object.values(feeds)[0]!.dims[0]!;
-    const session = this.sessions.get(this.modeFor(n)) ?? (await this.session(n));
+    const session = this.sessions.get(batchMode(n, this.rowRemoval)) ?? (await this.session(n));
     const t0 = performance.now();
     const out = await session.run(feeds, [EXIT_LOGITS, EXIT_IDS]);
     const totalMs = performance.now() - t0;

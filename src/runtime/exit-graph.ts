@@ -52,6 +52,11 @@ export interface ActiveExit {
 
 export type BatchMode = "single" | "gather" | "where";
 
+/** The form for a batch of n rows: "single" at batch 1, else "gather" when rows may leave the batch, else "where". */
+export function batchMode(n: number, rowRemoval: boolean): BatchMode {
+  return n === 1 ? "single" : rowRemoval ? "gather" : "where";
+}
+
 export interface ExitGraphOptions {
   exits: ActiveExit[];
   metric: Metric;
