@@ -10,7 +10,7 @@ import { createSession, runSession } from "../src/runtime/ort.js";
 import { scoreLogits } from "../src/profile/samples.js";
 import type { EvalReport } from "../src/eval/eval.js";
 import { optimizeForRuntime, partSettings } from "../src/runtime/optimize.js";
-import { buildExitModel, EXIT_IDS, EXIT_LOGITS } from "../src/runtime/exit-graph.js";
+import { buildExitModel, exitOutputs, readExitOutputs } from "../src/runtime/exit-graph.js";
 import { createRunnable } from "../src/runtime/sync.js";
 import { readRampMetadata } from "../src/ramps/metadata.js";
 import { declaredTypes, splitModel } from "../src/stages/split.js";
@@ -79,14 +79,32 @@ describe("EarlyExitSession", () => {
     const rt = await optimizeForRuntime(model);
     expect(rt.optimized).toBe(true);
     const where = buildExitModel(rt.proto, { exits, metric: plan.settings.metric, classes: k, output: plan.model.output, mode: "where" });
-    const s = await createRunnable(serializeModel(where), partSettings(rt, {}), [EXIT_LOGITS, EXIT_IDS]);
+    const s = await createRunnable(serializeModel(where), partSettings(rt, {}), exitOutputs("where"));
     for (let b = 0; b < n; b += 16) {
-      const out = await s.run(data.feeds(b, b + 16), [EXIT_LOGITS, EXIT_IDS]);
-      expect(Array.from(out[EXIT_IDS]!.data as BigInt64Array, Number)).toEqual(Array.from(single.subarray(b, b + 16)));
-      const got = out[EXIT_LOGITS]!.data as Float32Array;
-      for (let j = 0; j < 16 * k; j++) expect(got[j]!).toBeCloseTo(singleLogits[b * k + j]!, 4);
+      const got = readExitOutputs("where", await s.run(data.feeds(b, b + 16), s.outputNames), k);
+      expect(Array.from(got.exits)).toEqual(Array.from(single.subarray(b, b + 16)));
+      for (let j = 0; j < 16 * k; j++) expect(got.logits[j]!).toBeCloseTo(singleLogits[b * k + j]!, 4);
     }
     await s.release();
+  });
+
+  it("with no active exits every form returns the model's logits and exit -1", async () => {
+    const model = loadModel(f("cnn", "ee.onnx"));
+    const rt = await optimizeForRuntime(model);
+    const meta = readRampMetadata(model.proto)!;
+    const data = openCalibration(FIX("cnn/eval.npz"), model.proto);
+    const full = await createSession(serializeModel(model.proto));
+    for (const [mode, n] of [["single", 1], ["gather", 4], ["where", 4]] as const) {
+      const proto = buildExitModel(rt.proto, { exits: [], metric: "maxprob", classes: 10, output: meta.output, mode });
+      const s = await createRunnable(serializeModel(proto), partSettings(rt, {}), exitOutputs(mode));
+      const feeds = data.feeds(0, n);
+      const got = readExitOutputs(mode, await s.run(feeds, s.outputNames), 10);
+      expect(Array.from(got.exits)).toEqual(new Array(n).fill(-1));
+      const want = (await runSession(full, feeds))[meta.output]!.data as Float32Array;
+      for (let j = 0; j < n * 10; j++) expect(got.logits[j]!).toBeCloseTo(want[j]!, 4);
+      await s.release();
+    }
+    await full.release();
   });
 
   it("optimises the augmented model as onnxruntime would and finds every exit in it again", async () => {

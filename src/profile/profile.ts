@@ -14,7 +14,7 @@ import { prefixPart } from "../stages/split.js";
 import { createSession, runSession, runtimeBytes, ort, type SessionSettings } from "../runtime/ort.js";
 import { createRunnable, type RunnableSession } from "../runtime/sync.js";
 import { optimizeForRuntime, partSettings } from "../runtime/optimize.js";
-import { batchMode, buildExitModel, EXIT_IDS, EXIT_LOGITS, type BatchMode } from "../runtime/exit-graph.js";
+import { batchMode, buildExitModel, exitOutputs, type BatchMode } from "../runtime/exit-graph.js";
 import { batchTensorsAt } from "../runtime/early-exit.js";
 import type { StagePart } from "../stages/split.js";
 import { serializeModel } from "../onnx/model.js";
@@ -336,7 +336,7 @@ async function measureLatency(
       let ee = allExits.get(mode);
       if (!ee) {
         const proto = buildExitModel(rt.proto, { exits: never, metric: "maxprob", classes: meta.classes, output: meta.output, mode, batchTensors });
-        ee = await open(proto, rtSettings, [EXIT_LOGITS, EXIT_IDS]);
+        ee = await open(proto, rtSettings, exitOutputs(mode));
         allExits.set(mode, ee);
       }
       const pool = pools.get(b)!;
@@ -346,7 +346,7 @@ async function measureLatency(
       const items = [
         { name: "model", run: () => whole.run(feeds, [meta.output]) },
         { name: "overhead", run: () => bare.run(cutTensor, ["y"]) },
-        { name: "allExits", run: () => eeSession.run(feeds, [EXIT_LOGITS, EXIT_IDS]) },
+        { name: "allExits", run: () => eeSession.run(feeds, eeSession.outputNames) },
         ...[...stages, ...ramps, ...prefixes].map((s) => { const f = partFeeds(s.part, pool); return { name: `${s.part.kind}${s.part.index}`, run: () => s.session.run(f, s.fetches) }; }),
       ];
       const stats = await measure(items, {

@@ -14,7 +14,7 @@ import { declaredTypes } from "../stages/split.js";
 import { runtimeBytes, ort, type SessionSettings } from "./ort.js";
 import { createRunnable, type RunnableSession } from "./sync.js";
 import { optimizeForRuntime, partSettings, type RuntimeModel } from "./optimize.js";
-import { batchMode, buildExitModel, crossingTensors, EXIT_IDS, EXIT_LOGITS, type ActiveExit, type BatchMode } from "./exit-graph.js";
+import { batchMode, buildExitModel, crossingTensors, exitOutputs, readExitOutputs, type ActiveExit, type BatchMode } from "./exit-graph.js";
 import { EeToolError } from "../errors.js";
 import { Graph } from "../ir/graph.js";
 import { DataType } from "../onnx/dtype.js";
@@ -101,7 +101,7 @@ export class EarlyExitSession {
         exits: this.exits, metric: this.plan.settings.metric, classes: this.plan.model.classes, output: this.plan.model.output,
         mode, batchTensors: this.batchTensors,
       });
-      s = await createRunnable(runtimeBytes(proto, this.model.readExternal), partSettings(this.model, this.settings), [EXIT_LOGITS, EXIT_IDS]);
+      s = await createRunnable(runtimeBytes(proto, this.model.readExternal), partSettings(this.model, this.settings), exitOutputs(mode));
       this.sessions.set(mode, s);
     }
     return s;
@@ -110,12 +110,12 @@ export class EarlyExitSession {
   /** Run a batch: each row exits at its first confident active ramp. */
   async run(feeds: Record<string, ort.Tensor>): Promise<EarlyExitResult> {
     const n = Object.values(feeds)[0]!.dims[0]!;
-    const session = this.sessions.get(batchMode(n, this.rowRemoval)) ?? (await this.session(n));
+    const mode = batchMode(n, this.rowRemoval);
+    const session = this.sessions.get(mode) ?? (await this.session(n));
     const t0 = performance.now();
-    const out = await session.run(feeds, [EXIT_LOGITS, EXIT_IDS]);
+    const out = await session.run(feeds, session.outputNames);
     const totalMs = performance.now() - t0;
-    const logits = out[EXIT_LOGITS]!.data as Float32Array;
-    const exits = Int32Array.from(out[EXIT_IDS]!.data as BigInt64Array, (v) => Number(v));
+    const { logits, exits } = readExitOutputs(mode, out, this.plan.model.classes);
     return { logits, dims: [n, this.plan.model.classes], exits, timings: { totalMs } };
   }
 

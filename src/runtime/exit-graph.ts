@@ -2,7 +2,8 @@
  * One model that really exits early, for the runtime: after each active ramp, an If node returns
  * the ramp's logits when every row is confident, and otherwise runs the rest of the network, so a
  * request makes one onnxruntime call whatever exit it takes. Outputs: `ee_logits` [N, classes] and
- * `ee_exit` [N] (the ramp id each row took, -1 for the model's own output).
+ * `ee_exit` [N] (the ramp id each row took, -1 for the model's own output); at batch 1 the two
+ * are packed into one row, `ee_out` [1, classes + 1] (see exitOutputs, readExitOutputs).
  *
  * Three forms:
  * - "gather": the rest runs on the remaining rows only (Gather of every batch tensor that crosses
@@ -11,7 +12,10 @@
  *   (Where). Used when a tensor crossing a cut holds the batch size (a shape), so rows cannot
  *   leave, and for the portable `plan --emit single` model.
  * - "single": batch 1 only. The rest runs only when the one row is not confident, so it needs no
- *   merging: an exit costs the ramp, three small ops (Softmax, ReduceMax, Less) and the If.
+ *   merging: an exit costs the ramp, three small ops (Softmax, ReduceMax, Less) and the If. Each
+ *   If has one output of a static shape (logits and exit id in one row): onnxruntime then hands
+ *   the inner result straight through, where a second output or an unknown shape costs each If
+ *   5-10 µs (measured on the CNN fixture).
  * Each row gets the logits of its first confident active ramp, or the model's.
  */
 import type { AttributeProto, GraphProto, ModelProto, NodeProto } from "../onnx/types.js";
@@ -69,7 +73,30 @@ export interface ExitGraphOptions {
 }
 
 export const EXIT_LOGITS = "ee_logits";
+
+/** The single-row form's one output: [1, classes + 1], the logits then the exit id. */
+export const EXIT_PACKED = "ee_out";
+
+/** A level's nodes and the names of its results (those of `exitOutputs(mode)`, in order). */
+interface Level {
+  nodes: NodeProto[];
+  outputs: string[];
+}
 export const EXIT_IDS = "ee_exit";
+
+/** The early-exit model's outputs in a form. */
+export function exitOutputs(mode: BatchMode): string[] {
+  return mode === "single" ? [EXIT_PACKED] : [EXIT_LOGITS, EXIT_IDS];
+}
+
+/** Logits [n, classes] and the exit per row from the early-exit model's outputs. */
+export function readExitOutputs(mode: BatchMode, out: Record<string, { data: unknown }>, classes: number): { logits: Float32Array; exits: Int32Array } {
+  if (mode === "single") {
+    const row = out[EXIT_PACKED]!.data as Float32Array;
+    return { logits: row.subarray(0, classes), exits: Int32Array.of(row[classes]!) };
+  }
+  return { logits: out[EXIT_LOGITS]!.data as Float32Array, exits: Int32Array.from(out[EXIT_IDS]!.data as BigInt64Array, (v) => Number(v)) };
+}
 
 /** A node whose inputs (and its subgraphs' reads from outer scopes) are renamed. */
 function renamed(node: NodeProto, map: ReadonlyMap<string, string>): NodeProto {
@@ -84,11 +111,20 @@ function graphAttr(name: string, g: GraphProto): AttributeProto {
   return { name, type: AttributeType.GRAPH, g };
 }
 
-/** Names the nodes of a graph read, with those of their subgraphs. */
+function outputNames(g: GraphProto): Set<string> {
+  return new Set((g.output ?? []).map((v) => v.name ?? ""));
+}
+
+/** Names the nodes of a graph read, with those their subgraphs read or return. */
 function namesRead(nodes: NodeProto[], into = new Set<string>()): Set<string> {
   for (const n of nodes) {
     for (const i of n.input ?? []) if (i) into.add(i);
-    for (const a of n.attribute ?? []) for (const sg of a.g ? [a.g] : a.graphs ?? []) namesRead(sg.node ?? [], into);
+    for (const a of n.attribute ?? []) {
+      for (const sg of a.g ? [a.g] : a.graphs ?? []) {
+        namesRead(sg.node ?? [], into);
+        for (const o of outputNames(sg)) into.add(o);
+      }
+    }
   }
   return into;
 }
@@ -100,10 +136,10 @@ function namesRead(nodes: NodeProto[], into = new Set<string>()): Set<string> {
  */
 function placeInitializers(graph: GraphProto, inits: NonNullable<GraphProto["initializer"]>): void {
   const branches = (graph.node ?? []).filter((n) => n.op_type === "If" && n.name?.startsWith("ee_rt")).flatMap((n) => (n.attribute ?? []).map((a) => a.g!));
-  const own = namesRead((graph.node ?? []).filter((n) => !(n.op_type === "If" && n.name?.startsWith("ee_rt"))));
+  const own = namesRead((graph.node ?? []).filter((n) => !(n.op_type === "If" && n.name?.startsWith("ee_rt"))), outputNames(graph));
   // An early-exit If's condition is read by the If itself.
   for (const n of graph.node ?? []) if (n.op_type === "If") for (const i of n.input ?? []) own.add(i);
-  const usedBy = branches.map((b) => namesRead(b.node ?? []));
+  const usedBy = branches.map((b) => namesRead(b.node ?? [], outputNames(b)));
   const pushed = branches.map((): NonNullable<GraphProto["initializer"]> => []);
   const here: NonNullable<GraphProto["initializer"]> = [];
   for (const t of inits) {
@@ -156,83 +192,99 @@ export function buildExitModel(model: ModelProto, o: ExitGraphOptions): ModelPro
   const { levelNodes, crossingAt } = levels(view, exits, o.output);
   const crossing = (i: number): string[] => crossingAt(i).filter((t) => o.batchTensors?.has(t));
 
-  const emitLevel = (i: number, names: ReadonlyMap<string, string>, outLogits: string, outExit: string): NodeProto[] => {
+  const single = o.mode === "single";
+  const outputInfo = (names: string[]): GraphProto["output"] =>
+    single
+      ? [makeValueInfo(names[0]!, DataType.FLOAT, [1, o.classes + 1])]
+      : [makeValueInfo(names[0]!, DataType.FLOAT, [null, o.classes]), makeValueInfo(names[1]!, DataType.INT64, [null])];
+  /** One row: logits [1, K] and a constant exit id packed into [1, K + 1]. */
+  const pack = (em: NodeEmitter, logits: string, exit: number, out: string): string =>
+    em.node("Concat", [logits, em.constant("exit", DataType.FLOAT, [1, 1], Float32Array.of(exit))], [attr("axis", 1)], out);
+
+  /**
+   * Level i and everything after it. An exit level ends in an If whose outputs are `outs`; the
+   * last level hands on the model's own output (named `outs` where it makes them). Returns the
+   * nodes and the names of the level's results.
+   */
+  const emitLevel = (i: number, names: ReadonlyMap<string, string>, outs: string[]): Level => {
     const em = new NodeEmitter(`ee_rt${i}`, opset);
     const nodes = levelNodes[i]!.map((n) => renamed(n, names));
     if (i === exits.length) {
-      const shape = em.node("Shape", [o.output]);
-      const n = em.node("Gather", [shape, em.constant("zero", DataType.INT64, [1], BigInt64Array.of(0n))], [attr("axis", 0)]);
-      em.node("Identity", [o.output], [], outLogits);
-      em.node("Expand", [em.constant("none", DataType.INT64, [], BigInt64Array.of(-1n)), n], [], outExit);
+      let outputs: string[];
+      if (single) outputs = [pack(em, o.output, -1, outs[0]!)];
+      else {
+        const n = em.node("Gather", [em.node("Shape", [o.output]), em.constant("zero", DataType.INT64, [1], BigInt64Array.of(0n))], [attr("axis", 0)]);
+        outputs = [o.output, em.node("Expand", [em.constant("none", DataType.INT64, [], BigInt64Array.of(-1n)), n], [], outs[1])];
+      }
       inits.push(...em.initializers);
-      return [...nodes, ...em.nodes];
+      return { nodes: [...nodes, ...em.nodes], outputs };
     }
     const e = exits[i]!;
     const threshold = em.constant("threshold", DataType.FLOAT, [], Float32Array.of(e.threshold));
-    const rampId = (r: NodeEmitter): string => r.constant("ramp", DataType.INT64, [], BigInt64Array.of(BigInt(e.ramp)));
     const rest = new NodeEmitter(`ee_rt${i}_rest`, opset);
     const done = new NodeEmitter(`ee_rt${i}_done`, opset);
-    const restLogits = rest.name("logits");
-    const restExit = rest.name("exit");
-    const doneLogits = done.name("logits");
-    const doneExit = done.name("exit");
     let anyLeft: string;
-    let thenNodes: NodeProto[];
-    if (o.mode === "single") {
+    let then: Level;
+    let doneOutputs: string[];
+    if (single) {
       // One row: the rest runs only when it is not confident; its results are the answer.
       anyLeft = em.node("Less", [emitConfidence(em, e.output, o.metric, true), threshold]);
-      thenNodes = emitLevel(i + 1, names, restLogits, restExit);
-      done.node("Identity", [e.output], [], doneLogits);
-      done.node("Reshape", [rampId(done), done.constant("one", DataType.INT64, [1], BigInt64Array.of(1n))], [], doneExit);
+      then = emitLevel(i + 1, names, [rest.name("out")]);
+      doneOutputs = [pack(done, e.output, e.ramp, done.name("out"))];
     } else {
       const conf = emitConfidence(em, e.output, o.metric);
       anyLeft = em.node("Less", [em.reduce("ReduceMin", conf, [], false), threshold]);
-      const taken = (r: NodeEmitter): string => r.node("Expand", [rampId(r), r.node("Shape", [conf])]);
+      const taken = (r: NodeEmitter): string => r.node("Expand", [r.constant("ramp", DataType.INT64, [], BigInt64Array.of(BigInt(e.ramp))), r.node("Shape", [conf])]);
       const ok = rest.node("GreaterOrEqual", [conf, threshold]);
-      const innerLogits = rest.name("inner_logits");
-      const innerExit = rest.name("inner_exit");
+      const restLogits = rest.name("logits");
+      const restExit = rest.name("exit");
+      const innerOuts = [rest.name("inner_logits"), rest.name("inner_exit")];
+      let inner: Level;
       if (o.mode === "gather") {
         // The rest runs on the rows left; its results are scattered back.
         const idx = rest.node("Reshape", [rest.node("NonZero", [rest.node("Not", [ok])]), rest.constant("flat", DataType.INT64, [1], BigInt64Array.of(-1n))]);
         const next = new Map(names);
         for (const t of crossing(i)) next.set(t, rest.node("Gather", [names.get(t) ?? t, idx], [attr("axis", 0)]));
         const before = rest.nodes.splice(0);
-        const inner = emitLevel(i + 1, next, innerLogits, innerExit);
+        inner = emitLevel(i + 1, next, innerOuts);
         const at = rest.unsqueeze(idx, [1]);
-        rest.node("ScatterND", [e.output, at, innerLogits], [], restLogits);
-        rest.node("ScatterND", [taken(rest), at, innerExit], [], restExit);
-        thenNodes = [...before, ...inner, ...rest.nodes];
+        rest.node("ScatterND", [e.output, at, inner.outputs[0]!], [], restLogits);
+        rest.node("ScatterND", [taken(rest), at, inner.outputs[1]!], [], restExit);
+        inner.nodes.unshift(...before);
       } else {
         // The rest runs on every row; each row keeps its first confident exit.
         const before = rest.nodes.splice(0);
-        const inner = emitLevel(i + 1, names, innerLogits, innerExit);
-        rest.node("Where", [rest.unsqueeze(ok, [1]), e.output, innerLogits], [], restLogits);
-        rest.node("Where", [ok, taken(rest), innerExit], [], restExit);
-        thenNodes = [...before, ...inner, ...rest.nodes];
+        inner = emitLevel(i + 1, names, innerOuts);
+        rest.node("Where", [rest.unsqueeze(ok, [1]), e.output, inner.outputs[0]!], [], restLogits);
+        rest.node("Where", [ok, taken(rest), inner.outputs[1]!], [], restExit);
+        inner.nodes.unshift(...before);
       }
-      done.node("Identity", [e.output], [], doneLogits);
-      done.node("Identity", [taken(done)], [], doneExit);
+      then = { nodes: [...inner.nodes, ...rest.nodes], outputs: [restLogits, restExit] };
+      // onnxruntime refuses an outer-scope value as a branch output: the ramp's logits pass an Identity.
+      doneOutputs = [done.node("Identity", [e.output]), taken(done)];
     }
     inits.push(...em.initializers, ...rest.initializers, ...done.initializers);
-    const branch = (name: string, nodes: NodeProto[], logits: string, exit: string): GraphProto => ({
-      name, node: nodes,
-      output: [makeValueInfo(logits, DataType.FLOAT, [null, o.classes]), makeValueInfo(exit, DataType.INT64, [null])],
-    });
-    const thenBranch = branch(`ee_rest_${i}`, thenNodes, restLogits, restExit);
-    const elseBranch = branch(`ee_done_${i}`, done.nodes, doneLogits, doneExit);
-    const ifNode: NodeProto = { op_type: "If", name: `ee_rt${i}/if`, input: [anyLeft], output: [outLogits, outExit], attribute: [graphAttr("then_branch", thenBranch), graphAttr("else_branch", elseBranch)] };
-    return [...nodes, ...em.nodes, ifNode];
+    const branch = (name: string, level: Level): GraphProto => ({ name, node: level.nodes, output: outputInfo(level.outputs) });
+    const thenBranch = branch(`ee_rest_${i}`, then);
+    const elseBranch = branch(`ee_done_${i}`, { nodes: done.nodes, outputs: doneOutputs });
+    const ifNode: NodeProto = { op_type: "If", name: `ee_rt${i}/if`, input: [anyLeft], output: outs, attribute: [graphAttr("then_branch", thenBranch), graphAttr("else_branch", elseBranch)] };
+    return { nodes: [...nodes, ...em.nodes, ifNode], outputs: outs };
   };
 
-  const nodes = emitLevel(0, new Map(), EXIT_LOGITS, EXIT_IDS);
+  const graphOutputs = exitOutputs(o.mode);
+  const top = emitLevel(0, new Map(), graphOutputs);
+  // Without exits (batch forms) the model's logits become a graph output under their own name.
+  top.outputs.forEach((t, k) => {
+    if (t !== graphOutputs[k]) top.nodes.push({ op_type: "Identity", name: `ee_rt/out${k}`, input: [t], output: [graphOutputs[k]!] });
+  });
   const g = model.graph!;
   const out = shallowClone(model);
   out.graph = {
     name: `${g.name ?? "model"}_early_exit`,
-    node: nodes,
+    node: top.nodes,
     initializer: [],
     input: g.input ?? [],
-    output: [makeValueInfo(EXIT_LOGITS, DataType.FLOAT, [null, o.classes]), makeValueInfo(EXIT_IDS, DataType.INT64, [null])],
+    output: outputInfo(graphOutputs),
   };
   placeInitializers(out.graph, [...(g.initializer ?? []), ...inits]);
   out.metadata_props = (model.metadata_props ?? []).filter((m) => m.key !== METADATA_KEY);
