@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import * as path from "node:path";
 import { loadProfile } from "../profile/merge.js";
-import { planFromProfile, type Plan, type SearchMethod } from "../plan/plan.js";
+import { DEFAULT_TUNE_FRACTION, planFromProfile, type Plan, type SearchMethod } from "../plan/plan.js";
 import { writePlan } from "../plan/write.js";
 import { EeToolError } from "../errors.js";
 import { info, out } from "./io.js";
@@ -69,7 +69,7 @@ export function registerPlan(program: Command): void {
     .option("--confidence <c>", "probability that the true drop stays within --max-drop (0 turns certification off)", "0.95")
     .option("--search <how>", "auto, exhaustive (small instances) or greedy (Apparate's tuner)", "auto")
     .option("--levels <n>", "candidate thresholds per ramp", "64")
-    .option("--tune-fraction <f>", "share of the scored samples that tune thresholds; the rest certify them", "0.25")
+    .option("--tune-fraction <f>", "share of the scored samples that tune thresholds; the rest certify them", String(DEFAULT_TUNE_FRACTION))
     .option("--frontier", "include the Pareto frontier of (drop, latency) configurations")
     .option("--emit <kinds>", "write artifacts: stages, single, truncated (comma-separated)")
     .option("--out-dir <dir>", "directory for --emit artifacts (default: next to the plan)")

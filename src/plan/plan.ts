@@ -11,6 +11,9 @@ import { minimumCertifiable, pValueOf, binomialUpperBound, type Certificate } fr
 
 export const PLAN_FORMAT = "ee-tool.plan/1";
 
+/** Default share of the scored samples that tune thresholds (docs/plan.md, "Honest data"). */
+export const DEFAULT_TUNE_FRACTION = 0.1;
+
 export type SearchMethod = "auto" | "exhaustive" | "greedy";
 
 export interface PlanOptions {
@@ -22,7 +25,7 @@ export interface PlanOptions {
   search?: SearchMethod;
   /** Candidate thresholds per ramp (quantiles of its confidence on the tuning set). */
   levels?: number;
-  /** Share of the scored samples that tune the thresholds (the rest certifies them); default 0.25. */
+  /** Share of the scored samples that tune the thresholds (the rest certifies them); default 0.1. */
   tuneFraction?: number;
   frontier?: boolean;
 }
@@ -71,7 +74,7 @@ export interface Plan {
  * set only shapes the sequence of configurations to test; the certification set decides how far
  * along it the plan may go, and a larger one certifies more (docs/plan.md).
  */
-export function splitByHash(hash: Uint8Array, count: number, tuneFraction = 0.25): { tune: number[]; certify: number[] } {
+export function splitByHash(hash: Uint8Array, count: number, tuneFraction = DEFAULT_TUNE_FRACTION): { tune: number[]; certify: number[] } {
   const tune: number[] = [];
   const certify: number[] = [];
   const cut = Math.round(256 * tuneFraction);
@@ -170,7 +173,7 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
   const batch = options.batch ?? 1;
   const method = options.search ?? "auto";
   const levels = options.levels ?? 64;
-  const tuneFraction = options.tuneFraction ?? 0.25;
+  const tuneFraction = options.tuneFraction ?? DEFAULT_TUNE_FRACTION;
   if (!(tuneFraction > 0 && tuneFraction < 1)) throw new EeToolError("USAGE", `--tune-fraction must be between 0 and 1, got ${tuneFraction}`);
   if (!(maxDrop >= 0 && maxDrop < 1)) throw new EeToolError("CONSTRAINT_INFEASIBLE", `--max-drop ${maxDrop} cannot be met: even a model without exits has a drop of 0`, { hint: "Give a maximum drop between 0 and 1, e.g. 0.01 for one percentage point." });
   if (!(confidence >= 0 && confidence < 1)) throw new EeToolError("USAGE", `--confidence must be in [0, 1), got ${confidence}`);
