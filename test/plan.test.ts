@@ -195,10 +195,10 @@ describe("ee-tool plan", () => {
     expect(validate(plan, planSchema)).toEqual([]);
     expect(plan.exits.length).toBeGreaterThan(0);
     expect(plan.expected.saving).toBeGreaterThan(0);
-    // A tenth of the scored samples tune (by content hash), the rest certify.
-    expect(plan.settings.tuneFraction).toBe(0.1);
-    expect(plan.data.tune / (plan.data.tune + plan.data.certify)).toBeGreaterThan(0.07);
-    expect(plan.data.tune / (plan.data.tune + plan.data.certify)).toBeLessThan(0.13);
+    // A fifth of the scored samples tune (by content hash), the rest certify.
+    expect(plan.settings.tuneFraction).toBe(0.2);
+    expect(plan.data.tune / (plan.data.tune + plan.data.certify)).toBeGreaterThan(0.15);
+    expect(plan.data.tune / (plan.data.tune + plan.data.certify)).toBeLessThan(0.25);
     expect(plan.certificate!.pValue).toBeLessThanOrEqual(0.05);
     expect(plan.certificate!.bound!).toBeLessThanOrEqual(0.01);
     expect(plan.expected.dropTune).toBeLessThanOrEqual(0.01);

@@ -12,7 +12,7 @@ import { minimumCertifiable, pValueOf, binomialUpperBound, type Certificate } fr
 export const PLAN_FORMAT = "ee-tool.plan/1";
 
 /** Default share of the scored samples that tune thresholds (docs/plan.md, "Honest data"). */
-export const DEFAULT_TUNE_FRACTION = 0.1;
+export const DEFAULT_TUNE_FRACTION = 0.2;
 
 export type SearchMethod = "auto" | "exhaustive" | "greedy";
 
@@ -25,7 +25,7 @@ export interface PlanOptions {
   search?: SearchMethod;
   /** Candidate thresholds per ramp (quantiles of its confidence on the tuning set). */
   levels?: number;
-  /** Share of the scored samples that tune the thresholds (the rest certifies them); default 0.1. */
+  /** Share of the scored samples that tune the thresholds (the rest certifies them); default 0.2. */
   tuneFraction?: number;
   frontier?: boolean;
 }
