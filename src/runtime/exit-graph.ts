@@ -73,7 +73,7 @@ export interface ExitGraphOptions {
 }
 
 export const EXIT_LOGITS = "ee_logits";
-
+export const EXIT_IDS = "ee_exit";
 /** The single-row form's one output: [1, classes + 1], the logits then the exit id. */
 export const EXIT_PACKED = "ee_out";
 
@@ -82,7 +82,6 @@ interface Level {
   nodes: NodeProto[];
   outputs: string[];
 }
-export const EXIT_IDS = "ee_exit";
 
 /** The early-exit model's outputs in a form. */
 export function exitOutputs(mode: BatchMode): string[] {
