@@ -1,30 +1,44 @@
 // End to end on both fixtures: insert (--ramp auto), profile, plan at --max-drop 0.01, then eval on the
 // evaluation slices at batch 1 on CPU. Prints measured latency reduction and accuracy drop beside
 // the plan's predictions (original model and early-exit runtime measured interleaved in one run).
-//   npm run build && node bench/e2e.mjs [--budget 10000]
+// --runs N repeats the whole pipeline N times and ends with each fixture's range and mean: on a
+// noisy machine one run's figure can be several points off its neighbours'.
+//   npm run build && node bench/e2e.mjs [--budget 10000] [--runs 1]
 import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 
 const args = process.argv.slice(2);
-const at = args.indexOf("--budget");
-const budget = at >= 0 ? args[at + 1] : "10000";
+const opt = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1] : dflt);
+const budget = opt("--budget", "10000");
+const runs = Number(opt("--runs", "1"));
 const here = path.dirname(new URL(import.meta.url).pathname);
 const cli = path.join(here, "..", "bin", "ee-tool.js");
 const fx = (p) => path.join(here, "..", "fixtures", p);
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ee-e2e-"));
 const run = (a) => execFileSync(process.execPath, [cli, ...a], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
-for (const name of ["cnn", "text"]) {
-  const ee = path.join(dir, `${name}.ee.onnx`), prof = path.join(dir, `${name}.profile.json`), plan = path.join(dir, `${name}.plan.json`);
-  run(["insert", fx(`${name}/model.onnx`), "--calib", fx(`${name}/calib.npz`), "--ramp", "auto", "-o", ee, "-q"]);
-  run(["profile", ee, "--calib", fx(`${name}/calib.npz`), "--batch", "1", "--budget", budget, "-o", prof, "-q"]);
-  run(["plan", prof, "--max-drop", "0.01", "-o", plan, "-q"]);
-  const r = JSON.parse(run(["eval", plan, "--data", fx(`${name}/eval.npz`), "--labels", fx(`${name}/eval_labels.npy`), "--json", "-q"]));
-  const p = JSON.parse(fs.readFileSync(plan, "utf8"));
-  const pct = (x) => `${(x * 100).toFixed(1)}%`;
-  console.log(`${name}: ${p.exits.length} exits; eval on ${r.samples} held-out samples at batch 1`);
-  console.log(`  mean latency ${r.latency.model.mean.toFixed(3)} -> ${r.latency.earlyExit.mean.toFixed(3)} ms: reduction ${pct(r.latency.saving)} (plan predicted ${pct(p.expected.saving)})`);
-  console.log(`  median latency ${r.latency.model.p50.toFixed(3)} -> ${r.latency.earlyExit.p50.toFixed(3)} ms: reduction ${pct(r.latency.savingMedian)} (predicted ${pct(p.expected.savingMedian)})`);
-  console.log(`  accuracy drop vs model ${pct(r.accuracy.dropVsModel)} (max 1.0%, certified bound ${pct(p.certificate.bound)}), vs labels ${pct(r.accuracy.dropVsLabels)}`);
+const pct = (x) => `${(x * 100).toFixed(1)}%`;
+const results = { cnn: [], text: [] };
+for (let k = 1; k <= runs; k++) {
+  if (runs > 1) console.log(`run ${k} of ${runs}`);
+  for (const name of ["cnn", "text"]) {
+    const ee = path.join(dir, `${name}.ee.onnx`), prof = path.join(dir, `${name}.profile.json`), plan = path.join(dir, `${name}.plan.json`);
+    run(["insert", fx(`${name}/model.onnx`), "--calib", fx(`${name}/calib.npz`), "--ramp", "auto", "-o", ee, "-q"]);
+    run(["profile", ee, "--calib", fx(`${name}/calib.npz`), "--batch", "1", "--budget", budget, "-o", prof, "-q"]);
+    run(["plan", prof, "--max-drop", "0.01", "-o", plan, "-q"]);
+    const r = JSON.parse(run(["eval", plan, "--data", fx(`${name}/eval.npz`), "--labels", fx(`${name}/eval_labels.npy`), "--json", "-q"]));
+    const p = JSON.parse(fs.readFileSync(plan, "utf8"));
+    results[name].push({ saving: r.latency.saving, predicted: p.expected.saving, drop: r.accuracy.dropVsModel });
+    console.log(`${name}: ${p.exits.length} exits; eval on ${r.samples} held-out samples at batch 1`);
+    console.log(`  mean latency ${r.latency.model.mean.toFixed(3)} -> ${r.latency.earlyExit.mean.toFixed(3)} ms: reduction ${pct(r.latency.saving)} (plan predicted ${pct(p.expected.saving)})`);
+    console.log(`  median latency ${r.latency.model.p50.toFixed(3)} -> ${r.latency.earlyExit.p50.toFixed(3)} ms: reduction ${pct(r.latency.savingMedian)} (predicted ${pct(p.expected.savingMedian)})`);
+    console.log(`  accuracy drop vs model ${pct(r.accuracy.dropVsModel)} (max 1.0%, certified bound ${pct(p.certificate.bound)}), vs labels ${pct(r.accuracy.dropVsLabels)}`);
+  }
+}
+if (runs > 1) {
+  const range = (xs) => `${pct(Math.min(...xs))}-${pct(Math.max(...xs))}, mean ${pct(xs.reduce((a, b) => a + b, 0) / xs.length)}`;
+  for (const [name, rs] of Object.entries(results)) {
+    console.log(`${name} over ${runs} runs: mean latency reduction ${range(rs.map((r) => r.saving))} (predicted ${range(rs.map((r) => r.predicted))}); drop vs model ${range(rs.map((r) => r.drop))}`);
+  }
 }
