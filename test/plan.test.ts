@@ -247,6 +247,10 @@ describe("ee-tool plan", () => {
     r = runCli(["plan", files.cnn.profile, "--tune-fraction", "1", "-o", path.join(work, "x.json")]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/--tune-fraction must be between 0 and 1, got 1/);
+    r = runCli(["plan", files.cnn.profile, "--tune-fraction", "0.999", "-o", path.join(work, "x.json")]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/error \[TOO_FEW_SAMPLES\]: --tune-fraction 0.999 leaves no samples on one side \(\d+ to tune, 0 to certify\)/);
+    expect(r.stderr).toMatch(/hint: Choose a --tune-fraction that leaves samples on both sides/);
     expect(fs.existsSync(path.join(work, "x.json"))).toBe(false);
     const copy = tmpDir();
     fs.copyFileSync(files.cnn.profile, path.join(copy, "p.json"));

@@ -179,7 +179,9 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
   if (!(confidence >= 0 && confidence < 1)) throw new EeToolError("USAGE", `--confidence must be in [0, 1), got ${confidence}`);
   const costs = buildCosts(profile, batch);
   const split = splitByHash(samples.hash, samples.count, tuneFraction);
-  if (split.tune.length === 0 || split.certify.length === 0) throw new EeToolError("TOO_FEW_SAMPLES", `--tune-fraction ${tuneFraction} leaves no samples on one side (${split.tune.length} to tune, ${split.certify.length} to certify)`);
+  if (split.tune.length === 0 || split.certify.length === 0) throw new EeToolError("TOO_FEW_SAMPLES", `--tune-fraction ${tuneFraction} leaves no samples on one side (${split.tune.length} to tune, ${split.certify.length} to certify)`, {
+      hint: "Choose a --tune-fraction that leaves samples on both sides (the split is by content hash, in steps of 1/256), or profile more calibration samples.",
+    });
   const tune = buildProblem(profile, samples, split.tune, metric, against, costs);
   const cert = buildProblem(profile, samples, split.certify, metric, against, costs);
   if (confidence > 0) {

@@ -11,9 +11,10 @@
  * Stage costs: reaching cut k costs the measured prefix k (stages 0..k in one call); stage k is
  * prefix k less prefix k-1 (prefixes are made non-decreasing first, noise can invert two close
  * ones), the first less the call, the last the whole model less the deepest prefix before it.
- * Exit costs: the all-exits model (every ramp active,
- * none firing) less the model is what all exits together cost; each exit gets its ramp's time
- * alone less one bare call, plus an equal share of the rest (the confidence ops and the If).
+ * Exit costs: the all-exits model (every ramp active, none firing) less the model is what all
+ * exits together cost; each exit gets its ramp's time alone less one bare call, plus an equal
+ * share of the rest (the confidence ops and the If). When the ramps cost less in place than alone
+ * (nothing left to share), the all-exits cost is split in proportion to the ramps' times.
  */
 import type { Profile } from "../profile/profile.js";
 import type { SampleData } from "../profile/samples.js";
