@@ -4,7 +4,8 @@
 // scored samples (a smaller calibration set). Prints the mean predicted saving of the certified
 // plans and their mean drop on all the scored samples. No timing is run: the profiles' latencies
 // are fixed, so the differences come from the split alone.
-//   npm run build && node bench/tune-fraction.mjs <profile.json>... [--fractions 0.05,0.1,0.25] [--subset M]
+// --tuning-drop observed plans as `plan --tuning-drop observed` does (default: fitted, as plan).
+//   npm run build && node bench/tune-fraction.mjs <profile.json>... [--fractions 0.05,0.1,0.25] [--subset M] [--tuning-drop observed]
 import { loadProfile } from "../dist/profile/merge.js";
 import { planFromProfile } from "../dist/plan/plan.js";
 
@@ -18,8 +19,9 @@ const opt = (name, dflt) => {
 };
 const fractions = opt("--fractions", "0.05,0.1,0.15,0.25,0.5").split(",").map(Number);
 const subset = Number(opt("--subset", "0"));
+const tuningDrop = opt("--tuning-drop", "fitted");
 if (args.length === 0) {
-  console.error("usage: node bench/tune-fraction.mjs <profile.json>... [--fractions 0.05,0.1,0.25] [--subset M]");
+  console.error("usage: node bench/tune-fraction.mjs <profile.json>... [--fractions 0.05,0.1,0.25] [--subset M] [--tuning-drop observed]");
   process.exit(1);
 }
 
@@ -51,7 +53,7 @@ for (const file of args) {
       const samples = withSplitByte(part, b);
       for (const f of fractions) {
         try {
-          const p = planFromProfile({ ...r, samples }, { maxDrop: 0.01, tuneFraction: f });
+          const p = planFromProfile({ ...r, samples }, { maxDrop: 0.01, tuneFraction: f, tuningDrop });
           saving[f].push(p.expected.saving);
           const { tune, certify } = p.data;
           drop[f].push((p.expected.dropTune * tune + p.expected.dropCertify * certify) / (tune + certify));
@@ -64,7 +66,7 @@ for (const file of args) {
   }
 }
 const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
-console.log(`${args.length} profile(s), ${subset > 0 ? `subsets of ${subset} scored samples` : "all scored samples"}, 8 hash splits each, --max-drop 0.01`);
+console.log(`${args.length} profile(s), ${subset > 0 ? `subsets of ${subset} scored samples` : "all scored samples"}, 8 hash splits each, --max-drop 0.01, --tuning-drop ${tuningDrop}`);
 for (const f of fractions) {
   console.log(`  tune fraction ${f}: certified predicted saving ${(mean(saving[f]) * 100).toFixed(1)}% (mean of ${saving[f].length} plans), drop on all scored samples ${(mean(drop[f]) * 100).toFixed(2)}%`);
 }

@@ -8,6 +8,7 @@ import { certifyFrontier, STEPS, testSequence } from "../src/plan/plan.js";
 import { buildCosts, buildProblem, candidateThresholds, evaluate, type Costs, type Problem } from "../src/plan/problem.js";
 import { autoSearch, exhaustiveSearch, greedySearch } from "../src/plan/search.js";
 import { binomialCdf, binomialUpperBound, hoeffdingBentkusPValue } from "../src/plan/certify.js";
+import { logisticFit, withFittedLosses } from "../src/plan/fitted.js";
 import { Rng } from "../src/util/rng.js";
 import { validate } from "./helpers/schema.js";
 import type { BatchLatency, Profile } from "../src/profile/profile.js";
@@ -102,6 +103,31 @@ describe("plan search", () => {
     expect(greedyStuck).toBeGreaterThan(0);
   });
 
+  it("fitted drops: a logistic fit recovers a known curve, keeps the event count, and is zero without events", () => {
+    const rng = new Rng(11);
+    const n = 4000;
+    const x = Float64Array.from({ length: n }, () => 4 * rng.normal());
+    const truth = (v: number): number => 1 / (1 + Math.exp(-(-3 - 1.5 * v)));
+    const y = Uint8Array.from(x, (v) => (rng.next() < truth(v) ? 1 : 0));
+    const p = logisticFit(x, y)!;
+    for (const s of [0, 1, 2, 100, 2000]) expect(Math.abs(p[s]! - truth(x[s]!))).toBeLessThan(0.05);
+    // Maximum likelihood with an intercept matches the number of events (up to the small ridge).
+    const events = y.reduce((a, b) => a + b, 0);
+    expect(Math.abs(p.reduce((a, b) => a + b, 0) - events)).toBeLessThan(0.01 * events);
+    expect(Array.from(logisticFit(x, new Uint8Array(n))!)).toEqual(Array.from(new Float64Array(n)));
+    // Against labels a loss is +1 or -1: the expected loss is the difference of two fits, and the
+    // more confident a sample the smaller its expected loss on this instance.
+    const conf = [Float32Array.from({ length: n }, () => Math.min(0.999, Math.max(0.05, 0.6 + 0.2 * rng.normal())))];
+    const loss = [Int8Array.from(conf[0]!, (c) => (rng.next() < 0.3 * (1 - c) ? 1 : rng.next() < 0.05 ? -1 : 0))];
+    const costs: Costs = { stage: [1, 1], ramp: [0.1], fixed: 0, baseline: 2 };
+    const fitted = withFittedLosses({ rampIds: [0], n, conf, loss, costs }, "maxprob");
+    const sum = (a: ArrayLike<number>): number => Array.from(a).reduce((u, v) => u + v, 0);
+    expect(Math.abs(sum(fitted.loss[0]!) - sum(loss[0]!))).toBeLessThan(0.02 * n * 0.1);
+    const order = Array.from(conf[0]!.keys()).sort((a, b) => conf[0]![a]! - conf[0]![b]!);
+    expect(fitted.loss[0]![order[0]!]!).toBeGreaterThan(fitted.loss[0]![order[n - 1]!]!);
+    expect(() => evaluate(fitted, [0.5], true)).toThrow(/observed losses/);
+  });
+
   it("p-values: binomial tail, Clopper-Pearson bound, Hoeffding-Bentkus", () => {
     expect(binomialCdf(0, 300, 0.01)).toBeCloseTo(0.99 ** 300, 10);
     expect(binomialCdf(3, 10, 0.5)).toBeCloseTo(176 / 1024, 10);
@@ -157,6 +183,8 @@ describe("plan search", () => {
     let certified = 0;
     let certifiedStepped = 0;
     let violationsStepped = 0;
+    let certifiedFitted = 0;
+    let violationsFitted = 0;
     for (let t = 0; t < trials; t++) {
       const draw = (): number[] => Array.from({ length: 1000 }, () => Math.floor(rng.next() * samples.count));
       const tune = buildProblem(profile, samples, draw(), "maxprob", "model", costs);
@@ -174,13 +202,22 @@ describe("plan search", () => {
         certifiedStepped++;
         if (evaluate(population, stepped.point.config).drop > maxDrop) violationsStepped++;
       }
+      // What plan does by default: the search and the sequence see fitted drops; certification counts.
+      const seen = withFittedLosses(tune, "maxprob");
+      const fitted = certifyFrontier(autoSearch(seen, candidateThresholds(tune, 32), maxDrop).frontier, cert, maxDrop, confidence, false, seen);
+      if (fitted) {
+        certifiedFitted++;
+        if (evaluate(population, fitted.point.config).drop > maxDrop) violationsFitted++;
+      }
     }
-    console.log(`simulation: ${certified}/${trials} certified, ${violations} violations; with steps ${certifiedStepped}/${trials}, ${violationsStepped} violations (allowed rate ${1 - confidence}); uncertified search: ${uncertifiedViolations} violations`);
+    console.log(`simulation: ${certified}/${trials} certified, ${violations} violations; with steps ${certifiedStepped}/${trials}, ${violationsStepped} violations; fitted drops ${certifiedFitted}/${trials}, ${violationsFitted} violations (allowed rate ${1 - confidence}); uncertified search: ${uncertifiedViolations} violations`);
     expect(certified).toBeGreaterThan(trials / 2);
     expect(certifiedStepped).toBeGreaterThanOrEqual(certified);
     // At most 1 - confidence, with room for Monte Carlo error (binomial 95% margin over 60 trials).
     expect(violations / trials).toBeLessThanOrEqual(1 - confidence + 0.08);
     expect(violationsStepped / trials).toBeLessThanOrEqual(1 - confidence + 0.08);
+    expect(certifiedFitted).toBeGreaterThan(trials / 2);
+    expect(violationsFitted / trials).toBeLessThanOrEqual(1 - confidence + 0.08);
     expect(uncertifiedViolations).toBeGreaterThan(violations);
   });
 });
@@ -202,8 +239,14 @@ describe("ee-tool plan", () => {
     expect(plan.certificate!.pValue).toBeLessThanOrEqual(0.05);
     expect(plan.certificate!.bound!).toBeLessThanOrEqual(0.01);
     expect(plan.expected.dropTune).toBeLessThanOrEqual(0.01);
-    // The default search does at least as well as greedy on the tuning data.
-    expect(plan.searchBest.meanLatencyMs).toBeLessThanOrEqual(plan.greedy.meanLatencyMs + 1e-9);
+    // By default the search sees fitted drops; seeing the same observed counts as Apparate's greedy
+    // tuner, it does at least as well on the tuning data.
+    expect(plan.settings.tuningDrop).toBe("fitted");
+    const observedOut = path.join(work, `${name}.observed.plan.json`);
+    expect(runCli(["plan", files[name].profile, "--max-drop", "0.01", "--tuning-drop", "observed", "-o", observedOut, "-q"]).code).toBe(0);
+    const observed = JSON.parse(fs.readFileSync(observedOut, "utf8")) as Plan;
+    expect(observed.settings.tuningDrop).toBe("observed");
+    expect(observed.searchBest.meanLatencyMs).toBeLessThanOrEqual(observed.greedy.meanLatencyMs + 1e-9);
     expect(plan.frontier!.length).toBeGreaterThan(3);
     expect(plan.truncation.length).toBe(JSON.parse(fs.readFileSync(files[name].profile, "utf8")).ramps.length);
     expect(plan.truncation.at(-1)!.bytesNotLoaded).toBeGreaterThan(0);

@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import * as path from "node:path";
 import { loadProfile } from "../profile/merge.js";
-import { DEFAULT_TUNE_FRACTION, planFromProfile, type Plan, type SearchMethod } from "../plan/plan.js";
+import { DEFAULT_TUNE_FRACTION, planFromProfile, type Plan, type SearchMethod, type TuningDrop } from "../plan/plan.js";
 import { writePlan } from "../plan/write.js";
 import { EeToolError } from "../errors.js";
 import { info, out } from "./io.js";
@@ -16,6 +16,7 @@ interface PlanCliOptions {
   batch: string;
   confidence: string;
   tuneFraction: string;
+  tuningDrop: string;
   search: string;
   levels: string;
   frontier?: boolean;
@@ -70,6 +71,7 @@ export function registerPlan(program: Command): void {
     .option("--search <how>", "auto, exhaustive (small instances) or greedy (Apparate's tuner)", "auto")
     .option("--levels <n>", "candidate thresholds per ramp", "64")
     .option("--tune-fraction <f>", "share of the scored samples that tune thresholds; the rest certify them", String(DEFAULT_TUNE_FRACTION))
+    .option("--tuning-drop <how>", "what the search sees of a configuration's drop on the tuning samples: fitted (each ramp's loss as a smooth function of its confidence) or observed (counts)", "fitted")
     .option("--frontier", "include the Pareto frontier of (drop, latency) configurations")
     .option("--emit <kinds>", "write artifacts: stages, single, truncated (comma-separated)")
     .option("--out-dir <dir>", "directory for --emit artifacts (default: next to the plan)")
@@ -83,13 +85,15 @@ export function registerPlan(program: Command): void {
       if (!["model", "labels"].includes(opts.against)) throw new EeToolError("USAGE", `--against must be model or labels, got '${opts.against}'`);
       if (!["maxprob", "margin", "entropy"].includes(opts.metric)) throw new EeToolError("USAGE", `--metric must be maxprob, margin or entropy, got '${opts.metric}'`);
       if (!["auto", "exhaustive", "greedy"].includes(opts.search)) throw new EeToolError("USAGE", `--search must be auto, exhaustive or greedy, got '${opts.search}'`);
+      if (!["fitted", "observed"].includes(opts.tuningDrop)) throw new EeToolError("USAGE", `--tuning-drop must be fitted or observed, got '${opts.tuningDrop}'`);
       const emit = opts.emit ? opts.emit.split(",").map((s) => s.trim()) : [];
       for (const k of emit) if (!["stages", "single", "truncated"].includes(k)) throw new EeToolError("USAGE", `--emit takes stages, single, truncated; got '${k}'`);
       const result = loadProfile(file);
       const plan = planFromProfile(result, {
         maxDrop: num("--max-drop", opts.maxDrop), against: opts.against as Against, metric: opts.metric as Metric,
         batch: num("--batch", opts.batch), confidence: num("--confidence", opts.confidence), search: opts.search as SearchMethod,
-        levels: num("--levels", opts.levels), tuneFraction: num("--tune-fraction", opts.tuneFraction), frontier: !!opts.frontier,
+        levels: num("--levels", opts.levels), tuneFraction: num("--tune-fraction", opts.tuneFraction),
+        tuningDrop: opts.tuningDrop as TuningDrop, frontier: !!opts.frontier,
       });
       const modelPath = path.resolve(path.dirname(file), result.profile.model.file);
       const written = await writePlan(plan, opts.out, modelPath, { emit, ...(opts.outDir ? { outDir: opts.outDir } : {}) });

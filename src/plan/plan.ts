@@ -8,6 +8,7 @@ import { TOOL_VERSION } from "../ramps/insert.js";
 import { buildCosts, buildProblem, candidateThresholds, evaluate, type Against, type Config, type Metric, type Problem } from "./problem.js";
 import { autoSearch, exhaustiveSearch, greedySearch, type Point, type SearchResult } from "./search.js";
 import { minimumCertifiable, pValueOf, binomialUpperBound, type Certificate } from "./certify.js";
+import { withFittedLosses } from "./fitted.js";
 
 export const PLAN_FORMAT = "ee-tool.plan/1";
 
@@ -15,6 +16,8 @@ export const PLAN_FORMAT = "ee-tool.plan/1";
 export const DEFAULT_TUNE_FRACTION = 0.2;
 
 export type SearchMethod = "auto" | "exhaustive" | "greedy";
+/** What the search sees of a configuration's drop on the tuning set (docs/plan.md, "Fitted drops"). */
+export type TuningDrop = "fitted" | "observed";
 
 export interface PlanOptions {
   maxDrop?: number;
@@ -27,6 +30,8 @@ export interface PlanOptions {
   levels?: number;
   /** Share of the scored samples that tune the thresholds (the rest certifies them); default 0.2. */
   tuneFraction?: number;
+  /** "fitted" (default): each ramp's loss as a smooth function of its confidence; "observed": raw counts. */
+  tuningDrop?: TuningDrop;
   frontier?: boolean;
 }
 
@@ -54,7 +59,7 @@ export interface Plan {
   tool: string;
   model: { file: string; sha256: string; output: string; classes: number };
   profile: { created: string; samples: number; calibrationHash: string };
-  settings: { maxDrop: number; against: Against; metric: Metric; batch: number; confidence: number; search: SearchMethod; levels: number; tuneFraction: number };
+  settings: { maxDrop: number; against: Against; metric: Metric; batch: number; confidence: number; search: SearchMethod; levels: number; tuneFraction: number; tuningDrop: TuningDrop };
   data: { tune: number; certify: number; split: string };
   baselineMs: number;
   exits: PlannedExit[];
@@ -174,6 +179,7 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
   const method = options.search ?? "auto";
   const levels = options.levels ?? 64;
   const tuneFraction = options.tuneFraction ?? DEFAULT_TUNE_FRACTION;
+  const tuningDrop = options.tuningDrop ?? "fitted";
   if (!(tuneFraction > 0 && tuneFraction < 1)) throw new EeToolError("USAGE", `--tune-fraction must be between 0 and 1, got ${tuneFraction}`);
   if (!(maxDrop >= 0 && maxDrop < 1)) throw new EeToolError("CONSTRAINT_INFEASIBLE", `--max-drop ${maxDrop} cannot be met: even a model without exits has a drop of 0`, { hint: "Give a maximum drop between 0 and 1, e.g. 0.01 for one percentage point." });
   if (!(confidence >= 0 && confidence < 1)) throw new EeToolError("USAGE", `--confidence must be in [0, 1), got ${confidence}`);
@@ -192,15 +198,18 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
       });
     }
   }
+  // The search and the sequence it hands to certification see fitted drops by default; reports
+  // and Apparate's greedy baseline keep the observed ones.
+  const seen = tuningDrop === "fitted" ? withFittedLosses(tune, metric) : tune;
   const cands = candidateThresholds(tune, levels);
-  const found = runSearch(tune, cands, maxDrop, method);
+  const found = runSearch(seen, cands, maxDrop, method);
   let chosen: Point = found.best;
   let certificate: Certificate | null = null;
   // Nothing to certify when no configuration with exits is faster than the model itself: the plan
   // is then the model unchanged (no exits), which is an answer, not an error.
   const worthIt = found.frontier.some((f) => f.config.some((t) => t !== Infinity) && f.meanLatency < costs.baseline && f.drop <= maxDrop + 1e-12);
   if (confidence > 0 && worthIt) {
-    const c = certifyFrontier(found.frontier, cert, maxDrop, confidence, against === "labels", tune);
+    const c = certifyFrontier(found.frontier, cert, maxDrop, confidence, against === "labels", seen);
     if (!c) {
       throw new EeToolError("CONSTRAINT_INFEASIBLE", `no exit configuration could be certified to lose at most ${maxDrop} at confidence ${confidence} on ${cert.n} held-back samples`, {
         hint: "Raise --max-drop, lower --confidence, or profile more samples; without exits the model is unchanged.",
@@ -235,7 +244,7 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
     tool: TOOL_VERSION,
     model: { file: profile.model.file, sha256: profile.model.sha256, output: profile.model.output, classes: profile.model.classes },
     profile: { created: profile.created, samples: samples.count, calibrationHash: profile.settings.calibrationHash },
-    settings: { maxDrop, against, metric, batch, confidence, search: method, levels, tuneFraction },
+    settings: { maxDrop, against, metric, batch, confidence, search: method, levels, tuneFraction, tuningDrop },
     data: { tune: tune.n, certify: cert.n, split: `by content hash: ${Math.round(tuneFraction * 100)}% tune thresholds, the rest certify them` },
     baselineMs: costs.baseline,
     exits,
@@ -244,7 +253,7 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
     searchBest: outcome(tune, cert, found.best.config),
     greedy: { ...outcome(tune, cert, greedy.config), exits: greedy.config.flatMap((t, j) => (t === Infinity ? [] : [{ ramp: order[j]!.id, threshold: t }])) },
     frontier: options.frontier
-      ? found.frontier.map((f) => ({ thresholds: thresholdsOf(f.config), meanLatencyMs: f.meanLatency, dropTune: f.drop, dropCertify: evaluate(cert, f.config).drop }))
+      ? found.frontier.map((f) => ({ thresholds: thresholdsOf(f.config), meanLatencyMs: f.meanLatency, dropTune: evaluate(tune, f.config).drop, dropCertify: evaluate(cert, f.config).drop }))
       : null,
     truncation,
   };

@@ -40,8 +40,12 @@ export interface Problem {
   n: number;
   /** conf[j][s]: higher is more confident (entropy is negated). */
   conf: Float32Array[];
-  /** loss[j][s] if sample s exits at ramp j: 1 if wrong where the model is right, -1 if right where it is wrong (labels), else 0. */
-  loss: Int8Array[];
+  /**
+   * loss[j][s] if sample s exits at ramp j: 1 if wrong where the model is right, -1 if right where
+   * it is wrong (labels), else 0. A tuning problem may hold fitted expected losses instead
+   * (Float32Array, fitted.ts); certification always counts observed ones.
+   */
+  loss: Array<Int8Array | Float32Array>;
   costs: Costs;
 }
 
@@ -131,6 +135,7 @@ export function exitCosts(costs: Costs, config: Config): { atRamp: number[]; non
 }
 
 export function evaluate(p: Problem, config: Config, withLosses = false): Evaluation {
+  if (withLosses && p.loss.some((l) => !(l instanceof Int8Array))) throw new Error("per-sample losses need observed losses, not fitted ones");
   const { atRamp, none } = exitCosts(p.costs, config);
   const R = config.length;
   const exits = new Array<number>(R).fill(0);

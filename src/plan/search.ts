@@ -55,7 +55,7 @@ function bestForRamp(p: Problem, config: Config, j: number, cands: number[], ord
   const costOn = exitCosts(p.costs, on);
   const reach = new Uint8Array(p.n);
   const passCost = new Float64Array(p.n);
-  const passLoss = new Int8Array(p.n);
+  const passLoss = new Float64Array(p.n);
   let baseCost = 0;
   let baseLoss = 0;
   let offCost = 0;
