@@ -68,7 +68,8 @@ export interface Plan {
   /** The search's best configuration on the tuning set, before certification. */
   searchBest: Outcome;
   greedy: Outcome & { exits: Array<{ ramp: number; threshold: number }> };
-  frontier: Array<{ thresholds: Array<number | null>; meanLatencyMs: number; dropTune: number; dropCertify: number }> | null;
+  /** dropTune: observed on the tuning set; dropSearched: as the search saw it (fitted or observed). */
+  frontier: Array<{ thresholds: Array<number | null>; meanLatencyMs: number; dropTune: number; dropSearched: number; dropCertify: number }> | null;
   truncation: Array<{ ramp: number; dropCertify: number; latencyMs: number; saving: number; bytesNotLoaded: number }>;
   /** Artifacts written with --emit (paths relative to the plan). */
   artifacts?: Record<string, unknown>;
@@ -253,7 +254,7 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
     searchBest: outcome(tune, cert, found.best.config),
     greedy: { ...outcome(tune, cert, greedy.config), exits: greedy.config.flatMap((t, j) => (t === Infinity ? [] : [{ ramp: order[j]!.id, threshold: t }])) },
     frontier: options.frontier
-      ? found.frontier.map((f) => ({ thresholds: thresholdsOf(f.config), meanLatencyMs: f.meanLatency, dropTune: evaluate(tune, f.config).drop, dropCertify: evaluate(cert, f.config).drop }))
+      ? found.frontier.map((f) => ({ thresholds: thresholdsOf(f.config), meanLatencyMs: f.meanLatency, dropTune: evaluate(tune, f.config).drop, dropSearched: f.drop, dropCertify: evaluate(cert, f.config).drop }))
       : null,
     truncation,
   };

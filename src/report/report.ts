@@ -10,7 +10,7 @@ export function renderReport(result: ProfileResult, plan?: Plan): string {
   const { profile } = result;
   const batch = plan?.settings.batch ?? profile.settings.batches[0] ?? 1;
   // The frontier: the plan's when it has one, else a fresh uncertified search on the profile.
-  const frontierPlan = plan?.frontier ? plan : profile.latency?.[String(batch)] ? planFromProfile(result, { ...(plan ? { maxDrop: plan.settings.maxDrop, metric: plan.settings.metric, against: plan.settings.against } : {}), batch, confidence: 0, frontier: true }) : undefined;
+  const frontierPlan = plan?.frontier ? plan : profile.latency?.[String(batch)] ? planFromProfile(result, { ...(plan ? { maxDrop: plan.settings.maxDrop, metric: plan.settings.metric, against: plan.settings.against, tuningDrop: plan.settings.tuningDrop } : {}), batch, confidence: 0, frontier: true }) : undefined;
   const sections: string[] = [];
   sections.push(`<h1>ee-tool report</h1><p>Model <code>${esc(profile.model.file)}</code> (sha256 ${esc(profile.model.sha256.slice(0, 12))}…), ${profile.ramps.length} ramps, ${profile.samples.scored} scored samples (${profile.samples.skippedFitted} skipped: they fitted the ramps). Profiled ${esc(profile.created)} on ${esc(profile.environment.cpu)}, ${esc(profile.environment.executionProvider)}, onnxruntime ${esc(profile.environment.onnxruntime)}.</p>`);
   if (plan) {
@@ -23,11 +23,16 @@ export function renderReport(result: ProfileResult, plan?: Plan): string {
   }
   if (frontierPlan?.frontier) {
     const base = frontierPlan.baselineMs;
-    const tune = frontierPlan.frontier.map((f): [number, number] => [f.dropTune * 100, f.meanLatencyMs]);
-    const cert = frontierPlan.frontier.map((f): [number, number] => [f.dropCertify * 100, f.meanLatencyMs]);
+    const points = (drop: (f: NonNullable<Plan["frontier"]>[number]) => number): Array<[number, number]> => frontierPlan.frontier!.map((f) => [drop(f) * 100, f.meanLatencyMs]);
+    const fitted = frontierPlan.settings.tuningDrop === "fitted";
     const chosen = plan ? { x: plan.expected.dropCertify * 100, y: plan.expected.meanLatencyMs, label: "plan" } : undefined;
-    sections.push(`<h2>Latency against accuracy drop</h2><p>Pareto frontier on the tuning set, and the same configurations' drop on the held-back certification set. The original model: ${base.toFixed(3)} ms.</p>` +
-      lineChart([{ name: "tuning set", points: tune, color: COLORS[0]! }, { name: "certification set", points: cert, color: COLORS[1]!, markers: true }], "accuracy drop (percentage points)", `expected latency (ms, batch ${batch})`, chosen));
+    const series = [
+      { name: fitted ? "tuning set, fitted drop" : "tuning set", points: points((f) => f.dropSearched ?? f.dropTune), color: COLORS[0]! },
+      ...(fitted ? [{ name: "tuning set, observed drop", points: points((f) => f.dropTune), color: COLORS[2]!, markers: true }] : []),
+      { name: "certification set", points: points((f) => f.dropCertify), color: COLORS[1]!, markers: true },
+    ];
+    sections.push(`<h2>Latency against accuracy drop</h2><p>Pareto frontier on the tuning set${fitted ? " in the drop the search saw (each ramp's loss fitted against its confidence), with the same configurations' observed drop there" : ""}, and their drop on the held-back certification set. The original model: ${base.toFixed(3)} ms.</p>` +
+      lineChart(series, "accuracy drop (percentage points)", `expected latency (ms, batch ${batch})`, chosen));
   }
   const lat = profile.latency?.[String(batch)];
   if (lat) {
