@@ -296,6 +296,9 @@ describe("ee-tool plan", () => {
     r = runCli(["plan", files.cnn.profile, "--tune-fraction", "1", "-o", path.join(work, "x.json")]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/--tune-fraction must be between 0 and 1, got 1/);
+    r = runCli(["plan", files.cnn.profile, "--tuning-drop", "smoothed", "-o", path.join(work, "x.json")]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/error \[USAGE\]: --tuning-drop must be fitted or observed, got 'smoothed'/);
     r = runCli(["plan", files.cnn.profile, "--tune-fraction", "0.999", "-o", path.join(work, "x.json")]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/error \[TOO_FEW_SAMPLES\]: --tune-fraction 0.999 leaves no samples on one side \(\d+ to tune, 0 to certify\)/);
