@@ -20,7 +20,7 @@ export { readRampMetadata, type RampMetadata, type RampRecord } from "./ramps/me
 export { splitModel, type SplitModel, type StagePart, type SplitOptions } from "./stages/split.js";
 export { profileModel, writeProfile, type Profile, type ProfileOptions, type ProfileResult, type BatchLatency } from "./profile/profile.js";
 export { loadProfile, mergeProfiles } from "./profile/merge.js";
-export { planFromProfile, type Plan, type PlanOptions } from "./plan/plan.js";
+export { planFromProfile, type Plan, type PlanOptions, type TuningDrop } from "./plan/plan.js";
 export { writePlan, checkModelHash } from "./plan/write.js";
 export { EarlyExitSession, type EarlyExitResult } from "./runtime/early-exit.js";
 export { evaluatePlan, type EvalReport, type EvalOptions } from "./eval/eval.js";
