@@ -28,11 +28,17 @@ const profile = {
   environment: {}, settings: { batches: [1], shard: null, calibrationHash: "x", calibrationSamples: n, labels: false, budgetMs: 0, tolerance: 0 },
   ramps: Array.from({ length: R }, (_, j) => ({ id: j, exit: j, tensor: `t${j}`, depth: (j + 1) / (R + 1), output: `ee_exit_${j}`, parameters: 1000, stage: j })),
   stages: Array.from({ length: R + 1 }, (_, k) => ({ index: k, inputs: [], outputs: [], weightBytes: 1e6 })),
-  latency: { "1": { model: stat(17), stages: Array.from({ length: R + 1 }, () => stat(1.02)), ramps: Array.from({ length: R }, () => stat(0.05)), callOverhead: stat(0.02), stageSum: {} } },
+  latency: { "1": {
+    model: stat(17), stages: Array.from({ length: R + 1 }, () => stat(1.02)), ramps: Array.from({ length: R }, () => stat(0.05)), callOverhead: stat(0.02), stageSum: {},
+    // Stages in place: prefix k (stages 0..k in one call) and every exit active, none firing.
+    prefixes: Array.from({ length: R + 1 }, (_, k) => stat(0.02 + (k + 1))), allExits: stat(17 + R * 0.06),
+  } },
   samples: { scored: n, skippedFitted: 0, skippedOtherShards: 0, file: "", sha256: "", arrays: [] },
   summary: summarizeSamples(d),
 };
-const t0 = performance.now();
-const plan = planFromProfile({ profile, samples: d }, { maxDrop: 0.01 });
-const ms = performance.now() - t0;
-console.log(`${n} samples x ${R} ramps: planned in ${(ms / 1000).toFixed(2)} s (target < 10 s); ${plan.exits.length} exits, saving ${(plan.expected.saving * 100).toFixed(1)}%, certified drop bound ${(plan.certificate.bound * 100).toFixed(2)}%`);
+for (const tuningDrop of ["observed", "fitted"]) {
+  const t0 = performance.now();
+  const plan = planFromProfile({ profile, samples: d }, { maxDrop: 0.01, tuningDrop });
+  const ms = performance.now() - t0;
+  console.log(`${n} samples x ${R} ramps, --tuning-drop ${tuningDrop}: planned in ${(ms / 1000).toFixed(2)} s (target < 10 s); ${plan.exits.length} exits, saving ${(plan.expected.saving * 100).toFixed(1)}%, certified drop bound ${(plan.certificate.bound * 100).toFixed(2)}%`);
+}
