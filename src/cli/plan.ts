@@ -52,7 +52,8 @@ export function renderPlan(p: Plan): string {
   } else lines.push(p.exits.length ? "not certified (--confidence 0)" : "nothing to certify");
   const g = p.greedy;
   const s = p.searchBest;
-  lines.push(`search (${p.settings.search}) before certification: saving ${pct(s.saving)}, drop ${pct(s.dropTune)} tuning / ${pct(s.dropCertify)} held back`);
+  const seen = p.settings.tuningDrop === "fitted" ? ", on fitted tuning drops" : "";
+  lines.push(`search (${p.settings.search}${seen}) before certification: saving ${pct(s.saving)}, drop ${pct(s.dropTune)} tuning / ${pct(s.dropCertify)} held back`);
   lines.push(`greedy baseline (Apparate): ${g.exits.length} exits, saving ${pct(g.saving)}, drop ${pct(g.dropTune)} tuning / ${pct(g.dropCertify)} held back`);
   return lines.join("\n");
 }
