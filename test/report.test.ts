@@ -19,6 +19,8 @@ describe("ee-tool report", () => {
     const html = fs.readFileSync(out, "utf8");
     for (const heading of ["Latency against accuracy drop", "Measured latency", "Exit rates", "Agreement with the model"]) expect(html).toContain(heading);
     expect((html.match(/<svg /g) ?? []).length).toBe(4);
+    // The frontier as the search saw it (fitted tuning drops, the default), with observed drops beside it.
+    for (const series of ["tuning set, fitted drop", "tuning set, observed drop", "certification set"]) expect(html).toContain(series);
     // Self-contained: no scripts, no external resources.
     expect(html).not.toMatch(/<script|<link|src=|https?:\/\/(?!www\.w3\.org\/2000\/svg)/);
     // Without a plan: the frontier comes from the profile.
