@@ -121,8 +121,10 @@ describe("plan search", () => {
     const loss = [Int8Array.from(conf[0]!, (c) => (rng.next() < 0.3 * (1 - c) ? 1 : rng.next() < 0.05 ? -1 : 0))];
     const costs: Costs = { stage: [1, 1], ramp: [0.1], fixed: 0, baseline: 2 };
     const fitted = withFittedLosses({ rampIds: [0], n, conf, loss, costs }, "maxprob");
+    // Each fit keeps its event count, so the expected losses add up to the observed net loss (a
+    // fit of +1 losses alone would overshoot by the 154 samples whose loss is -1).
     const sum = (a: ArrayLike<number>): number => Array.from(a).reduce((u, v) => u + v, 0);
-    expect(Math.abs(sum(fitted.loss[0]!) - sum(loss[0]!))).toBeLessThan(0.02 * n * 0.1);
+    expect(Math.abs(sum(fitted.loss[0]!) - sum(loss[0]!))).toBeLessThan(1);
     const order = Array.from(conf[0]!.keys()).sort((a, b) => conf[0]![a]! - conf[0]![b]!);
     expect(fitted.loss[0]![order[0]!]!).toBeGreaterThan(fitted.loss[0]![order[n - 1]!]!);
     expect(() => evaluate(fitted, [0.5], true)).toThrow(/observed losses/);
