@@ -51,7 +51,7 @@ function expectRisingWithDepth(perRamp: number[]): void {
 
 describe("ee-tool insert on the fixtures", () => {
   it("CNN: original output unchanged, ramps agree with the model on unseen data, rising with depth", async () => {
-    const { file, stderr } = insert(CNN, FIX("cnn/calib.npz"));
+    const { file, stderr } = insert(CNN, FIX("cnn/calib.npz"), ["--ramp", "linear"]);
     expect(stderr).toMatch(/ramps fitted on 1600 of 4000 calibration samples/);
     const model = loadModel(file);
     const meta = readRampMetadata(model.proto)!;
@@ -82,15 +82,15 @@ describe("ee-tool insert on the fixtures", () => {
     // [16,28,28] on a 4x4 grid: 256 features.
     expect(meta.ramps[0]!.featureDim).toBe(256);
     const withGrid = (await evalAgreement(mlp, FIX("cnn/eval.npz"))).perRamp;
-    const linear = (await evalAgreement(insert(CNN, FIX("cnn/calib.npz")).file, FIX("cnn/eval.npz"))).perRamp;
+    const linear = (await evalAgreement(insert(CNN, FIX("cnn/calib.npz"), ["--ramp", "linear"]).file, FIX("cnn/eval.npz"))).perRamp;
     console.log("CNN mlp/grid ramp agreement on eval slice:", withGrid.map((a) => a.toFixed(3)).join(" "), "linear/gap:", linear.map((a) => a.toFixed(3)).join(" "));
     expect(withGrid[0]!).toBeGreaterThan(linear[0]! + 0.08);
     expect(withGrid[1]!).toBeGreaterThan(linear[1]! + 0.08);
     expect(withGrid.at(-1)!).toBeGreaterThanOrEqual(0.9);
   });
 
-  it("--ramp auto: an mlp only where it agrees clearly better than a linear ramp", () => {
-    const cnn = readRampMetadata(loadModel(insert(CNN, FIX("cnn/calib.npz"), ["--ramp", "auto"]).file).proto)!;
+  it("--ramp auto (the default): an mlp only where it agrees clearly better than a linear ramp", () => {
+    const cnn = readRampMetadata(loadModel(insert(CNN, FIX("cnn/calib.npz")).file).proto)!;
     // Shallow CNN exits: mlp on grid features agrees 10+ points better on held-out samples.
     expect(cnn.ramps.slice(0, 2).map((r) => `${r.kind}/${r.pooling}`)).toEqual(["mlp/grid", "mlp/grid"]);
     // Text exits: mlp and linear agree within a point on most, so most stay linear (cheaper).

@@ -38,7 +38,7 @@ export function registerInsert(program: Command): void {
     .requiredOption("--calib <data>", "calibration inputs: file.npy (single input), name=a.npy,name2=b.npy, an .npz keyed by input name, or a directory of input_N.pb")
     .option("--labels <y.npy>", "ground-truth labels; ramps then learn from labels and the model's predictions")
     .option("--exits <spec>", "auto (up to 8 block boundaries spread in depth), all, a count N, or comma-separated ids / tensor names (one id: '3,')", "auto")
-    .option("--ramp <kind>", "linear, mlp (one hidden layer; on CNNs with grid pooling it agrees far better at early exits), or auto (both; mlp only where it agrees at least 1 point better on held-out samples)", "linear")
+    .option("--ramp <kind>", "auto (fit linear and mlp ramps at every exit; keep an mlp only where it agrees at least 1 point better on held-out samples), linear (fastest to fit) or mlp (one hidden layer)", "auto")
     .option("--hidden <n>", "hidden width of mlp ramps (capped at the feature width)", "64")
     .option("--pool <how>", "auto (fit both kinds per exit, keep the better), or one kind: cls or mean for [N,S,D] exits, gap or grid for [N,C,H,W]", "auto")
     .option("--output <name>", "the model's logits output, when it has several (default: the first)")

@@ -66,7 +66,7 @@ export function registerInspect(program: Command): void {
       let exits: ExitAnalysis | undefined;
       if (opts.exits) {
         const meta = readRampMetadata(model.proto);
-        const feeds = opts.calib ? openCalibration(opts.calib, model.proto).feeds(0, 2) : syntheticFeeds(inputSpecs(model.proto), 2);
+        const feeds = opts.calib ? openCalibration(opts.calib, model.proto).probeFeeds() : syntheticFeeds(inputSpecs(model.proto), 2);
         exits = await analyzeExits(model, feeds, meta ? { output: meta.output } : {});
       }
       const ramps = readRampMetadata(model.proto)?.ramps;

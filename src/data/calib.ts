@@ -139,8 +139,29 @@ export function ortTensor(type: ElemType, data: ReturnType<typeof typedArray>, d
   return new ort.Tensor(type as ort.Tensor.Type, data, dims);
 }
 
+/**
+ * The batch size the model fixes: the first dimension of its inputs when the export declares a
+ * number there (torch.onnx.export without dynamic axes), or null when it is free.
+ */
+export function fixedBatch(specs: readonly InputSpec[]): { batch: number; input: string } | null {
+  for (const s of specs) if (s.shape.length > 0 && typeof s.shape[0] === "number") return { batch: s.shape[0], input: s.name };
+  return null;
+}
+
+/** Refuse up front a batch size the model's inputs cannot take (`what` names the option that asked for it). */
+export function checkBatch(specs: readonly InputSpec[], batch: number, what: string): void {
+  const fixed = fixedBatch(specs);
+  if (fixed && fixed.batch !== batch) {
+    throw new EeToolError("FIXED_BATCH", `input '${fixed.input}' has a fixed batch dimension of ${fixed.batch}, so ${what} ${batch} cannot run`, {
+      hint: `Re-export with a dynamic batch axis (torch.onnx.export(..., dynamic_axes={'${fixed.input}': {0: 'batch'}}), or dynamo=True with dynamic_shapes), or use batch ${fixed.batch} (profile --batch ${fixed.batch}, plan --batch ${fixed.batch}).`,
+    });
+  }
+}
+
 export class CalibrationSet {
   readonly size: number;
+  /** The batch size the model's inputs fix, or null (see fixedBatch). */
+  readonly fixedBatch: number | null;
 
   constructor(readonly specs: InputSpec[], readonly arrays: Map<string, ArraySource>) {
     let n: number | undefined;
@@ -160,6 +181,30 @@ export class CalibrationSet {
     }
     if (!n) throw new EeToolError("CALIB_MISMATCH", "calibration data has zero samples");
     this.size = n;
+    this.fixedBatch = fixedBatch(specs)?.batch ?? null;
+  }
+
+  /**
+   * Rows per call of an internal pass (feature extraction, scoring, shape discovery): the batch the
+   * model fixes, else `preferred`. Such passes feed `passFeeds`, which pads a short last batch.
+   */
+  passBatch(preferred: number): number {
+    return this.fixedBatch ?? preferred;
+  }
+
+  /** Feeds for the given samples, padded to the model's fixed batch (if any) by repeating the last one; outputs beyond indices.length are padding. */
+  passFeeds(indices: ArrayLike<number>): Record<string, ort.Tensor> {
+    const want = this.fixedBatch;
+    if (want === null || indices.length === want) return this.feedsFor(indices);
+    if (indices.length > want) throw new Error(`internal: a pass of ${indices.length} rows for a fixed batch of ${want}`);
+    const padded = Array.from({ length: want }, (_, i) => indices[Math.min(i, indices.length - 1)]!);
+    return this.feedsFor(padded);
+  }
+
+  /** Feeds of a small batch for shape discovery: the first two samples, or the fixed batch. */
+  probeFeeds(): Record<string, ort.Tensor> {
+    const n = Math.min(this.size, this.passBatch(2));
+    return this.passFeeds(Array.from({ length: n }, (_, i) => i));
   }
 
   /** Raw bytes of samples [start, end) of one input. */

@@ -8,7 +8,7 @@ import * as fs from "node:fs";
 import type { Plan } from "../plan/plan.js";
 import { EarlyExitSession } from "../runtime/early-exit.js";
 import { loadModel } from "../onnx/model.js";
-import { openCalibration, openLabels } from "../data/calib.js";
+import { checkBatch, openCalibration, openLabels } from "../data/calib.js";
 import { declaredTypes, splitModel } from "../stages/split.js";
 import { runtimeBytes, type SessionSettings } from "../runtime/ort.js";
 import { createRunnable } from "../runtime/sync.js";
@@ -66,6 +66,7 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
   const batch = options.batch ?? plan.settings.batch;
   const model = loadModel(modelPath);
   const data = openCalibration(options.data, model.proto);
+  checkBatch(data.specs, batch, options.batch === undefined ? "the plan's batch" : "eval --batch");
   const labels = options.labels ? openLabels(options.labels, data.size) : undefined;
   const original = splitModel(model.proto, declaredTypes(model.proto)).original;
   const base = await createRunnable(runtimeBytes(original, model.readExternal), settings, [plan.model.output]);

@@ -7,7 +7,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { createHash } from "node:crypto";
 import type { OnnxModel } from "../onnx/model.js";
-import { openCalibration, openLabels } from "../data/calib.js";
+import { checkBatch, openCalibration, openLabels } from "../data/calib.js";
 import { readRampMetadata, unpackHashes, type RampMetadata } from "../ramps/metadata.js";
 import { splitWithTypes, partFeeds } from "../stages/runner.js";
 import { prefixPart } from "../stages/split.js";
@@ -153,6 +153,7 @@ export async function profileModel(model: OnnxModel, options: ProfileOptions): P
   const calib = openCalibration(options.calib, model.proto);
   const labels = options.labels ? openLabels(options.labels, calib.size) : undefined;
   const batches = options.batches ?? [1, 8];
+  for (const b of batches) checkBatch(calib.specs, b, "profile --batch");
 
   // Which samples to score: not those that fitted the ramps, and only this shard's slices.
   const hashes = calib.sampleHashes();
@@ -176,11 +177,11 @@ export async function profileModel(model: OnnxModel, options: ProfileOptions): P
   const samples = emptySamples(chosen.length, meta.ramps.length);
   const rampOutputs = meta.ramps.map((r) => r.output);
   const session = await createSession(runtimeBytes(model.proto, model.readExternal), settings);
-  const B = 64;
+  const B = calib.passBatch(64);
   try {
     for (let s = 0; s < chosen.length; s += B) {
       const idx = chosen.slice(s, s + B);
-      const out = await runSession(session, calib.feedsFor(idx), [meta.output, ...rampOutputs]);
+      const out = await runSession(session, calib.passFeeds(idx), [meta.output, ...rampOutputs]);
       const final = out[meta.output]!.data as Float32Array;
       idx.forEach((sample, j) => {
         const i = s + j;
@@ -206,7 +207,7 @@ export async function profileModel(model: OnnxModel, options: ProfileOptions): P
   // Stages and ramps as separate models, timed at each batch size. They are cut from the graph
   // onnxruntime optimises for this machine (see runtime/optimize.ts), as the runtime runs it; the
   // portable split gives the stages' structure and weight bytes.
-  const probe = calib.feedsFor(chosen.slice(0, Math.min(2, chosen.length)));
+  const probe = calib.passFeeds(chosen.slice(0, Math.min(calib.passBatch(2), chosen.length)));
   const split = await splitWithTypes(model, probe, settings);
   const rampStage = new Map<number, number>();
   split.ramps.forEach((r, i) => rampStage.set(r.index, split.stages.findIndex((s) => s.outputs.includes(split.ramps[i]!.inputs[0]!))));

@@ -31,7 +31,7 @@ export interface InsertOptions {
   labels?: string;
   /** auto | all | a count | comma-separated ids or tensor names. */
   exits?: string;
-  /** linear (default), mlp, or auto: both, and an mlp only where it agrees clearly better (AUTO_MLP_MARGIN). */
+  /** auto (default): linear and mlp at every exit, and an mlp only where it agrees clearly better (AUTO_MLP_MARGIN); or one kind. */
   ramp?: RampKind | "auto";
   /** Hidden width of mlp ramps (default 64, capped at the feature width). */
   hidden?: number;
@@ -132,9 +132,9 @@ export async function insertRamps(model: OnnxModel, options: InsertOptions): Pro
 
   // 1. Exit points, from the shapes of one small batch.
   const t0 = performance.now();
-  const probe = calib.feeds(0, Math.min(2, calib.size));
+  const probe = calib.probeFeeds();
   const analysis = await analyzeExits(model, probe, { output: outputName, ...(options.settings ? { settings: options.settings } : {}) });
-  const probeBatch = Math.min(2, calib.size);
+  const probeBatch = Object.values(probe)[0]!.dims[0]!;
   const outInfo = typeInfo(graph.valueInfo(outputName)?.type);
   if (outInfo.elemType !== undefined && outInfo.elemType !== DataType.FLOAT) {
     throw new EeToolError("NOT_A_CLASSIFIER", `output '${outputName}' is not float logits`);
@@ -151,7 +151,7 @@ export async function insertRamps(model: OnnxModel, options: InsertOptions): Pro
   // With --pool auto, [N,S,D] exits try both the first token and the (mask-aware) mean, and
   // [N,C,H,W] exits both global and grid average pooling; the held-out loss decides per exit.
   const pool = options.pool ?? "auto";
-  const choice = options.ramp ?? "linear";
+  const choice = options.ramp ?? "auto";
   const kinds: RampKind[] = choice === "auto" ? ["linear", "mlp"] : [choice];
   const hidden = options.hidden ?? DEFAULT_HIDDEN;
   const variants: RampDesign[][] = exits.map((e, i) => kinds.flatMap((kind) => {
@@ -180,15 +180,16 @@ export async function insertRamps(model: OnnxModel, options: InsertOptions): Pro
   extractProto.graph.initializer = [...(proto.graph!.initializer ?? []), ...probeEmitters.flatMap((e) => e.initializers)];
   extractProto.graph.output = [makeValueInfo(outputName, DataType.FLOAT), ...featureNames.filter((f) => f !== outputName).map((f) => makeValueInfo(f, DataType.FLOAT))];
   const session = await createSession(runtimeBytes(extractProto, model.readExternal), options.settings ?? {});
-  const batchSize = options.batchSize ?? 64;
+  const batchSize = calib.passBatch(options.batchSize ?? 64);
   const features = tried.map((d) => new Float32Array(nFit * d.featureDim));
   const logits = new Float32Array(nFit * classes);
   try {
     for (let s = 0; s < nFit; s += batchSize) {
       const idx = fitIdx.subarray(s, Math.min(nFit, s + batchSize));
-      const out = await runSession(session, calib.feedsFor(idx), [outputName, ...featureNames]);
-      logits.set(out[outputName]!.data as Float32Array, s * classes);
-      tried.forEach((d, j) => features[j]!.set(out[featureNames[j]!]!.data as Float32Array, s * d.featureDim));
+      const out = await runSession(session, calib.passFeeds(idx), [outputName, ...featureNames]);
+      const rows = (name: string, width: number): Float32Array => (out[name]!.data as Float32Array).subarray(0, idx.length * width);
+      logits.set(rows(outputName, classes), s * classes);
+      tried.forEach((d, j) => features[j]!.set(rows(featureNames[j]!, d.featureDim), s * d.featureDim));
       progress("extract", Math.min(nFit, s + batchSize), nFit);
     }
   } finally {

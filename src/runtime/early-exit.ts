@@ -17,6 +17,8 @@ import { optimizeForRuntime, partSettings, type RuntimeModel } from "./optimize.
 import { batchMode, buildExitModel, crossingTensors, exitOutputs, readExitOutputs, type ActiveExit, type BatchMode } from "./exit-graph.js";
 import { EeToolError } from "../errors.js";
 import { Graph } from "../ir/graph.js";
+import { typeInfo } from "../ir/shapes.js";
+import { fixedBatch, inputSpecs } from "../data/calib.js";
 import { DataType } from "../onnx/dtype.js";
 import { PLAN_FORMAT } from "../plan/plan.js";
 
@@ -33,14 +35,15 @@ export interface EarlyExitResult {
 /**
  * Tensors passed from one level of the early-exit model to a later one that carry the batch (graph
  * inputs and activations), and whether rows may leave: not when a rank-1 integer tensor made by
- * shape arithmetic crosses (it may hold the batch size).
+ * shape arithmetic crosses (it may hold the batch size), nor when the model's inputs fix the batch
+ * size (the rest of the network then only takes a full batch).
  */
 export function batchTensorsAt(proto: RuntimeModel["proto"], exits: readonly ActiveExit[], output: string): { batchTensors: Set<string>; rowRemoval: boolean } {
   const view = new Graph(proto.graph!);
   const typeOf = declaredTypes(proto);
   const graphInputs = new Set(view.inputs.map((i) => i.name ?? ""));
   const batchTensors = new Set<string>();
-  let rowRemoval = true;
+  let rowRemoval = !view.inputs.some((i) => typeof typeInfo(i.type).shape?.[0] === "number");
   for (const t of crossingTensors(proto, exits, output)) {
     if (view.isInitializer(t)) continue;
     if (graphInputs.has(t)) {
@@ -88,7 +91,8 @@ export class EarlyExitSession {
     const exits = [...plan.exits].sort((a, b) => a.stage - b.stage).map((e) => ({ ramp: e.ramp, output: e.output, threshold: e.threshold }));
     const { batchTensors, rowRemoval } = exits.length ? batchTensorsAt(model.proto, exits, plan.model.output) : { batchTensors: new Set<string>(), rowRemoval: true };
     const ee = new EarlyExitSession(plan, model, exits, s, rowRemoval, batchTensors);
-    await ee.session(1);
+    // Ready for the batch the model fixes, else for single requests.
+    await ee.session(fixedBatch(inputSpecs(model.proto))?.batch ?? 1);
     return ee;
   }
 

@@ -68,11 +68,11 @@ export async function createSession(bytes: Uint8Array, settings: SessionSettings
   } catch (e) {
     const msg = messageOf(e);
     if (settings.ep && settings.ep !== "cpu" && /provider|backend|not (found|supported|available)|cuda|registered/i.test(msg)) {
-      throw new EeToolError("RUNTIME_FAILED", `execution provider '${settings.ep}' is not available: ${firstLine(msg)}`, {
+      throw new EeToolError("RUNTIME_FAILED", `execution provider '${settings.ep}' is not available: ${ortMessage(msg)}`, {
         hint: "Install an onnxruntime-node build with that provider (for cuda: the CUDA binaries and drivers), or use --ep cpu.",
       });
     }
-    throw new EeToolError("RUNTIME_FAILED", `onnxruntime could not load the model: ${firstLine(msg)}`);
+    throw new EeToolError("RUNTIME_FAILED", `onnxruntime could not load the model: ${ortMessage(msg)}`);
   }
 }
 
@@ -84,10 +84,20 @@ export async function runSession(
   try {
     return (await (fetches ? session.run(feeds, fetches) : session.run(feeds))) as Record<string, ort.Tensor>;
   } catch (e) {
-    throw new EeToolError("RUNTIME_FAILED", `onnxruntime failed to run the model: ${firstLine(messageOf(e))}`);
+    throw new EeToolError("RUNTIME_FAILED", `onnxruntime failed to run the model: ${ortMessage(messageOf(e))}`);
   }
 }
 
-function firstLine(s: string): string {
-  return s.split("\n")[0]!.slice(0, 400);
+/**
+ * onnxruntime's message on one line, with the detail kept: it often puts what is wrong on later
+ * lines ("Got invalid dimensions for input: x for the following indices" / "index: 0 Got: 8
+ * Expected: 4"), and ends with advice that says nothing about this model.
+ */
+export function ortMessage(s: string): string {
+  const lines = s
+    .split("\n")
+    .map((l) => l.replace(/\s*Please fix either the inputs\/outputs or the model\.?/g, "").trim())
+    .filter((l) => l.length > 0 && !/^at\s/.test(l));
+  const text = lines.reduce((acc, l) => (acc ? `${acc}${/[:;,]$/.test(acc) ? " " : /\bindices$/.test(acc) ? ": " : "; "}${l}` : l), "");
+  return text.length > 600 ? `${text.slice(0, 597)}...` : text;
 }

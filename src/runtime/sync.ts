@@ -5,7 +5,7 @@
  * version is pinned by package-lock.json) and falls back to the public API otherwise.
  */
 import { createRequire } from "node:module";
-import { ort, sessionOptions, type SessionSettings } from "./ort.js";
+import { ort, ortMessage, sessionOptions, type SessionSettings } from "./ort.js";
 import { EeToolError, messageOf } from "../errors.js";
 
 interface NativeSession {
@@ -57,20 +57,20 @@ export async function createRunnable(bytes: Uint8Array, settings: SessionSetting
           try {
             return Promise.resolve(s.run(feeds, f, {}));
           } catch (e) {
-            return Promise.reject(new EeToolError("RUNTIME_FAILED", `onnxruntime failed to run the model: ${messageOf(e).split("\n")[0]}`));
+            return Promise.reject(new EeToolError("RUNTIME_FAILED", `onnxruntime failed to run the model: ${ortMessage(messageOf(e))}`));
           }
         },
         release: async () => s.dispose(),
       };
     } catch (e) {
-      throw new EeToolError("RUNTIME_FAILED", `onnxruntime could not load the model: ${messageOf(e).split("\n")[0]}`);
+      throw new EeToolError("RUNTIME_FAILED", `onnxruntime could not load the model: ${ortMessage(messageOf(e))}`);
     }
   }
   let s: ort.InferenceSession;
   try {
     s = await ort.InferenceSession.create(bytes, options);
   } catch (e) {
-    throw new EeToolError("RUNTIME_FAILED", `onnxruntime could not load the model: ${messageOf(e).split("\n")[0]}`);
+    throw new EeToolError("RUNTIME_FAILED", `onnxruntime could not load the model: ${ortMessage(messageOf(e))}`);
   }
   return {
     outputNames, direct: false,
