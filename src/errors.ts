@@ -24,6 +24,7 @@ export const ErrorCodes = {
   MODEL_TOO_LARGE: { exit: ExitCode.INPUT, hint: "Protobuf cannot hold more than 2 GB: save with --external-data." },
   CALIB_INVALID: { exit: ExitCode.INPUT, hint: "Calibration data must be .npy (C order, little-endian), .npz, or a directory of ONNX input_N.pb files." },
   CALIB_MISMATCH: { exit: ExitCode.INPUT, hint: "Give one array per model input (--calib name=file.npy,...), with the model's dtype and shape and the same number of samples." },
+  CONFIG_INVALID: { exit: ExitCode.INPUT, hint: "Check the configuration against docs/run.schema.json (every field is described there)." },
   FIXED_BATCH: { exit: ExitCode.INPUT, hint: "Re-export the model with a dynamic batch axis (torch.onnx.export(..., dynamic_axes={'<input>': {0: 'batch'}}), or dynamo=True with dynamic_shapes), or use the batch size it fixes." },
   NOT_A_CLASSIFIER: { exit: ExitCode.INPUT, hint: "ee-tool needs a classifier whose output is logits of shape [N, classes]; choose the logits output with --output." },
   EXIT_NOT_FOUND: { exit: ExitCode.INPUT, hint: "Run `ee-tool inspect <model>` to list the candidate exit points and their ids." },

@@ -24,4 +24,10 @@ export { planFromProfile, type Plan, type PlanOptions, type TuningDrop } from ".
 export { writePlan, checkModelHash } from "./plan/write.js";
 export { EarlyExitSession, type EarlyExitResult } from "./runtime/early-exit.js";
 export { evaluatePlan, type EvalReport, type EvalOptions } from "./eval/eval.js";
+export { junitXml, markdownSummary, type CiContext, type SummaryStep } from "./eval/ci.js";
+export type { EvalCheck } from "./eval/eval.js";
+export { loadRunConfig, RUN_CONFIG_SCHEMA, type RunConfig, type LatencyCache } from "./pipeline/config.js";
+export { runPipeline, STEPS, type RunOptions, type RunResult, type StepEvent, type StepName } from "./pipeline/run.js";
+export { machineFingerprint, stepKey, type MachineFingerprint, type StepRecord } from "./pipeline/cache.js";
+export { validate as validateJsonSchema, type Schema } from "./util/schema.js";
 export { main as runCli } from "./cli/main.js";

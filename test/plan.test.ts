@@ -10,7 +10,7 @@ import { autoSearch, exhaustiveSearch, greedySearch } from "../src/plan/search.j
 import { binomialCdf, binomialUpperBound, hoeffdingBentkusPValue } from "../src/plan/certify.js";
 import { logisticFit, withFittedLosses } from "../src/plan/fitted.js";
 import { Rng } from "../src/util/rng.js";
-import { validate } from "./helpers/schema.js";
+import { validate } from "../src/util/schema.js";
 import type { BatchLatency, Profile } from "../src/profile/profile.js";
 import type { LatencyStats } from "../src/profile/timing.js";
 

@@ -2,7 +2,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { CNN, TEXT, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
-import { validate } from "./helpers/schema.js";
+import { validate } from "../src/util/schema.js";
 import { loadProfile } from "../src/profile/merge.js";
 import type { Profile } from "../src/profile/profile.js";
 import { loadModel, serializeModel } from "../src/onnx/model.js";

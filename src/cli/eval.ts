@@ -4,6 +4,10 @@ import { EeToolError, ExitCode } from "../errors.js";
 import { info, out } from "./io.js";
 import { progressBars } from "./progress.js";
 import { table } from "./format.js";
+import { writeCiOutputs } from "./ci-output.js";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import type { Plan } from "../plan/plan.js";
 
 const pct = (x: number | null): string => (x === null ? "-" : `${(x * 100).toFixed(2)}%`);
 const ms = (x: number): string => x.toFixed(3);
@@ -43,15 +47,18 @@ export function registerEval(program: Command): void {
     .option("--threads <n>", "onnxruntime intra-op threads")
     .option("--assert", "exit 3 when the measured drop exceeds the plan's maximum or the saving falls short of the prediction")
     .option("--saving-tolerance <f>", "allowed shortfall of the measured mean saving below the prediction (absolute)", "0.1")
+    .option("--junit <file>", "write the assertions as JUnit XML (one test case each)")
     .option("--json", "print the report as JSON on stdout")
-    .addHelpText("after", "\nExamples:\n  $ ee-tool eval cnn.plan.json --data fixtures/cnn/eval.npz --labels fixtures/cnn/eval_labels.npy\n  $ ee-tool eval plan.json --data holdout.npz --assert --json > eval.json")
-    .action(async (planPath: string, opts: { data: string; labels?: string; batch?: string; ep: string; threads?: string; assert?: boolean; savingTolerance: string; json?: boolean }) => {
+    .addHelpText("after", "\nWith $GITHUB_STEP_SUMMARY set, a Markdown summary is appended to it; with $GITHUB_OUTPUT, the outputs verdict, saving and drop.\n" +
+      "\nExamples:\n  $ ee-tool eval cnn.plan.json --data fixtures/cnn/eval.npz --labels fixtures/cnn/eval_labels.npy\n  $ ee-tool eval plan.json --data holdout.npz --assert --json > eval.json\n  $ ee-tool eval plan.json --data holdout.npz --assert --junit junit.xml")
+    .action(async (planPath: string, opts: { data: string; labels?: string; batch?: string; ep: string; threads?: string; assert?: boolean; savingTolerance: string; junit?: string; json?: boolean }) => {
       const batch = opts.batch === undefined ? undefined : Number(opts.batch);
       if (batch !== undefined && !(Number.isInteger(batch) && batch >= 1)) throw new EeToolError("USAGE", `--batch must be a positive integer, got '${opts.batch}'`);
       const tolerance = Number(opts.savingTolerance);
       if (!(tolerance >= 0)) throw new EeToolError("USAGE", `--saving-tolerance must be a non-negative number, got '${opts.savingTolerance}'`);
       const threads = opts.threads ? Number(opts.threads) : undefined;
       const bars = progressBars();
+      const t0 = performance.now();
       const report = await evaluatePlan(planPath, {
         data: opts.data, ...(opts.labels ? { labels: opts.labels } : {}), ...(batch ? { batch } : {}),
         settings: { ep: opts.ep, ...(threads ? { threads } : {}) }, savingTolerance: tolerance,
@@ -60,6 +67,8 @@ export function registerEval(program: Command): void {
       bars.stop();
       if (opts.json) out(JSON.stringify(report, null, 2));
       else info(renderEval(report));
+      const plan = JSON.parse(fs.readFileSync(planPath, "utf8")) as Plan;
+      writeCiOutputs(report, plan, { name: path.basename(planPath), seconds: (performance.now() - t0) / 1000, ...(opts.junit ? { junit: opts.junit } : {}) });
       if (opts.assert && !report.assertions.passed) {
         for (const f of report.assertions.failures) process.stderr.write(`ee-tool: assertion failed: ${f}\n`);
         process.exitCode = ExitCode.CONSTRAINT;

@@ -9,6 +9,7 @@ import { registerProfile } from "./profile.js";
 import { registerPlan } from "./plan.js";
 import { registerEval } from "./eval.js";
 import { registerReport } from "./report.js";
+import { registerRun } from "./run.js";
 import { setQuiet } from "./io.js";
 
 const require = createRequire(import.meta.url);
@@ -32,30 +33,35 @@ export function buildProgram(): Command {
   registerPlan(program);
   registerEval(program);
   registerReport(program);
+  registerRun(program);
   for (const c of program.commands) c.exitOverride();
   return program;
+}
+
+/** Print an error as the CLI does (one line and a hint); returns the exit code it calls for. */
+export function printError(e: unknown, debug = false): number {
+  if (e instanceof CommanderError) {
+    // Commander already printed its message (or the help/version text).
+    return e.exitCode === 0 ? ExitCode.OK : ExitCode.USAGE;
+  }
+  if (isEeToolError(e)) {
+    process.stderr.write(`ee-tool: error [${e.code}]: ${e.message}\n  hint: ${e.hint}\n`);
+    if (debug && e.stack) process.stderr.write(e.stack + "\n");
+    return e.exitCode;
+  }
+  const err = new EeToolError("INTERNAL", messageOf(e));
+  process.stderr.write(`ee-tool: internal error: ${err.message}\n  hint: ${err.hint}\n`);
+  if (debug && e instanceof Error && e.stack) process.stderr.write(e.stack + "\n");
+  return ExitCode.INTERNAL;
 }
 
 /** Run the CLI; resolves to the process exit code. */
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
-  const debug = argv.includes("--debug");
   try {
     await program.parseAsync(argv);
     return (process.exitCode as number | undefined) ?? ExitCode.OK;
   } catch (e) {
-    if (e instanceof CommanderError) {
-      // Commander already printed its message (or the help/version text).
-      return e.exitCode === 0 ? ExitCode.OK : ExitCode.USAGE;
-    }
-    if (isEeToolError(e)) {
-      process.stderr.write(`ee-tool: error [${e.code}]: ${e.message}\n  hint: ${e.hint}\n`);
-      if (debug && e.stack) process.stderr.write(e.stack + "\n");
-      return e.exitCode;
-    }
-    const err = new EeToolError("INTERNAL", messageOf(e));
-    process.stderr.write(`ee-tool: internal error: ${err.message}\n  hint: ${err.hint}\n`);
-    if (debug && e instanceof Error && e.stack) process.stderr.write(e.stack + "\n");
-    return ExitCode.INTERNAL;
+    return printError(e, argv.includes("--debug"));
   }
 }

@@ -39,7 +39,17 @@ export interface EvalReport {
     predicted: { meanMs: number; medianMs: number; baselineMs: number; saving: number; savingMedian: number };
   };
   runtime: { direct: boolean; rowRemoval: boolean; optimizedGraph: boolean };
-  assertions: { passed: boolean; failures: string[]; savingTolerance: number };
+  /** `--assert`'s checks: failures holds the messages of those that failed. */
+  assertions: { passed: boolean; failures: string[]; savingTolerance: number; checks: EvalCheck[] };
+}
+
+/** One assertion of eval: what was measured, the limit it is held to, and a sentence saying so. */
+export interface EvalCheck {
+  name: "accuracy drop" | "latency saving";
+  passed: boolean;
+  measured: number | null;
+  limit: number;
+  message: string;
 }
 
 export interface EvalOptions {
@@ -136,14 +146,24 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
   const saving = 1 - early.mean / baseStats.mean;
   const savingMedian = 1 - early.p50 / baseStats.p50;
   const tolerance = options.savingTolerance ?? 0.1;
-  const failures: string[] = [];
-  if (measuredDrop === null) failures.push("the plan is against labels but no --labels were given");
-  else if (measuredDrop > plan.settings.maxDrop + 1e-12) {
-    failures.push(`measured accuracy drop ${(measuredDrop * 100).toFixed(2)}% exceeds the plan's maximum ${(plan.settings.maxDrop * 100).toFixed(2)}%`);
-  }
-  if (saving < plan.expected.saving - tolerance) {
-    failures.push(`measured mean saving ${(saving * 100).toFixed(1)}% falls short of the predicted ${(plan.expected.saving * 100).toFixed(1)}% by more than ${(tolerance * 100).toFixed(0)} points`);
-  }
+  const p2 = (x: number): string => `${(x * 100).toFixed(2)}%`;
+  const p1 = (x: number): string => `${(x * 100).toFixed(1)}%`;
+  const dropOk = measuredDrop !== null && measuredDrop <= plan.settings.maxDrop + 1e-12;
+  const savingOk = saving >= plan.expected.saving - tolerance;
+  const checks: EvalCheck[] = [
+    {
+      name: "accuracy drop", passed: dropOk, measured: measuredDrop, limit: plan.settings.maxDrop,
+      message: measuredDrop === null ? "the plan is against labels but no --labels were given"
+        : dropOk ? `measured accuracy drop ${p2(measuredDrop)} is within the plan's maximum ${p2(plan.settings.maxDrop)} (against the ${against === "model" ? "model's predictions" : "labels"})`
+        : `measured accuracy drop ${p2(measuredDrop)} exceeds the plan's maximum ${p2(plan.settings.maxDrop)}`,
+    },
+    {
+      name: "latency saving", passed: savingOk, measured: saving, limit: plan.expected.saving - tolerance,
+      message: savingOk ? `measured mean saving ${p1(saving)} is within ${(tolerance * 100).toFixed(0)} points of the predicted ${p1(plan.expected.saving)}`
+        : `measured mean saving ${p1(saving)} falls short of the predicted ${p1(plan.expected.saving)} by more than ${(tolerance * 100).toFixed(0)} points`,
+    },
+  ];
+  const failures = checks.filter((c) => !c.passed).map((c) => c.message);
   const rampIds = [...plan.exits].sort((a, b) => a.stage - b.stage);
   return {
     plan: planPath,
@@ -162,6 +182,6 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
       predicted: { meanMs: plan.expected.meanLatencyMs, medianMs: plan.expected.medianLatencyMs, baselineMs: plan.baselineMs, saving: plan.expected.saving, savingMedian: plan.expected.savingMedian },
     },
     runtime: { direct: base.direct, rowRemoval: ee.rowRemoval, optimizedGraph: ee.optimizedGraph },
-    assertions: { passed: failures.length === 0, failures, savingTolerance: tolerance },
+    assertions: { passed: failures.length === 0, failures, savingTolerance: tolerance, checks },
   };
 }

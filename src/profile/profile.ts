@@ -2,7 +2,6 @@
  * `ee-tool profile`: measured latency of every stage, every ramp and the whole model at each batch
  * size, and every ramp's prediction and confidence on the calibration samples that did not fit it.
  */
-import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { createHash } from "node:crypto";
@@ -26,6 +25,7 @@ import { makeValueInfo } from "../ir/shapes.js";
 import { tensorByteSize } from "../onnx/tensor.js";
 import { DataType } from "../onnx/dtype.js";
 import { TOOL_VERSION } from "../ramps/insert.js";
+import { sha256File } from "../util/hash.js";
 import { writeFileAtomic } from "../util/atomic.js";
 
 export const PROFILE_FORMAT = "ee-tool.profile/1";
@@ -113,22 +113,6 @@ export interface ProfileResult {
   samples: SampleData;
 }
 
-function sha256File(file: string): string {
-  const h = createHash("sha256");
-  const fd = fs.openSync(file, "r");
-  const buf = Buffer.alloc(1 << 20);
-  try {
-    for (let pos = 0; ; ) {
-      const n = fs.readSync(fd, buf, 0, buf.length, pos);
-      if (n === 0) break;
-      h.update(buf.subarray(0, n));
-      pos += n;
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  return h.digest("hex");
-}
 
 export function modelHash(model: OnnxModel): string {
   if (!model.path) throw new EeToolError("INTERNAL", "model has no file to hash");

@@ -3,7 +3,7 @@
  * integer), const, enum, pattern, minimum, maximum, required, properties, additionalProperties
  * (boolean or schema), items, $ref to #/$defs. Returns the list of violations.
  */
-type Schema = Record<string, unknown>;
+export type Schema = Record<string, unknown>;
 
 export function validate(value: unknown, schema: Schema, root: Schema = schema, at = "$"): string[] {
   if (typeof schema.$ref === "string") {
