@@ -19,9 +19,10 @@ export interface CliResult {
 }
 
 /** Run the built CLI (bin/ee-tool.js) as a user would. */
-export function runCli(args: string[], opts: { cwd?: string } = {}): CliResult {
-  const r = spawnSync(process.execPath, [path.join(ROOT, "bin/ee-tool.js"), ...args], {
+export function runCli(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; bin?: string } = {}): CliResult {
+  const r = spawnSync(process.execPath, [path.join(ROOT, opts.bin ?? "bin/ee-tool.js"), ...args], {
     cwd: opts.cwd ?? ROOT,
+    ...(opts.env ? { env: opts.env } : {}),
     encoding: "utf8",
     maxBuffer: 64 * 1024 * 1024,
   });
