@@ -3,6 +3,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { spawnSync } from "node:child_process";
 import { CNN, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
+import { niceTicks } from "../src/report/svg.js";
 
 const FIX = (p: string): string => path.join(ROOT, "fixtures", p);
 
@@ -21,6 +22,22 @@ describe("ee-tool report", () => {
     expect((html.match(/<svg /g) ?? []).length).toBe(4);
     // The frontier as the search saw it (fitted tuning drops, the default), with observed drops beside it.
     for (const series of ["tuning set, fitted drop", "tuning set, observed drop", "certification set"]) expect(html).toContain(series);
+    // The frontier is zoomed to four times the constraint (1 point by default), with round ticks,
+    // the constraint and the model drawn, the rest summarised, and its operating points tabled.
+    const frontier = html.slice(html.indexOf("Latency against accuracy drop"), html.indexOf("Measured latency"));
+    const xTicks = [...frontier.matchAll(/<text x="[\d.]+" y="270" font-size="11" text-anchor="middle">([^<]+)<\/text>/g)].map((m) => m[1]);
+    expect(xTicks).toEqual(["0", "1", "2", "3", "4"]);
+    expect(frontier).toContain("max drop 1.00 pts");
+    expect(frontier).toMatch(/model \d\.\d{3} ms/);
+    expect(frontier).toMatch(/<h3>Operating points<\/h3>/);
+    expect(frontier).toMatch(/<tr class="plan">.*plan \(certified\)/);
+    const rows = frontier.match(/<tr>/g)?.length ?? 0;
+    expect(rows).toBeGreaterThanOrEqual(4);
+    expect(rows).toBeLessThanOrEqual(13);
+    // Legends sit below the plot area (y > 300), never on the lines.
+    const legendY = [...frontier.matchAll(/<text x="[\d.]+" y="([\d.]+)" font-size="11">(tuning set|certification set)/g)].map((m) => Number(m[1]));
+    expect(legendY.length).toBe(3);
+    for (const y of legendY) expect(y).toBeGreaterThan(300);
     // Self-contained: no scripts, no external resources.
     expect(html).not.toMatch(/<script|<link|src=|https?:\/\/(?!www\.w3\.org\/2000\/svg)/);
     // Without a plan: the frontier comes from the profile.
@@ -33,4 +50,16 @@ describe("ee-tool report", () => {
       expect(fs.statSync(png).size).toBeGreaterThan(20_000);
     }
   }, 120_000);
+});
+
+describe("chart ticks", () => {
+  it("are round values covering the range", () => {
+    expect(niceTicks(0, 13.6)).toEqual([0, 5, 10, 15]);
+    expect(niceTicks(0, 4)).toEqual([0, 1, 2, 3, 4]);
+    expect(niceTicks(0.2, 0.826)).toEqual([0.2, 0.4, 0.6, 0.8, 1]);
+    expect(niceTicks(0.21, 0.52)).toEqual([0.2, 0.3, 0.4, 0.5, 0.6]);
+    expect(niceTicks(87.79, 100)).toEqual([87.5, 90, 92.5, 95, 97.5, 100]);
+    expect(niceTicks(0, 1)).toEqual([0, 0.2, 0.4, 0.6, 0.8, 1]);
+    expect(niceTicks(5, 5)).toEqual([5, 6, 7, 8, 9, 10]);
+  });
 });
