@@ -19,8 +19,8 @@ describe("ee-tool CLI", () => {
   it("lists its commands and documents every option with an example", () => {
     const r = runCli(["--help"]);
     expect(r.code).toBe(0);
-    for (const cmd of ["inspect", "convert", "insert", "profile", "merge", "plan", "eval"]) expect(r.stdout).toMatch(new RegExp(`\\n  ${cmd} `));
-    for (const cmd of ["inspect", "convert", "insert", "profile", "merge", "plan", "eval"]) {
+    for (const cmd of ["inspect", "convert", "insert", "profile", "merge", "plan", "eval", "report", "run"]) expect(r.stdout).toMatch(new RegExp(`\\n  ${cmd} `));
+    for (const cmd of ["inspect", "convert", "insert", "profile", "merge", "plan", "eval", "report", "run"]) {
       const h = runCli([cmd, "--help"]);
       expect(h.code).toBe(0);
       expect(h.stdout).toMatch(/Examples:\n\s+\$ ee-tool /);

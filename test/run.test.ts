@@ -82,7 +82,7 @@ describe("ee-tool run", () => {
     expect(second.code).toBe(a.passed ? 0 : 3);
     const b = parseRun(second);
     expect(statuses(b)).toEqual(["insert:cached", "profile:cached", "plan:cached", "eval:cached", "report:cached"]);
-    expect(second.stderr.match(/^\w+: skipped, inputs and settings unchanged/gm)?.length).toBe(5);
+    expect(second.stderr.match(/^\[\d\/5\] \w+: skipped, inputs and settings unchanged/gm)?.length).toBe(5);
     expect(b.passed).toBe(a.passed);
     expect(b.eval).toEqual(a.eval);
     expect(fs.readFileSync(path.join(out, "eval.json"), "utf8")).toBe(evalBefore);
@@ -156,14 +156,14 @@ describe("ee-tool run", () => {
     fs.writeFileSync(recFile, JSON.stringify({ ...rec, machine: elsewhere }));
     const reused = runCli(["run", config, "--json"], { env: env() });
     expect(statuses(parseRun(reused))).toEqual(["insert:cached", "profile:cached", "plan:cached", "eval:cached", "report:cached"]);
-    expect(reused.stderr).toMatch(/^profile: skipped, inputs and settings unchanged \(profile.json, profile.bin\); measured on another machine \(Some Other CPU, 64 cores, .*\); cache.latency is any-machine$/m);
+    expect(reused.stderr).toMatch(/^\[2\/5\] profile: skipped, inputs and settings unchanged \(profile.json, profile.bin\); measured on another machine \(Some Other CPU, 64 cores, .*\); cache.latency is any-machine$/m);
     // Under same-machine the key holds the machine: a record from elsewhere does not match.
     const strict = writeConfig(dir, "ee.json", { ...quick, cache: { latency: "same-machine" } });
     const here = machineFingerprint("cpu", null);
     fs.writeFileSync(recFile, JSON.stringify({ ...rec, machine: elsewhere, key: stepKey("profile", rec.inputs, rec.settings, elsewhere) }));
     expect(stepKey("profile", rec.inputs, rec.settings, here)).not.toBe(stepKey("profile", rec.inputs, rec.settings, elsewhere));
     const remeasured = runCli(["run", strict, "--json"], { env: env() });
-    expect(remeasured.stderr).toMatch(/^profile: running \(the cached result was measured on another machine \(Some Other CPU, 64 cores/m);
+    expect(remeasured.stderr).toMatch(/^\[2\/5\] profile: running \(the cached result was measured on another machine \(Some Other CPU, 64 cores/m);
     expect(statuses(parseRun(remeasured)).slice(0, 2)).toEqual(["insert:cached", "profile:ran"]);
     // --force redoes everything.
     expect(statuses(parseRun(runCli(["run", strict, "--json", "--force"], { env: env() })))).toEqual(["insert:ran", "profile:ran", "plan:ran", "eval:ran", "report:ran"]);

@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import * as path from "node:path";
 import { loadRunConfig } from "../pipeline/config.js";
-import { runPipeline, type RunResult, type StepEvent } from "../pipeline/run.js";
+import { runPipeline, STEPS, type RunResult, type StepEvent } from "../pipeline/run.js";
 import { ExitCode } from "../errors.js";
 import { info, out } from "./io.js";
 import { progressBars } from "./progress.js";
@@ -11,11 +11,12 @@ import { writeCiOutputs } from "./ci-output.js";
 
 const seconds = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
 
-function stepLine(e: StepEvent, outDir: string): string | undefined {
+function stepLine(e: StepEvent, outDir: string, total: number): string {
   const files = (e.outputs ?? []).map((f) => path.relative(outDir, f)).join(", ");
-  if (e.status === "start") return `${e.step}: running${e.note ? ` (${e.note})` : ""}`;
-  if (e.status === "cached") return `${e.step}: skipped, inputs and settings unchanged (${files})${e.note ? `; ${e.note}` : ""}`;
-  return `${e.step}: done in ${seconds(e.ms ?? 0)} (${files})`;
+  const at = `[${STEPS.indexOf(e.step) + 1}/${total}] ${e.step}`;
+  if (e.status === "start") return `${at}: running${e.note ? ` (${e.note})` : ""}`;
+  if (e.status === "cached") return `${at}: skipped, inputs and settings unchanged (${files})${e.note ? `; ${e.note}` : ""}`;
+  return `${at}: done in ${seconds(e.ms ?? 0)} (${files})`;
 }
 
 export function renderRun(r: RunResult): string {
@@ -56,8 +57,7 @@ export function registerRun(program: Command): void {
         ...(opts.force ? { force: true } : {}),
         onStep: (e) => {
           bars.stop();
-          const line = stepLine(e, config.out);
-          if (line) info(line);
+          info(stepLine(e, config.out, config.report ? STEPS.length : STEPS.length - 1));
         },
         onProgress: (p, d, t) => bars.update(p, d, t),
       });
