@@ -4,7 +4,7 @@ import * as path from "node:path";
 import { CNN, TEXT, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
 import { loadProfile } from "../src/profile/merge.js";
 import type { Plan } from "../src/plan/plan.js";
-import { certifyFrontier, STEPS, testSequence } from "../src/plan/plan.js";
+import { certifyFrontier, certifyLevels, DEFAULT_POINT_LEVELS, STEPS, testSequence } from "../src/plan/plan.js";
 import { buildCosts, buildProblem, candidateThresholds, evaluate, type Costs, type Problem } from "../src/plan/problem.js";
 import { autoSearch, exhaustiveSearch, greedySearch } from "../src/plan/search.js";
 import { binomialCdf, binomialUpperBound, hoeffdingBentkusPValue } from "../src/plan/certify.js";
@@ -187,6 +187,9 @@ describe("plan search", () => {
     let violationsStepped = 0;
     let certifiedFitted = 0;
     let violationsFitted = 0;
+    // Operating points: five drop levels certified together; a trial violates when any point's true drop exceeds its level.
+    let pointsCertified = 0;
+    let familyViolations = 0;
     for (let t = 0; t < trials; t++) {
       const draw = (): number[] => Array.from({ length: 1000 }, () => Math.floor(rng.next() * samples.count));
       const tune = buildProblem(profile, samples, draw(), "maxprob", "model", costs);
@@ -211,7 +214,17 @@ describe("plan search", () => {
         certifiedFitted++;
         if (evaluate(population, fitted.point.config).drop > maxDrop) violationsFitted++;
       }
+      if (t % 3 === 0) {
+        const picks = certifyLevels(tune, cert, candidateThresholds(tune, 32), DEFAULT_POINT_LEVELS, confidence, "auto", false);
+        pointsCertified += picks.filter((p) => p.certificate).length;
+        if (picks.some((p) => p.certificate && evaluate(population, p.chosen.config).drop > p.level)) familyViolations++;
+      }
     }
+    const pointTrials = Math.ceil(trials / 3);
+    console.log(`operating points (5 levels, Bonferroni): ${pointsCertified}/${5 * pointTrials} certified over ${pointTrials} trials, ${familyViolations} trials with any violation (allowed rate ${1 - confidence})`);
+    expect(pointsCertified).toBeGreaterThan(2 * pointTrials);
+    // 20 trials: a binomial 95% margin of about 0.13 above the allowed rate.
+    expect(familyViolations / pointTrials).toBeLessThanOrEqual(1 - confidence + 0.13);
     console.log(`simulation: ${certified}/${trials} certified, ${violations} violations; with steps ${certifiedStepped}/${trials}, ${violationsStepped} violations; fitted drops ${certifiedFitted}/${trials}, ${violationsFitted} violations (allowed rate ${1 - confidence}); uncertified search: ${uncertifiedViolations} violations`);
     expect(certified).toBeGreaterThan(trials / 2);
     expect(certifiedStepped).toBeGreaterThanOrEqual(certified);
@@ -225,6 +238,36 @@ describe("plan search", () => {
 });
 
 describe("ee-tool plan", () => {
+  it("--points: operating points at several drops, each certified at its share of the error, in one model with every point's exits", () => {
+    const out = path.join(work, "cnn.points.plan.json");
+    const r = runCli(["plan", files.cnn.profile, "--points", "0.005,0.02", "-o", out]);
+    expect(r.code).toBe(0);
+    const plan = JSON.parse(fs.readFileSync(out, "utf8")) as Plan;
+    expect(validate(plan, planSchema)).toEqual([]);
+    const op = plan.points!;
+    expect(op.points.map((p) => p.maxDrop)).toEqual([0.005, 0.01, 0.02]);
+    expect(op.default).toBe(1);
+    expect(op.correction).toBe("bonferroni");
+    expect(r.stderr).toMatch(/operating points: 3 in one model .*\(each at 0\.9833, bonferroni\)/);
+    for (const p of op.points) {
+      expect(p.thresholds.length).toBe(op.exits.length);
+      expect(p.certificate!.confidence).toBeCloseTo(1 - 0.05 / 3, 10);
+      expect(p.certificate!.maxDrop).toBe(p.maxDrop);
+      expect(p.certificate!.bound!).toBeLessThanOrEqual(p.maxDrop);
+      expect(Object.keys(p.latency)).toEqual(["1"]);
+    }
+    // The model holds every exit some point uses; the plan is its own point.
+    const used = new Set(op.points.flatMap((p) => p.thresholds.flatMap((t, i) => (t === null ? [] : [op.exits[i]!.ramp]))));
+    expect([...used].sort()).toEqual(op.exits.map((e) => e.ramp).sort());
+    const own = op.points[op.default]!;
+    for (const e of plan.exits) expect(own.thresholds[op.exits.findIndex((x) => x.ramp === e.ramp)]).toBe(e.threshold);
+    expect(plan.certificate).toEqual(own.certificate);
+    expect(plan.expected.saving).toBeCloseTo(own.latency["1"]!.saving, 10);
+    // A looser point is at least as fast.
+    expect(op.points[2]!.latency["1"]!.meanLatencyMs).toBeLessThanOrEqual(op.points[0]!.latency["1"]!.meanLatencyMs);
+    expect(runCli(["plan", files.cnn.profile, "--points", "0.5,x", "-o", out]).stderr).toMatch(/--points must be a number, got 'x'/);
+  });
+
   it.each(["cnn", "text"] as const)("%s: certified plan within the constraint on held-back data; greedy baseline beside it", (name) => {
     const out = path.join(work, `${name}.plan.json`);
     const r = runCli(["plan", files[name].profile, "--max-drop", "0.01", "--frontier", "-o", out]);

@@ -5,8 +5,9 @@ import { TEXT, CNN, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
 import { EarlyExitSession } from "../src/runtime/early-exit.js";
 import type { Plan } from "../src/plan/plan.js";
 import { loadModel, serializeModel } from "../src/onnx/model.js";
+import { tensorToArray } from "../src/onnx/tensor.js";
 import { openCalibration } from "../src/data/calib.js";
-import { createSession, runSession } from "../src/runtime/ort.js";
+import { createSession, ort, runSession } from "../src/runtime/ort.js";
 import { scoreLogits } from "../src/profile/samples.js";
 import type { EvalReport } from "../src/eval/eval.js";
 import { optimizeForRuntime, partSettings } from "../src/runtime/optimize.js";
@@ -86,6 +87,66 @@ describe("EarlyExitSession", () => {
       for (let j = 0; j < 16 * k; j++) expect(got.logits[j]!).toBeCloseTo(singleLogits[b * k + j]!, 4);
     }
     await s.release();
+  });
+
+  it("operating points: one session and the emitted single model switch thresholds per request through ee_thresholds", async () => {
+    const planFile = f("cnn", "points.plan.json");
+    expect(runCli(["plan", f("cnn", "profile.json"), "--points", "--emit", "single", "-o", planFile, "-q"]).code).toBe(0);
+    const plan = JSON.parse(fs.readFileSync(planFile, "utf8")) as Plan;
+    const op = plan.points!;
+    expect(op.points.length).toBe(5);
+    const ee = await EarlyExitSession.create(planFile);
+    expect(ee.exitRamps).toEqual(op.exits.map((e) => e.ramp));
+    const model = loadModel(f("cnn", "ee.onnx"));
+    const data = openCalibration(FIX("cnn/eval.npz"), model.proto);
+    const full = await createSession(serializeModel(model.proto));
+    const single = await createSession(fs.readFileSync(path.join(work, "single.onnx")));
+    // A graph input with an initializer of the same name holding the plan's point: optional, fed
+    // to switch (an overridable initializer: Python's onnxruntime feeds it, onnxruntime-node and
+    // -web cannot, docs/plan.md). The same graph with the input required runs each point in node.
+    const singleProto = loadModel(path.join(work, "single.onnx")).proto;
+    expect(singleProto.graph!.input!.map((i) => i.name)).toContain("ee_thresholds");
+    const init = singleProto.graph!.initializer!.find((i) => i.name === "ee_thresholds")!;
+    expect(Array.from(tensorToArray(init) as Float32Array)).toEqual(op.points[op.default]!.thresholds.map((t) => (t === null ? Infinity : Math.fround(t))));
+    singleProto.graph!.initializer = singleProto.graph!.initializer!.filter((i) => i !== init);
+    const required = await createSession(serializeModel(singleProto));
+    const k = plan.model.classes;
+    const n = 24;
+    const expectedExit = (out: Record<string, { data: unknown }>, thresholds: Array<number | null>): number => {
+      const i = op.exits.findIndex((e, j) => thresholds[j] !== null && scoreLogits(out[e.output]!.data as Float32Array, k, 0).maxprob >= thresholds[j]!);
+      return i < 0 ? -1 : op.exits[i]!.ramp;
+    };
+    const taken = new Set<string>();
+    for (let i = 0; i < n; i++) {
+      const feeds = data.feeds(i, i + 1);
+      const out = await runSession(full, feeds);
+      // No feed: the plan's own point.
+      expect((await ee.run(feeds)).exits[0]).toBe(expectedExit(out, op.points[op.default]!.thresholds));
+      for (let p = 0; p < op.points.length; p++) {
+        const want = expectedExit(out, op.points[p]!.thresholds);
+        expect((await ee.run(feeds, { point: p })).exits[0]).toBe(want);
+        const t = Float32Array.from(op.points[p]!.thresholds, (x) => x ?? Infinity);
+        expect((await ee.run(feeds, { thresholds: t })).exits[0]).toBe(want);
+        const got = await runSession(required, { ...feeds, ee_thresholds: new ort.Tensor("float32", t, [t.length]) });
+        expect(Number((got.ee_exit!.data as BigInt64Array)[0])).toBe(want);
+        taken.add(`${p}:${want}`);
+      }
+      // Without the input fed, the portable model takes the plan's point too.
+      const dflt = await runSession(single, feeds);
+      expect(Number((dflt.ee_exit!.data as BigInt64Array)[0])).toBe(expectedExit(out, op.points[op.default]!.thresholds));
+    }
+    // The points really differ in what they do.
+    expect(new Set([...taken].map((x) => x.split(":")[0] + (x.endsWith(":-1") ? "none" : "exit"))).size).toBeGreaterThan(2);
+    // A batch switches as a whole: rows give the same exits as one at a time.
+    const loose = op.points.length - 1;
+    const batch = await ee.run(data.feeds(0, 8), { point: loose });
+    for (let i = 0; i < 8; i++) expect(batch.exits[i]).toBe((await ee.run(data.feeds(i, i + 1), { point: loose })).exits[0]);
+    await expect(ee.run(data.feeds(0, 1), { point: 9 })).rejects.toThrow(/operating point 9 does not exist/);
+    await expect(ee.run(data.feeds(0, 1), { thresholds: [0.5] })).rejects.toThrow(/thresholds for 1 exits, the model has/);
+    await full.release();
+    await single.release();
+    await required.release();
+    await ee.release();
   });
 
   it("with no active exits every form returns the model's logits and exit -1", async () => {

@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import * as path from "node:path";
 import { loadProfile } from "../profile/merge.js";
-import { DEFAULT_TUNE_FRACTION, planFromProfile, type Plan, type SearchMethod, type TuningDrop } from "../plan/plan.js";
+import { DEFAULT_POINT_LEVELS, DEFAULT_TUNE_FRACTION, planFromProfile, type Plan, type SearchMethod, type TuningDrop } from "../plan/plan.js";
 import { writePlan } from "../plan/write.js";
 import { EeToolError } from "../errors.js";
 import { info, out } from "./io.js";
@@ -20,6 +20,7 @@ interface PlanCliOptions {
   search: string;
   levels: string;
   frontier?: boolean;
+  points?: string | boolean;
   emit?: string;
   outDir?: string;
   json?: boolean;
@@ -55,6 +56,16 @@ export function renderPlan(p: Plan): string {
   const seen = p.settings.tuningDrop === "fitted" ? ", on fitted tuning drops" : "";
   lines.push(`search (${p.settings.search}${seen}) before certification: saving ${pct(s.saving)}, drop ${pct(s.dropTune)} tuning / ${pct(s.dropCertify)} held back`);
   lines.push(`greedy baseline (Apparate): ${g.exits.length} exits, saving ${pct(g.saving)}, drop ${pct(g.dropTune)} tuning / ${pct(g.dropCertify)} held back`);
+  if (p.points) {
+    const op = p.points;
+    const batches = Object.keys(op.points[0]?.latency ?? {});
+    lines.push(`operating points: ${op.points.length} in one model with exits at ramps ${op.exits.map((e) => e.ramp).join(", ") || "none"}; all certified together with probability ${op.confidence} (each at ${(1 - (1 - op.confidence) / op.points.length).toFixed(4)}, ${op.correction}); feed ${"ee_thresholds"} to switch`);
+    lines.push(table([
+      ["point", "max drop", "held-back drop", "bound", ...batches.map((b) => `saving @${b}`), "thresholds"],
+      ...op.points.map((pt, i) => [`${i}${i === op.default ? " (plan)" : ""}`, pct(pt.maxDrop), pct(pt.dropCertify), pt.certificate?.bound != null ? pct(pt.certificate.bound) : pt.certificate ? "-" : "not certified",
+        ...batches.map((b) => pct(pt.latency[b]!.saving)), pt.thresholds.map((t) => (t === null ? "off" : t.toFixed(3))).join(" ")]),
+    ]));
+  }
   return lines.join("\n");
 }
 
@@ -74,6 +85,7 @@ export function registerPlan(program: Command): void {
     .option("--tune-fraction <f>", "share of the scored samples that tune thresholds; the rest certify them", String(DEFAULT_TUNE_FRACTION))
     .option("--tuning-drop <how>", "what the search sees of a configuration's drop on the tuning samples: fitted (each ramp's loss as a smooth function of its confidence) or observed (counts)", "fitted")
     .option("--frontier", "include the Pareto frontier of (drop, latency) configurations")
+    .option("--points [drops]", `also certify operating points at these drops (comma-separated; default ${DEFAULT_POINT_LEVELS.join(",")}), switched per request in one model through its ee_thresholds input`)
     .option("--emit <kinds>", "write artifacts: stages, single, truncated (comma-separated)")
     .option("--out-dir <dir>", "directory for --emit artifacts (default: next to the plan)")
     .option("--json", "print the plan JSON on stdout")
@@ -95,6 +107,7 @@ export function registerPlan(program: Command): void {
         batch: num("--batch", opts.batch), confidence: num("--confidence", opts.confidence), search: opts.search as SearchMethod,
         levels: num("--levels", opts.levels), tuneFraction: num("--tune-fraction", opts.tuneFraction),
         tuningDrop: opts.tuningDrop as TuningDrop, frontier: !!opts.frontier,
+        ...(opts.points ? { points: opts.points === true ? [...DEFAULT_POINT_LEVELS] : opts.points.split(",").map((x) => num("--points", x.trim())) } : {}),
       });
       const modelPath = path.resolve(path.dirname(file), result.profile.model.file);
       const written = await writePlan(plan, opts.out, modelPath, { emit, ...(opts.outDir ? { outDir: opts.outDir } : {}) });

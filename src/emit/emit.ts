@@ -18,7 +18,8 @@ import { makeValueInfo } from "../ir/shapes.js";
 import { shallowClone } from "../ir/clone.js";
 import { DataType } from "../onnx/dtype.js";
 import { declaredTypes, splitModel } from "../stages/split.js";
-import { buildExitModel, EXIT_IDS, EXIT_LOGITS } from "../runtime/exit-graph.js";
+import { buildExitModel, EXIT_IDS, EXIT_LOGITS, THRESHOLDS_INPUT } from "../runtime/exit-graph.js";
+import { runtimeExits } from "../runtime/early-exit.js";
 import { EeToolError } from "../errors.js";
 
 export interface SegmentArtifact {
@@ -51,10 +52,14 @@ function emitStages(model: OnnxModel, plan: Plan, dir: string): SegmentArtifact[
  * when some row is not confident, and each row keeps its first confident exit's logits.
  */
 function buildSingle(model: ModelProto, plan: Plan): ModelProto {
-  const exits = activeExits(plan).map((e) => ({ ramp: e.ramp, output: e.output, threshold: e.threshold }));
+  const exits = runtimeExits(plan);
   const metric = plan.settings.metric;
-  const out = buildExitModel(model, { exits, metric, classes: plan.model.classes, output: plan.model.output, mode: "where" });
-  out.metadata_props = [...(out.metadata_props ?? []), { key: "ee-tool.single", value: JSON.stringify({ exits: exits.map((e) => ({ ramp: e.ramp, threshold: e.threshold })), metric, batch: SINGLE_BATCH }) }];
+  const out = buildExitModel(model, { exits, metric, classes: plan.model.classes, output: plan.model.output, mode: "where", thresholdInput: THRESHOLDS_INPUT });
+  const points = plan.points?.points.map((p) => ({ maxDrop: p.maxDrop, thresholds: p.thresholds.map((t) => t ?? "off") }));
+  out.metadata_props = [...(out.metadata_props ?? []), {
+    key: "ee-tool.single",
+    value: JSON.stringify({ exits: exits.map((e) => ({ ramp: e.ramp, threshold: Number.isFinite(e.threshold) ? e.threshold : "off" })), metric, batch: SINGLE_BATCH, thresholdsInput: THRESHOLDS_INPUT, ...(points ? { points } : {}) }),
+  }];
   return out;
 }
 

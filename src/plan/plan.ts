@@ -33,6 +33,44 @@ export interface PlanOptions {
   /** "fitted" (default): each ramp's loss as a smooth function of its confidence; "observed": raw counts. */
   tuningDrop?: TuningDrop;
   frontier?: boolean;
+  /**
+   * Also certify a set of operating points at these drop levels (the plan's own maxDrop among
+   * them), all switchable in one model; see OperatingPoints.
+   */
+  points?: number[];
+}
+
+/** Drop levels of `plan --points` without a list: a quarter point to four points. */
+export const DEFAULT_POINT_LEVELS: readonly number[] = [0.0025, 0.005, 0.01, 0.02, 0.04];
+
+export interface OperatingPoint {
+  maxDrop: number;
+  /** Threshold per exit of OperatingPoints.exits; null: off (+Inf in the model's thresholds input). */
+  thresholds: Array<number | null>;
+  /** Share of the certification samples leaving at each exit. */
+  exitRateCertify: number[];
+  dropTune: number;
+  dropCertify: number;
+  /** Expected latency per profiled batch size, in the model that holds every exit of OperatingPoints.exits. */
+  latency: Record<string, { meanLatencyMs: number; medianLatencyMs: number; saving: number; savingMedian: number }>;
+  /** At confidence 1 - (1 - plan confidence) / points (Bonferroni); null when not certified. */
+  certificate: Certificate | null;
+}
+
+/**
+ * Operating points along the frontier, switched per request in one model: the model holds the
+ * union of the points' exits, and a point sets their thresholds (an exit a point does not use is
+ * off, but still present: its ramp and branch cost every request, which each point's latency
+ * includes). Each point is certified at its own drop level with error (1 - confidence) / m for m
+ * points, so that all m certificates hold together with probability at least `confidence`.
+ */
+export interface OperatingPoints {
+  exits: Array<{ ramp: number; output: string; tensor: string; stage: number }>;
+  confidence: number;
+  correction: "bonferroni";
+  points: OperatingPoint[];
+  /** The point the plan itself is (its maxDrop): the model's default thresholds. */
+  default: number;
 }
 
 export interface PlannedExit {
@@ -71,6 +109,8 @@ export interface Plan {
   /** dropTune: observed on the tuning set; dropSearched: as the search saw it (fitted or observed). */
   frontier: Array<{ thresholds: Array<number | null>; meanLatencyMs: number; dropTune: number; dropSearched: number; dropCertify: number }> | null;
   truncation: Array<{ ramp: number; dropCertify: number; latencyMs: number; saving: number; bytesNotLoaded: number }>;
+  /** Present with `plan --points`: the plan is then the point at settings.maxDrop. */
+  points?: OperatingPoints;
   /** Artifacts written with --emit (paths relative to the plan). */
   artifacts?: Record<string, unknown>;
 }
@@ -203,24 +243,17 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
   // and Apparate's greedy baseline keep the observed ones.
   const seen = tuningDrop === "fitted" ? withFittedLosses(tune, metric) : tune;
   const cands = candidateThresholds(tune, levels);
-  const found = runSearch(seen, cands, maxDrop, method);
-  let chosen: Point = found.best;
-  let certificate: Certificate | null = null;
-  // Nothing to certify when no configuration with exits is faster than the model itself: the plan
-  // is then the model unchanged (no exits), which is an answer, not an error.
-  const worthIt = found.frontier.some((f) => f.config.some((t) => t !== Infinity) && f.meanLatency < costs.baseline && f.drop <= maxDrop + 1e-12);
-  if (confidence > 0 && worthIt) {
-    const c = certifyFrontier(found.frontier, cert, maxDrop, confidence, against === "labels", seen);
-    if (!c) {
-      throw new EeToolError("CONSTRAINT_INFEASIBLE", `no exit configuration could be certified to lose at most ${maxDrop} at confidence ${confidence} on ${cert.n} held-back samples`, {
-        hint: "Raise --max-drop, lower --confidence, or profile more samples; without exits the model is unchanged.",
-      });
-    }
-    chosen = c.point;
-    certificate = c.certificate;
-  } else if (!worthIt) {
-    chosen = found.frontier.find((f) => f.config.every((t) => t === Infinity)) ?? { config: found.best.config.map(() => Infinity), meanLatency: costs.baseline, drop: 0 };
-  }
+  const signed = against === "labels";
+  const pointLevels = options.points ? [...new Set([...options.points, maxDrop])].sort((a, b) => a - b) : [maxDrop];
+  for (const l of pointLevels) if (!(l >= 0 && l < 1)) throw new EeToolError("USAGE", `--points takes drops between 0 and 1, got ${l}`);
+  const picks = certifyLevels(seen, cert, cands, pointLevels, confidence, method, signed, maxDrop);
+  const main = picks[pointLevels.indexOf(maxDrop)]!;
+  const { found, chosen, certificate } = main;
+  // The points' model holds every exit any point uses; an exit a point does not use is present but
+  // off (a threshold no confidence reaches), and costs what an exit that never fires costs.
+  const present = new Set<number>();
+  if (options.points) for (const p of picks) p.chosen.config.forEach((t, j) => t !== Infinity && present.add(j));
+  const inModel = (c: Config): Config => c.map((t, j) => (t === Infinity && present.has(j) ? PRESENT_OFF : t));
   const greedy = greedySearch(tune, cands, maxDrop).best;
   const order = profile.ramps.map((r) => r).sort((a, b) => a.depth - b.depth);
   const evTune = evaluate(tune, chosen.config);
@@ -249,7 +282,7 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
     data: { tune: tune.n, certify: cert.n, split: `by content hash: ${Math.round(tuneFraction * 100)}% tune thresholds, the rest certify them` },
     baselineMs: costs.baseline,
     exits,
-    expected: outcome(tune, cert, chosen.config),
+    expected: outcome(tune, cert, inModel(chosen.config)),
     certificate,
     searchBest: outcome(tune, cert, found.best.config),
     greedy: { ...outcome(tune, cert, greedy.config), exits: greedy.config.flatMap((t, j) => (t === Infinity ? [] : [{ ramp: order[j]!.id, threshold: t }])) },
@@ -257,6 +290,70 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
       ? found.frontier.map((f) => ({ thresholds: thresholdsOf(f.config), meanLatencyMs: f.meanLatency, dropTune: evaluate(tune, f.config).drop, dropSearched: f.drop, dropCertify: evaluate(cert, f.config).drop }))
       : null,
     truncation,
+    ...(options.points ? { points: operatingPoints(result, tune, cert, order, picks.map((p) => p.chosen.config), pointLevels, inModel, picks.map((p) => p.certificate), confidence, present, pointLevels.indexOf(maxDrop)) } : {}),
+  };
+}
+
+export interface LevelPick {
+  level: number;
+  found: SearchResult;
+  chosen: Point;
+  certificate: Certificate | null;
+}
+
+/**
+ * The search and its certified point at each drop level. With several levels each is certified at
+ * error (1 - confidence) / levels (Bonferroni), so that all certificates hold together with
+ * probability >= confidence. A level nothing can be certified at gets the model unchanged (no
+ * exits), except `strict` (the plan's own maxDrop), which is an error.
+ */
+export function certifyLevels(seen: Problem, cert: Problem, cands: number[][], levels: readonly number[], confidence: number, method: SearchMethod, signed: boolean, strict?: number): LevelPick[] {
+  const conf = confidence > 0 ? 1 - (1 - confidence) / levels.length : 0;
+  return levels.map((level) => {
+    const found = runSearch(seen, cands, level, method);
+    const none = (): Point => found.frontier.find((f) => f.config.every((t) => t === Infinity)) ?? { config: found.best.config.map(() => Infinity), meanLatency: seen.costs.baseline, drop: 0 };
+    // Nothing to certify when no configuration with exits is faster than the model itself: the plan
+    // is then the model unchanged (no exits), which is an answer, not an error.
+    const worthIt = found.frontier.some((f) => f.config.some((t) => t !== Infinity) && f.meanLatency < seen.costs.baseline && f.drop <= level + 1e-12);
+    if (!worthIt) return { level, found, chosen: none(), certificate: null };
+    if (conf <= 0) return { level, found, chosen: found.best, certificate: null };
+    const c = certifyFrontier(found.frontier, cert, level, conf, signed, seen);
+    if (c) return { level, found, chosen: c.point, certificate: c.certificate };
+    if (level === strict) {
+      throw new EeToolError("CONSTRAINT_INFEASIBLE", `no exit configuration could be certified to lose at most ${level} at confidence ${conf} on ${cert.n} held-back samples`, {
+        hint: "Raise --max-drop, lower --confidence, or profile more samples; without exits the model is unchanged.",
+      });
+    }
+    return { level, found, chosen: none(), certificate: null };
+  });
+}
+
+/** A threshold no confidence reaches: the exit is in the model but never fires. */
+const PRESENT_OFF = Number.MAX_VALUE;
+
+function operatingPoints(
+  result: ProfileResult, tune: Problem, cert: Problem, order: ProfileResult["profile"]["ramps"], configs: Config[], levels: number[],
+  inModel: (c: Config) => Config, certificates: Array<Certificate | null>, confidence: number, present: Set<number>, main: number,
+): OperatingPoints {
+  const js = [...present].sort((a, b) => a - b);
+  const batches = Object.keys(result.profile.latency ?? {});
+  return {
+    exits: js.map((j) => ({ ramp: order[j]!.id, output: order[j]!.output, tensor: order[j]!.tensor, stage: order[j]!.stage })),
+    confidence,
+    correction: "bonferroni",
+    default: main,
+    points: configs.map((c, i) => {
+      const ev = evaluate(cert, c);
+      const latency = Object.fromEntries(batches.map((b) => {
+        const costs = buildCosts(result.profile, Number(b));
+        const o = outcome({ ...tune, costs }, { ...cert, costs }, inModel(c));
+        return [b, { meanLatencyMs: o.meanLatencyMs, medianLatencyMs: o.medianLatencyMs, saving: o.saving, savingMedian: o.savingMedian }];
+      }));
+      return {
+        maxDrop: levels[i]!, thresholds: js.map((j) => (c[j] === Infinity ? null : c[j]!)), exitRateCertify: js.map((j) => ev.exitRates[j]!),
+        dropTune: evaluate(tune, c).drop, dropCertify: ev.drop, latency, certificate: certificates[i]!,
+      };
+    }),
   };
 }
 

@@ -13,7 +13,7 @@ import { prefixPart } from "../stages/split.js";
 import { createSession, runSession, runtimeBytes, ort, type SessionSettings } from "../runtime/ort.js";
 import { createRunnable, type RunnableSession } from "../runtime/sync.js";
 import { optimizeForRuntime, partSettings } from "../runtime/optimize.js";
-import { batchMode, buildExitModel, exitOutputs, type BatchMode } from "../runtime/exit-graph.js";
+import { batchMode, buildExitModel, exitOutputs, THRESHOLDS_INPUT, type BatchMode } from "../runtime/exit-graph.js";
 import { batchTensorsAt } from "../runtime/early-exit.js";
 import type { StagePart } from "../stages/split.js";
 import { serializeModel } from "../onnx/model.js";
@@ -320,18 +320,20 @@ async function measureLatency(
       const mode = batchMode(b, rowRemoval);
       let ee = allExits.get(mode);
       if (!ee) {
-        const proto = buildExitModel(rt.proto, { exits: never, metric: "maxprob", classes: meta.classes, output: meta.output, mode, batchTensors });
+        // As the runtime builds it: thresholds fed through the model's input (here: none fires).
+        const proto = buildExitModel(rt.proto, { exits: never, metric: "maxprob", classes: meta.classes, output: meta.output, mode, batchTensors, thresholdInput: THRESHOLDS_INPUT, thresholdDefault: false });
         ee = await open(proto, rtSettings, exitOutputs(mode));
         allExits.set(mode, ee);
       }
       const pool = pools.get(b)!;
       const feeds = Object.fromEntries(Object.keys(probe).map((k) => [k, pool.get(k)!]));
+      const eeFeeds = { ...feeds, [THRESHOLDS_INPUT]: new ort.Tensor("float32", new Float32Array(never.length).fill(Infinity), [never.length]) };
       const cutTensor = { x: pool.get(cut0)! };
       const eeSession = ee;
       const items = [
         { name: "model", run: () => whole.run(feeds, [meta.output]) },
         { name: "overhead", run: () => bare.run(cutTensor, ["y"]) },
-        { name: "allExits", run: () => eeSession.run(feeds, eeSession.outputNames) },
+        { name: "allExits", run: () => eeSession.run(eeFeeds, eeSession.outputNames) },
         ...[...stages, ...ramps, ...prefixes].map((s) => { const f = partFeeds(s.part, pool); return { name: `${s.part.kind}${s.part.index}`, run: () => s.session.run(f, s.fetches) }; }),
       ];
       const stats = await measure(items, {

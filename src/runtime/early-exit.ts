@@ -1,7 +1,9 @@
 /**
  * EarlyExitSession: runs a plan. The augmented model is optimised by onnxruntime as a whole (see
  * optimize.ts) and turned into one model with an If node after each active ramp (exit-graph.ts),
- * so a request is one onnxruntime call whichever exit it takes. In a batch, rows whose ramp is
+ * so a request is one onnxruntime call whichever exit it takes. Its thresholds are an optional
+ * input (ee_thresholds): a call may feed other thresholds or pick one of the plan's operating
+ * points, with no reload (bench/switch.mjs: no measurable cost). In a batch, rows whose ramp is
  * confident leave it and the rest continue (batch 1 and models whose cuts carry the batch size
  * as a shape keep the batch together; each row still gets its first confident exit's logits).
  */
@@ -14,7 +16,7 @@ import { declaredTypes } from "../stages/split.js";
 import { runtimeBytes, ort, type SessionSettings } from "./ort.js";
 import { createRunnable, type RunnableSession } from "./sync.js";
 import { optimizeForRuntime, partSettings, type RuntimeModel } from "./optimize.js";
-import { batchMode, buildExitModel, crossingTensors, exitOutputs, readExitOutputs, type ActiveExit, type BatchMode } from "./exit-graph.js";
+import { batchMode, buildExitModel, crossingTensors, exitOutputs, readExitOutputs, THRESHOLDS_INPUT, type ActiveExit, type BatchMode } from "./exit-graph.js";
 import { EeToolError } from "../errors.js";
 import { Graph } from "../ir/graph.js";
 import { typeInfo } from "../ir/shapes.js";
@@ -30,6 +32,13 @@ export interface EarlyExitResult {
   exits: Int32Array;
   /** Milliseconds of the call. */
   timings: { totalMs: number };
+}
+
+export interface RunOptions {
+  /** An operating point of the plan (index into plan.points.points): its thresholds for this call. */
+  point?: number;
+  /** Thresholds for this call, one per exit of `exitRamps` (+Infinity: off). */
+  thresholds?: ArrayLike<number>;
 }
 
 /**
@@ -70,7 +79,12 @@ export class EarlyExitSession {
     /** Whether rows may leave a batch (no batch-sized shape tensor crosses a cut). */
     readonly rowRemoval: boolean,
     private readonly batchTensors: Set<string>,
-  ) {}
+  ) {
+    this.defaultThresholds = new ort.Tensor("float32", Float32Array.from(exits, (e) => e.threshold), [exits.length]);
+  }
+
+  /** The plan's own thresholds, fed when a call asks for nothing else. */
+  private readonly defaultThresholds: ort.Tensor;
 
   static async create(planPath: string, settings: SessionSettings = {}): Promise<EarlyExitSession> {
     let plan: Plan;
@@ -88,7 +102,7 @@ export class EarlyExitSession {
   static async fromPlan(plan: Plan, modelPath: string, settings: SessionSettings = {}): Promise<EarlyExitSession> {
     const s: SessionSettings = { optimization: "all", spinning: false, ...settings };
     const model = await optimizeForRuntime(loadModel(modelPath), s);
-    const exits = [...plan.exits].sort((a, b) => a.stage - b.stage).map((e) => ({ ramp: e.ramp, output: e.output, threshold: e.threshold }));
+    const exits = runtimeExits(plan);
     const { batchTensors, rowRemoval } = exits.length ? batchTensorsAt(model.proto, exits, plan.model.output) : { batchTensors: new Set<string>(), rowRemoval: true };
     const ee = new EarlyExitSession(plan, model, exits, s, rowRemoval, batchTensors);
     // Ready for the batch the model fixes, else for single requests.
@@ -103,7 +117,7 @@ export class EarlyExitSession {
     if (!s) {
       const proto = buildExitModel(this.model.proto, {
         exits: this.exits, metric: this.plan.settings.metric, classes: this.plan.model.classes, output: this.plan.model.output,
-        mode, batchTensors: this.batchTensors,
+        mode, batchTensors: this.batchTensors, thresholdInput: THRESHOLDS_INPUT, thresholdDefault: false,
       });
       s = await createRunnable(runtimeBytes(proto, this.model.readExternal), partSettings(this.model, this.settings), exitOutputs(mode));
       this.sessions.set(mode, s);
@@ -111,11 +125,32 @@ export class EarlyExitSession {
     return s;
   }
 
-  /** Run a batch: each row exits at its first confident active ramp. */
-  async run(feeds: Record<string, ort.Tensor>): Promise<EarlyExitResult> {
+  /** Ramp ids of the model's exits, in order (the order of RunOptions.thresholds). */
+  get exitRamps(): number[] {
+    return this.exits.map((e) => e.ramp);
+  }
+
+
+  /** The thresholds input for a call's options: the plan's, a point's, or the call's own. */
+  private thresholdFeed(o: RunOptions): ort.Tensor {
+    if (o.point === undefined && o.thresholds === undefined) return this.defaultThresholds;
+    let t: ArrayLike<number>;
+    if (o.point !== undefined) {
+      if (!this.plan.points) throw new EeToolError("USAGE", "this plan has one operating point: make it with `ee-tool plan --points` to switch between points, or feed thresholds");
+      const pt = this.plan.points!.points[o.point];
+      if (!pt) throw new EeToolError("USAGE", `operating point ${o.point} does not exist (the plan has ${this.plan.points!.points.length})`);
+      t = pt.thresholds.map((x) => x ?? Infinity);
+    } else t = o.thresholds!;
+    if (t.length !== this.exits.length) throw new EeToolError("USAGE", `thresholds for ${t.length} exits, the model has ${this.exits.length} (ramps ${this.exitRamps.join(", ")})`);
+    return new ort.Tensor("float32", Float32Array.from(t), [t.length]);
+  }
+
+  /** Run a batch: each row exits at its first confident active ramp (thresholds: the plan's, or options'). */
+  async run(feeds: Record<string, ort.Tensor>, options: RunOptions = {}): Promise<EarlyExitResult> {
     const n = Object.values(feeds)[0]!.dims[0]!;
     const mode = batchMode(n, this.rowRemoval);
     const session = this.sessions.get(mode) ?? (await this.session(n));
+    feeds = { ...feeds, [THRESHOLDS_INPUT]: this.thresholdFeed(options) };
     const t0 = performance.now();
     const out = await session.run(feeds, session.outputNames);
     const totalMs = performance.now() - t0;
@@ -132,4 +167,14 @@ export class EarlyExitSession {
     for (const s of this.sessions.values()) await s.release();
     this.sessions.clear();
   }
+}
+
+/**
+ * The exits the runtime model holds, with their default thresholds: the plan's, or with operating
+ * points every point's exits, at the plan's own point (+Infinity where it does not use one).
+ */
+export function runtimeExits(plan: Plan): ActiveExit[] {
+  const op = plan.points;
+  if (op) return op.exits.map((e, i) => ({ ramp: e.ramp, output: e.output, threshold: op.points[op.default]!.thresholds[i] ?? Infinity }));
+  return [...plan.exits].sort((a, b) => a.stage - b.stage).map((e) => ({ ramp: e.ramp, output: e.output, threshold: e.threshold }));
 }

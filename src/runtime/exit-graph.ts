@@ -26,6 +26,7 @@ import { NodeEmitter, attr, defaultOpset } from "../ir/builder.js";
 import { makeValueInfo } from "../ir/shapes.js";
 import { shallowClone } from "../ir/clone.js";
 import { DataType } from "../onnx/dtype.js";
+import { makeTensor } from "../onnx/tensor.js";
 import { needed } from "../stages/split.js";
 import { METADATA_KEY } from "../ramps/metadata.js";
 
@@ -70,7 +71,24 @@ export interface ExitGraphOptions {
   mode: BatchMode;
   /** Tensors whose first dimension is the batch (gathered when rows leave); needed for "gather". */
   batchTensors?: ReadonlySet<string>;
+  /**
+   * Take the thresholds from an optional model input, float [exits] in the order of `exits`, whose
+   * default (an initializer of the same name) holds the exits' own thresholds; +Inf turns an exit
+   * off. A runtime that feeds nothing gets the defaults, one that feeds a vector switches operating
+   * point with no reload. Without it each threshold is a constant.
+   */
+  thresholdInput?: string;
+  /**
+   * Give thresholdInput its default (an initializer of the same name: an "overridable initializer"
+   * in onnxruntime's terms). Default true. onnxruntime-node cannot feed overridable initializers
+   * (it passes only the inputs without one), so EarlyExitSession makes the input required and
+   * feeds it on every call.
+   */
+  thresholdDefault?: boolean;
 }
+
+/** The optional thresholds input of an early-exit model (see ExitGraphOptions.thresholdInput). */
+export const THRESHOLDS_INPUT = "ee_thresholds";
 
 export const EXIT_LOGITS = "ee_logits";
 export const EXIT_IDS = "ee_exit";
@@ -219,7 +237,9 @@ export function buildExitModel(model: ModelProto, o: ExitGraphOptions): ModelPro
       return { nodes: [...nodes, ...em.nodes], outputs };
     }
     const e = exits[i]!;
-    const threshold = em.constant("threshold", DataType.FLOAT, [], Float32Array.of(e.threshold));
+    const threshold = o.thresholdInput
+      ? em.node("Gather", [o.thresholdInput, em.constant("at", DataType.INT64, [], BigInt64Array.of(BigInt(i)))], [attr("axis", 0)])
+      : em.constant("threshold", DataType.FLOAT, [], Float32Array.of(e.threshold));
     const rest = new NodeEmitter(`ee_rt${i}_rest`, opset);
     const done = new NodeEmitter(`ee_rt${i}_done`, opset);
     let anyLeft: string;
@@ -282,10 +302,11 @@ export function buildExitModel(model: ModelProto, o: ExitGraphOptions): ModelPro
     name: `${g.name ?? "model"}_early_exit`,
     node: top.nodes,
     initializer: [],
-    input: g.input ?? [],
+    input: [...(g.input ?? []), ...(o.thresholdInput ? [makeValueInfo(o.thresholdInput, DataType.FLOAT, [exits.length])] : [])],
     output: outputInfo(graphOutputs),
   };
-  placeInitializers(out.graph, [...(g.initializer ?? []), ...inits]);
+  const defaults = o.thresholdInput && o.thresholdDefault !== false ? [makeTensor(o.thresholdInput, DataType.FLOAT, [exits.length], Float32Array.from(exits, (e) => e.threshold))] : [];
+  placeInitializers(out.graph, [...(g.initializer ?? []), ...inits, ...defaults]);
   out.metadata_props = (model.metadata_props ?? []).filter((m) => m.key !== METADATA_KEY);
   return out;
 }
