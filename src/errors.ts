@@ -34,6 +34,7 @@ export const ErrorCodes = {
   PROFILE_INVALID: { exit: ExitCode.INPUT, hint: "Re-run `ee-tool profile`; keep the profile's .bin sidecar next to its JSON." },
   PROFILE_MISMATCH: { exit: ExitCode.INPUT, hint: "Merge only shards of one model, profiled with the same settings and calibration data." },
   CONSTRAINT_INFEASIBLE: { exit: ExitCode.CONSTRAINT, hint: "Relax the constraint (--max-drop, --confidence) or give more data." },
+  TELEMETRY_INVALID: { exit: ExitCode.INPUT, hint: "Log telemetry with the plan's own operating points (ee-tool's FeedbackLog, or lines of {\"conf\": [...], \"pred\": [...], \"final\": k} after the header); see docs/serve.md." },
   MODEL_CHANGED: { exit: ExitCode.INPUT, hint: "Profile and plan the model again." },
   RUNTIME_FAILED: { exit: ExitCode.INPUT, hint: "onnxruntime could not load or run the model; re-run with --debug for its message." },
   INTERNAL: { exit: ExitCode.INTERNAL, hint: "This is a bug in ee-tool; re-run with --debug and report the stack trace." },

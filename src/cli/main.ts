@@ -10,6 +10,7 @@ import { registerPlan } from "./plan.js";
 import { registerEval } from "./eval.js";
 import { registerReport } from "./report.js";
 import { registerRun } from "./run.js";
+import { registerReplan } from "./replan.js";
 import { setQuiet } from "./io.js";
 
 const require = createRequire(import.meta.url);
@@ -33,6 +34,7 @@ export function buildProgram(): Command {
   registerPlan(program);
   registerEval(program);
   registerReport(program);
+  registerReplan(program);
   registerRun(program);
   for (const c of program.commands) c.exitOverride();
   return program;

@@ -9,6 +9,7 @@ import { buildCosts, buildProblem, candidateThresholds, evaluate, type Against, 
 import { autoSearch, exhaustiveSearch, greedySearch, type Point, type SearchResult } from "./search.js";
 import { minimumCertifiable, pValueOf, binomialUpperBound, type Certificate } from "./certify.js";
 import { withFittedLosses } from "./fitted.js";
+import type { LiveRecord } from "./feedback.js";
 
 export const PLAN_FORMAT = "ee-tool.plan/1";
 
@@ -111,6 +112,8 @@ export interface Plan {
   truncation: Array<{ ramp: number; dropCertify: number; latencyMs: number; saving: number; bytesNotLoaded: number }>;
   /** Present with `plan --points`: the plan is then the point at settings.maxDrop. */
   points?: OperatingPoints;
+  /** Present after `ee-tool replan`: the test on live feedback that chose the default point. */
+  live?: LiveRecord;
   /** Artifacts written with --emit (paths relative to the plan). */
   artifacts?: Record<string, unknown>;
 }
