@@ -29,7 +29,7 @@ describe("ee-tool report", () => {
     expect(xTicks).toEqual(["0", "1", "2", "3", "4"]);
     expect(frontier).toContain("max drop 1.00 pts");
     expect(frontier).toMatch(/model \d\.\d{3} ms/);
-    expect(frontier).toMatch(/<h3>Operating points<\/h3>/);
+    expect(frontier).toMatch(/<h3>Configurations along the frontier<\/h3>/);
     expect(frontier).toMatch(/<tr class="plan">.*plan \(certified\)/);
     const rows = frontier.match(/<tr>/g)?.length ?? 0;
     expect(rows).toBeGreaterThanOrEqual(4);
@@ -40,6 +40,12 @@ describe("ee-tool report", () => {
     for (const y of legendY) expect(y).toBeGreaterThan(300);
     // Self-contained: no scripts, no external resources.
     expect(html).not.toMatch(/<script|<link|src=|https?:\/\/(?!www\.w3\.org\/2000\/svg)/);
+    // A plan with operating points lists them.
+    expect(runCli(["plan", path.join(dir, "p.json"), "--points", "-o", path.join(dir, "points.json"), "-q"]).code).toBe(0);
+    expect(runCli(["report", path.join(dir, "p.json"), path.join(dir, "points.json"), "-o", path.join(dir, "r3.html")]).code).toBe(0);
+    const withPoints = fs.readFileSync(path.join(dir, "r3.html"), "utf8");
+    expect(withPoints).toContain("<h2>Operating points</h2>");
+    expect(withPoints.slice(withPoints.indexOf("<h2>Operating points")).match(/<tr( class="plan")?><td class="n">\d<\/td>/g)?.length).toBe(5);
     // Without a plan: the frontier comes from the profile.
     expect(runCli(["report", path.join(dir, "p.json"), "-o", path.join(dir, "r2.html")]).code).toBe(0);
     expect(fs.readFileSync(path.join(dir, "r2.html"), "utf8")).toContain("Latency against accuracy drop");

@@ -22,6 +22,7 @@ export function renderReport(result: ProfileResult, plan?: Plan): string {
 <tr><th>greedy baseline</th><td>saving ${pct(plan.greedy.saving)}, drop ${pct(plan.greedy.dropTune)} tuning / ${pct(plan.greedy.dropCertify)} held back</td></tr></table>`);
   }
   if (frontierPlan?.frontier) sections.push(frontierSection(frontierPlan, plan, batch));
+  if (plan?.points) sections.push(pointsSection(plan));
   const lat = profile.latency?.[String(batch)];
   if (lat) {
     const bars = [
@@ -104,5 +105,16 @@ function frontierSection(frontierPlan: Plan, plan: Plan | undefined, batch: numb
   }
   const table = `<table><tr><th>drop, tuning${fitted ? " (fitted)" : ""}</th>${fitted ? "<th>observed</th>" : ""}<th>held back</th><th>mean latency (ms)</th><th>saving</th><th>exits (thresholds)</th></tr>${tableRows.join("")}</table>`;
   return `<h2>Latency against accuracy drop</h2><p>Pareto frontier on the tuning set${fitted ? " in the drop the search saw (each ramp's loss fitted against its confidence), with the same configurations' observed drop there" : ""}, and their drop on the held-back certification set, up to four times the constraint. The original model: ${base.toFixed(3)} ms.</p>` +
-    chart + beyond + `<h3>Operating points</h3><p class="note">Configurations along the frontier within the chart, ${rows.length < shown.length ? `${rows.length} of ${shown.length}, ` : ""}as the search saw them; only the plan is certified.</p>` + table;
+    chart + beyond + `<h3>Configurations along the frontier</h3><p class="note">Operating points the search found within the chart, ${rows.length < shown.length ? `${rows.length} of ${shown.length}, ` : ""}as the search saw them; only the plan is certified.</p>` + table;
+}
+
+/** The plan's operating points (plan --points): one model, thresholds switched per request. */
+function pointsSection(plan: Plan): string {
+  const op = plan.points!;
+  const batches = Object.keys(op.points[0]?.latency ?? {});
+  const n = (x: string): string => `<td class="n">${x}</td>`;
+  const rows = op.points.map((p, i) => `<tr${i === op.default ? ' class="plan"' : ""}>${n(String(i))}${n(pct(p.maxDrop))}${n(pct(p.dropCertify))}${n(p.certificate?.bound != null ? pct(p.certificate.bound) : p.certificate ? "-" : "not certified")}${batches.map((b) => n(pct(p.latency[b]!.saving))).join("")}<td>${esc(p.thresholds.map((t, j) => `ramp ${op.exits[j]!.ramp}: ${t === null ? "off" : t.toFixed(3)}`).join(", "))}${i === op.default ? " (the plan)" : ""}</td></tr>`);
+  return `<h2>Operating points</h2><p>${op.points.length} points in one model holding exits at ramps ${esc(op.exits.map((e) => e.ramp).join(", "))}; a request picks one through the <code>ee_thresholds</code> input. All certificates hold together with probability ${op.confidence} (each at ${(1 - (1 - op.confidence) / op.points.length).toFixed(4)}, ${op.correction}). Savings per profiled batch size include the exits a point leaves off.</p>` +
+    `<table><tr><th>point</th><th>max drop</th><th>held-back drop</th><th>bound</th>${batches.map((b) => `<th>saving, batch ${esc(b)}</th>`).join("")}<th>thresholds</th></tr>${rows.join("")}</table>` +
+    (plan.live ? `<p class="note">Re-tuned on ${plan.live.records} live feedback records (ee-tool replan): point ${plan.live.point} (was ${plan.live.previous}).</p>` : "");
 }
