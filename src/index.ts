@@ -20,9 +20,16 @@ export { readRampMetadata, type RampMetadata, type RampRecord } from "./ramps/me
 export { splitModel, type SplitModel, type StagePart, type SplitOptions } from "./stages/split.js";
 export { profileModel, writeProfile, type Profile, type ProfileOptions, type ProfileResult, type BatchLatency } from "./profile/profile.js";
 export { loadProfile, mergeProfiles } from "./profile/merge.js";
-export { planFromProfile, type Plan, type PlanOptions, type TuningDrop } from "./plan/plan.js";
+export { planFromProfile, certifyLevels, DEFAULT_POINT_LEVELS, type Plan, type PlanOptions, type TuningDrop, type OperatingPoint, type OperatingPoints } from "./plan/plan.js";
+export { certifyOnFeedback, pointLosses, readTelemetry, writeTelemetry, replanFromFeedback, TELEMETRY_FORMAT, type Feedback, type LiveRecord, type LiveTest } from "./plan/feedback.js";
 export { writePlan, checkModelHash } from "./plan/write.js";
-export { EarlyExitSession, type EarlyExitResult } from "./runtime/early-exit.js";
+export { EarlyExitSession, runtimeExits, type EarlyExitResult, type RunOptions as EarlyExitRunOptions } from "./runtime/early-exit.js";
+export { THRESHOLDS_INPUT } from "./runtime/exit-graph.js";
+export { slackFit, fixedPoint, latencyTable, type LatencyTable, type Policy, type Decision } from "./serve/policy.js";
+export { replay, type Executor, type ReplayResult, type ReplayOptions, type Served } from "./serve/server.js";
+export { burstyTrace, meanRate, type TraceOptions, type TraceRequest } from "./serve/trace.js";
+export { PointMonitor, type MonitorOptions, type Switch } from "./serve/monitor.js";
+export { ShadowScorer } from "./serve/shadow.js";
 export { evaluatePlan, type EvalReport, type EvalOptions } from "./eval/eval.js";
 export { junitXml, markdownSummary, type CiContext, type SummaryStep } from "./eval/ci.js";
 export type { EvalCheck } from "./eval/eval.js";
