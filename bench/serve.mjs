@@ -166,6 +166,11 @@ const show = (title, r, sigmaMax) => {
   }
   console.log(`monitor switches: ${r.monitor.switches.map((s) => `${s.reason} at feedback ${s.at}: point ${s.from === -1 ? "model" : s.from} -> ${s.to === -1 ? "model" : s.to} (drop ${pct(s.windowDrop, 2)} on the records tested)`).join("; ") || "none"}`);
 };
+const inputs = Object.values(data.feeds(0, 1));
+if (inputs.length !== 1 || inputs[0].type !== "float32") {
+  console.log(`\ndrift stream skipped: it adds Gaussian noise to a single float input, and this model takes ${inputs.map((t) => t.type).join(", ")}`);
+  process.exit(0);
+}
 const stationary = await stream(0);
 show("stationary stream", stationary, 0);
 const drift = await stream(noiseMax);
