@@ -69,6 +69,7 @@ export const RUN_CONFIG_SCHEMA: Schema = {
         confidence: { type: "number", minimum: 0, maximum: 1, description: "probability that the true drop stays within maxDrop (default 0.95)" },
         tuneFraction: { type: "number", minimum: 0, maximum: 1, description: `share of scored samples that tune thresholds (default ${DEFAULT_TUNE_FRACTION})` },
         emit: { type: "array", items: { enum: ["stages", "single", "truncated"] }, description: "artifacts to write beside the plan (default [\"single\"])" },
+        points: { type: "array", items: { type: "number", minimum: 0, maximum: 1 }, description: "also certify operating points at these drops, switched per request in one model (plan --points; docs/serve.md)" },
       },
     },
     eval: {
@@ -108,7 +109,7 @@ export interface RunConfig {
   batch: number;
   insert: { exits: string; ramp: "auto" | "linear" | "mlp"; pool: "auto" | "cls" | "mean" | "gap" | "grid"; hidden: number; output?: string; seed: number; fitFraction: number };
   profile: { batches: number[]; budgetMs: number };
-  plan: { metric: "maxprob" | "margin" | "entropy"; confidence: number; tuneFraction: number; emit: Array<"stages" | "single" | "truncated"> };
+  plan: { metric: "maxprob" | "margin" | "entropy"; confidence: number; tuneFraction: number; emit: Array<"stages" | "single" | "truncated">; points?: number[] };
   eval: { savingTolerance: number };
   report: boolean;
   cache: { latency: LatencyCache };
@@ -178,7 +179,7 @@ function completeConfig(c: RawConfig, file: string, overrides: { out?: string })
       ...(c.insert?.output ? { output: c.insert.output } : {}), seed: c.insert?.seed ?? 0, fitFraction: c.insert?.fitFraction ?? 0.4,
     },
     profile: { batches: [...new Set(batches)], budgetMs: c.profile?.budgetMs ?? 10000 },
-    plan: { metric: c.plan?.metric ?? "maxprob", confidence: c.plan?.confidence ?? 0.95, tuneFraction: c.plan?.tuneFraction ?? DEFAULT_TUNE_FRACTION, emit: c.plan?.emit ?? ["single"] },
+    plan: { metric: c.plan?.metric ?? "maxprob", confidence: c.plan?.confidence ?? 0.95, tuneFraction: c.plan?.tuneFraction ?? DEFAULT_TUNE_FRACTION, emit: c.plan?.emit ?? ["single"], ...(c.plan?.points ? { points: c.plan.points } : {}) },
     eval: { savingTolerance: c.eval?.savingTolerance ?? 0.1 },
     report: c.report ?? true,
     cache: { latency: c.cache?.latency ?? "same-machine" },

@@ -157,6 +157,7 @@ export async function runPipeline(config: RunConfig, options: RunOptions = {}): 
     const plan = planFromProfile(loadProfile(files.profile), {
       maxDrop: config.maxDrop, against: config.against, batch: config.batch, metric: config.plan.metric,
       confidence: config.plan.confidence, tuneFraction: config.plan.tuneFraction, frontier: true,
+      ...(config.plan.points ? { points: config.plan.points } : {}),
     });
     const written = await writePlan(plan, files.plan, files.ee, { emit: config.plan.emit });
     return [files.plan, ...artifactFiles(written, out)];
