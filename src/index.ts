@@ -25,6 +25,7 @@ export { certifyOnFeedback, pointLosses, readTelemetry, writeTelemetry, replanFr
 export { writePlan, checkModelHash } from "./plan/write.js";
 export { EarlyExitSession, runtimeExits, type EarlyExitResult, type RunOptions as EarlyExitRunOptions } from "./runtime/early-exit.js";
 export { THRESHOLDS_INPUT } from "./runtime/exit-graph.js";
+export { ReleaseEarlySession, type ReleaseResult } from "./runtime/release.js";
 export { slackFit, fixedPoint, latencyTable, type LatencyTable, type Policy, type Decision } from "./serve/policy.js";
 export { replay, type Executor, type ReplayResult, type ReplayOptions, type Served } from "./serve/server.js";
 export { burstyTrace, meanRate, type TraceOptions, type TraceRequest } from "./serve/trace.js";

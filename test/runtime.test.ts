@@ -3,6 +3,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { TEXT, CNN, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
 import { EarlyExitSession } from "../src/runtime/early-exit.js";
+import { ReleaseEarlySession } from "../src/runtime/release.js";
 import type { Plan } from "../src/plan/plan.js";
 import { loadModel, serializeModel } from "../src/onnx/model.js";
 import { tensorToArray } from "../src/onnx/tensor.js";
@@ -26,6 +27,8 @@ beforeAll(() => {
     expect(runCli(["profile", f(name, "ee.onnx"), "--calib", FIX(`${name}/calib.npz`), "--batch", "1", "--budget", "2000", "-o", f(name, "profile.json"), "-q"]).code).toBe(0);
     expect(runCli(["plan", f(name, "profile.json"), "-o", f(name, "plan.json"), "-q"]).code).toBe(0);
   }
+  // Operating points, and their portable single model (single.onnx beside the plan).
+  expect(runCli(["plan", f("cnn", "profile.json"), "--points", "--emit", "single", "-o", f("cnn", "points.plan.json"), "-q"]).code).toBe(0);
 }, 180_000);
 
 describe("EarlyExitSession", () => {
@@ -91,7 +94,6 @@ describe("EarlyExitSession", () => {
 
   it("operating points: one session and the emitted single model switch thresholds per request through ee_thresholds", async () => {
     const planFile = f("cnn", "points.plan.json");
-    expect(runCli(["plan", f("cnn", "profile.json"), "--points", "--emit", "single", "-o", planFile, "-q"]).code).toBe(0);
     const plan = JSON.parse(fs.readFileSync(planFile, "utf8")) as Plan;
     const op = plan.points!;
     expect(op.points.length).toBe(5);
@@ -146,6 +148,40 @@ describe("EarlyExitSession", () => {
     await full.release();
     await single.release();
     await required.release();
+    await ee.release();
+  });
+
+  it("release-early mode: the batch runs to the end, rows are released at their exit, every row gives feedback", async () => {
+    const planFile = f("cnn", "points.plan.json");
+    const plan = JSON.parse(fs.readFileSync(planFile, "utf8")) as Plan;
+    const rel = await ReleaseEarlySession.fromPlan(plan, f("cnn", "ee.onnx"));
+    const ee = await EarlyExitSession.create(planFile);
+    expect(rel.exitRamps).toEqual(ee.exitRamps);
+    const model = loadModel(f("cnn", "ee.onnx"));
+    const data = openCalibration(FIX("cnn/eval.npz"), model.proto);
+    const full = await createSession(serializeModel(model.proto));
+    const depth = new Map(rel.exitRamps.map((r, i) => [r, i]));
+    for (const point of [plan.points!.default, plan.points!.points.length - 1]) {
+      const feeds = data.feeds(0, 16);
+      const a = await rel.run(feeds, { point });
+      const b = await ee.run(feeds, { point });
+      // The same exits and logits as the one-call runtime.
+      expect(Array.from(a.exits)).toEqual(Array.from(b.exits));
+      for (let j = 0; j < a.logits.length; j++) expect(a.logits[j]!).toBeCloseTo(b.logits[j]!, 4);
+      // Every row has the full model's answer and each exit's confidence.
+      const want = (await runSession(full, feeds))[plan.model.output]!.data as Float32Array;
+      a.feedback.forEach((fb, row) => {
+        expect(fb.final).toBe(scoreLogits(want, 10, row).pred);
+        expect(fb.conf.length).toBe(rel.exitRamps.length);
+      });
+      // Released no later than the call ends, shallower exits no later than deeper ones.
+      const order = Array.from(a.exits, (e, row) => ({ d: e < 0 ? Infinity : depth.get(e)!, t: a.releaseMs[row]! })).sort((x, y) => x.d - y.d);
+      for (let i = 1; i < order.length; i++) expect(order[i]!.t).toBeGreaterThanOrEqual(order[i - 1]!.t);
+      expect(Math.max(...a.releaseMs)).toBeLessThanOrEqual(a.totalMs);
+      if (a.exits.some((e) => e === rel.exitRamps[0])) expect(Math.min(...a.releaseMs)).toBeLessThan(a.totalMs);
+    }
+    await full.release();
+    await rel.release();
     await ee.release();
   });
 
