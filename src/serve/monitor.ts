@@ -92,8 +92,11 @@ export class PointMonitor {
       const k = pointLosses(recent, this.op.points[this.point]!.thresholds).reduce((a, b) => a + b, 0);
       if (driftPValue(k, recent.length, this.guard * this.maxDrop) < delta) {
         const c = certifyOnFeedback(this.op, recent, this.maxDrop, this.confidence, this.point);
-        // Only ever stricter on drift.
-        const to = this.rank.get(c.point)! < this.rank.get(this.point)! ? c.point : -1;
+        // Only ever stricter on drift: the loosest point before the current one in the sequence
+        // that the recent records certify (the current one may still pass at maxDrop; the alarm
+        // says it is drifting towards it), else the whole model.
+        const stricter = c.tests.filter((t) => t.passed && this.rank.get(t.point)! < this.rank.get(this.point)!);
+        const to = stricter.length ? stricter[stricter.length - 1]!.point : -1;
         this.moveTo(to, "drift", k / recent.length);
         return;
       }
