@@ -4,13 +4,15 @@
  * point in use:
  * - drift: on the last `driftWindow` records, "its drop is at most guard x maxDrop" is rejected by
  *   the exact binomial test at level 1 - confidence (guard 0.75 by default: an alarm before the
- *   drop reaches the constraint, since any test lags the drift it detects). Then it moves to the loosest point certified on
- *   those recent records (fixed sequence from the strictest, plan/feedback.ts), or to the whole
- *   model when none is (a few hundred records certify a 1-point drop only when nearly clean).
+ *   drop reaches the constraint, since any test lags the drift it detects). Then it moves to the
+ *   loosest point stricter than the one in use that those recent records certify (fixed sequence
+ *   from the strictest, plan/feedback.ts), or to the whole model when none is (a few hundred
+ *   records certify a 1-point drop only when nearly clean).
  * - recovery: only on a full `window` of records that all came after the last switch, the same
  *   certification may move it back towards the plan's own point, never past it.
- * On a stationary stream the drift test fires with probability at most 1 - confidence per check,
- * and a false alarm costs speed, not accuracy: the point it moves to is certified on the window.
+ * While the point's true drop is at most guard x maxDrop the drift test fires with probability at
+ * most 1 - confidence per check, and a false alarm costs speed, not accuracy: the point it moves
+ * to is certified on the records.
  */
 import type { OperatingPoints } from "../plan/plan.js";
 import { certifyOnFeedback, driftPValue, pointLosses, strictToLoose, type Feedback } from "../plan/feedback.js";
