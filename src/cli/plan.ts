@@ -3,6 +3,7 @@ import * as path from "node:path";
 import { loadProfile } from "../profile/merge.js";
 import { DEFAULT_POINT_LEVELS, DEFAULT_TUNE_FRACTION, planFromProfile, type Plan, type SearchMethod, type TuningDrop } from "../plan/plan.js";
 import { writePlan } from "../plan/write.js";
+import { THRESHOLDS_INPUT } from "../runtime/exit-graph.js";
 import { EeToolError } from "../errors.js";
 import { info, out } from "./io.js";
 import { table } from "./format.js";
@@ -59,7 +60,7 @@ export function renderPlan(p: Plan): string {
   if (p.points) {
     const op = p.points;
     const batches = Object.keys(op.points[0]?.latency ?? {});
-    lines.push(`operating points: ${op.points.length} in one model with exits at ramps ${op.exits.map((e) => e.ramp).join(", ") || "none"}; all certified together with probability ${op.confidence} (each at ${(1 - (1 - op.confidence) / op.points.length).toFixed(4)}, ${op.correction}); feed ${"ee_thresholds"} to switch`);
+    lines.push(`operating points: ${op.points.length} in one model with exits at ramps ${op.exits.map((e) => e.ramp).join(", ") || "none"}; all certified together with probability ${op.confidence} (each at ${(1 - (1 - op.confidence) / op.points.length).toFixed(4)}, ${op.correction}); feed ${THRESHOLDS_INPUT} to switch`);
     lines.push(table([
       ["point", "max drop", "held-back drop", "bound", ...batches.map((b) => `saving @${b}`), "thresholds"],
       ...op.points.map((pt, i) => [`${i}${i === op.default ? " (plan)" : ""}`, pct(pt.maxDrop), pct(pt.dropCertify), pt.certificate?.bound != null ? pct(pt.certificate.bound) : pt.certificate ? "-" : "not certified",

@@ -113,7 +113,6 @@ export interface ProfileResult {
   samples: SampleData;
 }
 
-
 export function modelHash(model: OnnxModel): string {
   if (!model.path) throw new EeToolError("INTERNAL", "model has no file to hash");
   return sha256File(model.path);

@@ -130,19 +130,11 @@ export class EarlyExitSession {
     return this.exits.map((e) => e.ramp);
   }
 
-
   /** The thresholds input for a call's options: the plan's, a point's, or the call's own. */
   private thresholdFeed(o: RunOptions): ort.Tensor {
     if (o.point === undefined && o.thresholds === undefined) return this.defaultThresholds;
-    let t: ArrayLike<number>;
-    if (o.point !== undefined) {
-      if (!this.plan.points) throw new EeToolError("USAGE", "this plan has one operating point: make it with `ee-tool plan --points` to switch between points, or feed thresholds");
-      const pt = this.plan.points!.points[o.point];
-      if (!pt) throw new EeToolError("USAGE", `operating point ${o.point} does not exist (the plan has ${this.plan.points!.points.length})`);
-      t = pt.thresholds.map((x) => x ?? Infinity);
-    } else t = o.thresholds!;
-    if (t.length !== this.exits.length) throw new EeToolError("USAGE", `thresholds for ${t.length} exits, the model has ${this.exits.length} (ramps ${this.exitRamps.join(", ")})`);
-    return new ort.Tensor("float32", Float32Array.from(t), [t.length]);
+    const t = callThresholds(this.plan, this.exits, o);
+    return new ort.Tensor("float32", t, [t.length]);
   }
 
   /** Run a batch: each row exits at its first confident active ramp (thresholds: the plan's, or options'). */
@@ -167,6 +159,20 @@ export class EarlyExitSession {
     for (const s of this.sessions.values()) await s.release();
     this.sessions.clear();
   }
+}
+
+/** A call's thresholds, one per runtime exit: the plan's own, an operating point's, or the caller's. */
+export function callThresholds(plan: Plan, exits: readonly ActiveExit[], o: RunOptions): Float32Array {
+  let t: ArrayLike<number>;
+  if (o.point !== undefined) {
+    const op = plan.points;
+    if (!op) throw new EeToolError("USAGE", "this plan has one operating point: make it with `ee-tool plan --points` to switch between points, or feed thresholds");
+    const pt = op.points[o.point];
+    if (!pt) throw new EeToolError("USAGE", `operating point ${o.point} does not exist (the plan has ${op.points.length})`);
+    t = pt.thresholds.map((x) => x ?? Infinity);
+  } else t = o.thresholds ?? exits.map((e) => e.threshold);
+  if (t.length !== exits.length) throw new EeToolError("USAGE", `thresholds for ${t.length} exits, the model has ${exits.length} (ramps ${exits.map((e) => e.ramp).join(", ")})`);
+  return Float32Array.from(t);
 }
 
 /**

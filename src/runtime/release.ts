@@ -8,13 +8,13 @@
  * (serve/monitor.ts) at no extra model work.
  */
 import type { Plan } from "../plan/plan.js";
-import type { Feedback } from "../plan/feedback.js";
+import { confidenceOf, feedbackFromLogits, type Feedback } from "../plan/feedback.js";
 import { loadModel } from "../onnx/model.js";
 import { declaredTypes, splitModel } from "../stages/split.js";
 import { runtimeBytes, type ort, type SessionSettings } from "./ort.js";
 import { createRunnable, type RunnableSession } from "./sync.js";
 import { optimizeForRuntime, partSettings } from "./optimize.js";
-import { runtimeExits, type RunOptions } from "./early-exit.js";
+import { callThresholds, runtimeExits, type RunOptions } from "./early-exit.js";
 import type { ActiveExit } from "./exit-graph.js";
 import { scoreLogits } from "../profile/samples.js";
 import { EeToolError } from "../errors.js";
@@ -64,15 +64,12 @@ export class ReleaseEarlySession {
   async run(feeds: Record<string, ort.Tensor>, options: RunOptions = {}): Promise<ReleaseResult> {
     const k = this.plan.model.classes;
     const n = Object.values(feeds)[0]!.dims[0]!;
-    const thresholds = options.thresholds ? Array.from(options.thresholds)
-      : options.point !== undefined ? (this.plan.points?.points[options.point]?.thresholds.map((t) => t ?? Infinity) ?? [])
-      : this.exits.map((e) => e.threshold);
-    if (thresholds.length !== this.exits.length) throw new EeToolError("USAGE", `thresholds for ${thresholds.length} exits, the model has ${this.exits.length} (ramps ${this.exitRamps.join(", ")})`);
+    const thresholds = callThresholds(this.plan, this.exits, options);
     const metric = this.plan.settings.metric;
     const logits = new Float32Array(n * k);
     const exits = new Int32Array(n).fill(-1);
     const releaseMs = new Float64Array(n).fill(-1);
-    const feedback: Feedback[] = Array.from({ length: n }, () => ({ conf: [], pred: [], final: -1 }));
+    const exitLogits: Float32Array[] = [];
     const pool = new Map<string, ort.Tensor>(Object.entries(feeds));
     const t0 = performance.now();
     for (const [i, seg] of this.segments.entries()) {
@@ -83,12 +80,9 @@ export class ReleaseEarlySession {
       for (const [name, t] of Object.entries(out)) pool.set(name, t);
       if (!seg.exit) continue;
       const ramp = out[seg.exit.output]!.data as Float32Array;
+      exitLogits.push(ramp);
       for (let row = 0; row < n; row++) {
-        const sc = scoreLogits(ramp, k, row);
-        const conf = metric === "maxprob" ? sc.maxprob : metric === "margin" ? sc.margin : -sc.entropy;
-        feedback[row]!.conf.push(conf);
-        feedback[row]!.pred.push(sc.pred);
-        if (releaseMs[row]! < 0 && conf >= thresholds[i]!) {
+        if (releaseMs[row]! < 0 && confidenceOf(scoreLogits(ramp, k, row), metric) >= thresholds[i]!) {
           releaseMs[row] = at;
           exits[row] = seg.exit.ramp;
           logits.set(ramp.subarray(row * k, (row + 1) * k), row * k);
@@ -98,13 +92,12 @@ export class ReleaseEarlySession {
     const totalMs = performance.now() - t0;
     const final = pool.get(this.plan.model.output)!.data as Float32Array;
     for (let row = 0; row < n; row++) {
-      feedback[row]!.final = scoreLogits(final, k, row).pred;
       if (releaseMs[row]! < 0) {
         releaseMs[row] = totalMs;
         logits.set(final.subarray(row * k, (row + 1) * k), row * k);
       }
     }
-    return { logits, exits, releaseMs, totalMs, feedback };
+    return { logits, exits, releaseMs, totalMs, feedback: feedbackFromLogits(exitLogits, final, k, metric) };
   }
 
   async release(): Promise<void> {

@@ -3,11 +3,10 @@
  * model's own output), which gives the feedback a monitor and `ee-tool replan` learn from.
  */
 import type { Plan } from "../plan/plan.js";
-import type { Feedback } from "../plan/feedback.js";
+import { feedbackFromLogits, type Feedback } from "../plan/feedback.js";
 import { loadModel } from "../onnx/model.js";
 import { runtimeBytes, type ort, type SessionSettings } from "../runtime/ort.js";
 import { createRunnable, type RunnableSession } from "../runtime/sync.js";
-import { scoreLogits } from "../profile/samples.js";
 import { runtimeExits } from "../runtime/early-exit.js";
 
 export class ShadowScorer {
@@ -24,20 +23,8 @@ export class ShadowScorer {
   /** Feedback for each row of a batch: each exit's confidence (the plan's metric) and prediction, and the model's. */
   async score(feeds: Record<string, ort.Tensor>): Promise<Feedback[]> {
     const out = await this.session.run(feeds, this.session.outputNames);
-    const k = this.plan.model.classes;
-    const final = out[this.plan.model.output]!.data as Float32Array;
-    const n = final.length / k;
-    const metric = this.plan.settings.metric;
-    return Array.from({ length: n }, (_, row) => {
-      const conf: number[] = [];
-      const pred: number[] = [];
-      for (const o of this.outputs) {
-        const s = scoreLogits(out[o]!.data as Float32Array, k, row);
-        conf.push(metric === "maxprob" ? s.maxprob : metric === "margin" ? s.margin : -s.entropy);
-        pred.push(s.pred);
-      }
-      return { conf, pred, final: scoreLogits(final, k, row).pred };
-    });
+    const logits = (name: string): Float32Array => out[name]!.data as Float32Array;
+    return feedbackFromLogits(this.outputs.map(logits), logits(this.plan.model.output), this.plan.model.classes, this.plan.settings.metric);
   }
 
   async release(): Promise<void> {
