@@ -5,7 +5,7 @@ import { CNN, TEXT, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
 import { loadProfile } from "../src/profile/merge.js";
 import type { Plan } from "../src/plan/plan.js";
 import { certifyFrontier, certifyLevels, DEFAULT_POINT_LEVELS, STEPS, testSequence } from "../src/plan/plan.js";
-import { buildCosts, buildProblem, candidateThresholds, evaluate, type Costs, type Problem } from "../src/plan/problem.js";
+import { additivity, buildCosts, buildProblem, candidateThresholds, evaluate, exitCosts, type Costs, type Problem } from "../src/plan/problem.js";
 import { autoSearch, exhaustiveSearch, greedySearch } from "../src/plan/search.js";
 import { binomialCdf, binomialUpperBound, hoeffdingBentkusPValue } from "../src/plan/certify.js";
 import { logisticFit, withFittedLosses } from "../src/plan/fitted.js";
@@ -47,7 +47,9 @@ function synthetic(seed: number, n: number, R: number, adversarial = false): Pro
     conf.push(c);
     loss.push(l);
   }
-  const costs: Costs = { stage: Array.from({ length: R + 1 }, () => 1), ramp: Array.from({ length: R }, (_, j) => (adversarial && j === 0 ? 0.1 : 0.2)), fixed: 0, baseline: R + 1 };
+  // Stages cost 1 each, an exit 0.2 (the first 0.1 when adversarial).
+  const pass = Array.from({ length: R }, (_, j) => (adversarial && j === 0 ? 0.1 : 0.2));
+  const costs: Costs = { fire: pass.map((c, j) => j + 1 + c), pass, baseline: R + 1, source: "exits" };
   return { rampIds: Array.from({ length: R }, (_, j) => j), n, conf, loss, costs };
 }
 
@@ -55,18 +57,39 @@ describe("cost model", () => {
   const stats = (p50: number): LatencyStats => ({ mean: p50, p50, p90: p50, p99: p50, std: 0, runs: 30, converged: true, ciRelative: 0 });
   const withLatency = (l: Partial<BatchLatency>): Profile => ({ latency: { "2": { model: stats(2), stages: [], ramps: [stats(0.2), stats(0.4)], callOverhead: stats(0.1), allExits: stats(2.6), stageSum: { mean: 0, p50: 0, ratioMean: 0, ratioP50: 0, netP50: 0, netRatioP50: 0 }, ...l } } }) as unknown as Profile;
 
-  it("stages in place from the measured prefixes: differences, made non-decreasing, the last closing on the model", () => {
+  it("paths from each exit measured alone: fire at the exit, pass through earlier active ones, clamped at the model", () => {
+    // Per request at batch 2: model 1.0; ramp 7 (depth 1) fires at 0.3, passes at 1.1; ramp 3
+    // (depth 2) fires at 0.6 and passes at 0.95 (noise: below the model, so it adds nothing).
+    const p = withLatency({ exits: [{ ramp: 3, fire: stats(1.2), pass: stats(1.9) }, { ramp: 7, fire: stats(0.6), pass: stats(2.2) }] });
+    p.ramps = [{ id: 3, depth: 2 }, { id: 7, depth: 1 }] as Profile["ramps"];
+    const c = buildCosts(p, 2);
+    expect(c.source).toBe("exits");
+    expect(c.fire.map((x) => Number(x.toFixed(9)))).toEqual([0.3, 0.6]);
+    expect(c.pass.map((x) => Number(x.toFixed(9)))).toEqual([0.1, 0]);
+    const both = exitCosts(c, [0.5, 0.5]);
+    expect(both.atRamp.map((x) => Number(x.toFixed(9)))).toEqual([0.3, 0.7]);
+    expect(both.none).toBeCloseTo(1.1, 9);
+    const deepOnly = exitCosts(c, [Infinity, 0.5]);
+    expect(deepOnly.atRamp[1]).toBeCloseTo(0.6, 9);
+    expect(deepOnly.none).toBeCloseTo(1.0, 9);
+    // The all-exits model (2.6 at batch 2) against the pieces: 1.0 + 0.1 + 0.
+    expect(additivity(p, 2)).toEqual({ measured: 1.3, predicted: expect.closeTo(1.1, 9) as number });
+  });
+
+  it("older profiles: the prefix model, stages as prefix differences made non-decreasing", () => {
     // Per request at batch 2: call 0.05, prefixes 0.4 0.35 (noise: lower) 0.9, model 1.0.
-    const c = buildCosts(withLatency({ stages: [stats(9), stats(9), stats(9)], prefixes: [stats(0.8), stats(0.7), stats(1.8)] }), 2);
-    expect(c.fixed).toBeCloseTo(0.05, 12);
-    expect(c.stage.map((x) => Number(x.toFixed(9)))).toEqual([0.35, 0, 0.6]);
-    expect(c.fixed + c.stage.reduce((a, b) => a + b, 0)).toBeCloseTo(c.baseline, 12);
+    const p = withLatency({ stages: [stats(9), stats(9), stats(9)], prefixes: [stats(0.8), stats(0.7), stats(1.8)] });
+    p.ramps = [{ id: 0, depth: 0 }, { id: 1, depth: 1 }] as Profile["ramps"];
+    const c = buildCosts(p, 2);
+    expect(c.source).toBe("prefixes");
     // All exits cost 0.3 per request over the model: each its ramp's net time (0.05, 0.15) and an
-    // equal share of the remaining 0.1 (confidence ops and the If).
-    expect(c.ramp.map((x) => Number(x.toFixed(9)))).toEqual([0.1, 0.2]);
+    // equal share of the remaining 0.1 (confidence ops and the If); reaching either cut costs 0.4.
+    expect(c.pass.map((x) => Number(x.toFixed(9)))).toEqual([0.1, 0.2]);
+    expect(c.fire.map((x) => Number(x.toFixed(9)))).toEqual([0.5, 0.6]);
     // Ramps that cost less in place than alone: the all-exits cost in proportion to their net times.
-    const cheap = buildCosts(withLatency({ stages: [stats(9), stats(9), stats(9)], prefixes: [stats(0.8), stats(0.7), stats(1.8)], allExits: stats(2.2) }), 2);
-    expect(cheap.ramp.map((x) => Number(x.toFixed(9)))).toEqual([0.025, 0.075]);
+    const cheap = withLatency({ stages: [stats(9), stats(9), stats(9)], prefixes: [stats(0.8), stats(0.7), stats(1.8)], allExits: stats(2.2) });
+    cheap.ramps = p.ramps;
+    expect(buildCosts(cheap, 2).pass.map((x) => Number(x.toFixed(9)))).toEqual([0.025, 0.075]);
   });
 
   it("refuses a profile written before prefix and all-exits timings, in one line with a hint", () => {
@@ -119,7 +142,7 @@ describe("plan search", () => {
     // more confident a sample the smaller its expected loss on this instance.
     const conf = [Float32Array.from({ length: n }, () => Math.min(0.999, Math.max(0.05, 0.6 + 0.2 * rng.normal())))];
     const loss = [Int8Array.from(conf[0]!, (c) => (rng.next() < 0.3 * (1 - c) ? 1 : rng.next() < 0.05 ? -1 : 0))];
-    const costs: Costs = { stage: [1, 1], ramp: [0.1], fixed: 0, baseline: 2 };
+    const costs: Costs = { fire: [1.1], pass: [0.1], baseline: 2, source: "exits" };
     const fitted = withFittedLosses({ rampIds: [0], n, conf, loss, costs }, "maxprob");
     // Each fit keeps its event count, so the expected losses add up to the observed net loss (a
     // fit of +1 losses alone would overshoot by the 154 samples whose loss is -1).
@@ -301,6 +324,19 @@ describe("ee-tool plan", () => {
     expect(plan.frontier!.length).toBeGreaterThan(3);
     expect(plan.truncation.length).toBe(JSON.parse(fs.readFileSync(files[name].profile, "utf8")).ramps.length);
     expect(plan.truncation.at(-1)!.bytesNotLoaded).toBeGreaterThan(0);
+    // Paths predicted from each exit timed in the runtime: one per exit and the no-exit path, each
+    // exit's its firing cost plus what the earlier exits add; a truncated exit costs its firing cost.
+    const prof = loadProfile(files[name].profile).profile;
+    const costs = buildCosts(prof, 1);
+    expect(plan.costModel.source).toBe("exits");
+    const byDepth = [...prof.ramps].sort((a, b) => a.depth - b.depth).map((x) => x.id);
+    const config = byDepth.map((id) => plan.exits.find((e) => e.ramp === id)?.threshold ?? Infinity);
+    const { atRamp, none } = exitCosts(costs, config);
+    expect(plan.costModel.paths).toEqual([...plan.exits.map((e) => ({ ramp: e.ramp, ms: atRamp[byDepth.indexOf(e.ramp)] })), { ramp: -1, ms: none }]);
+    const first = byDepth.indexOf(plan.exits[0]!.ramp);
+    expect(plan.costModel.paths[0]!.ms).toBe(costs.fire[first]);
+    expect(plan.truncation.map((t) => t.latencyMs)).toEqual(byDepth.map((_, j) => costs.fire[j]));
+    expect(plan.costModel.allExits!.measuredMs).toBe(prof.latency!["1"]!.allExits.p50);
     expect(plan.model.sha256).toMatch(/^[0-9a-f]{64}$/);
     expect(path.resolve(work, plan.model.file)).toBe(files[name].ee);
     // Reproducible: the same profile and options give the same bytes.
@@ -323,7 +359,8 @@ describe("ee-tool plan", () => {
   it("keeps the model unchanged when no exit can pay for itself", async () => {
     const { planFromProfile } = await import("../src/plan/plan.js");
     const result = loadProfile(files.cnn.profile);
-    for (const l of Object.values(result.profile.latency!)) l.allExits = { ...l.model, p50: 10 * l.model.p50 };
+    // Every exit that does not fire costs three times the model on top of it.
+    for (const l of Object.values(result.profile.latency!)) for (const e of l.exits!) e.pass = { ...l.model, p50: 4 * l.model.p50 };
     const plan = planFromProfile(result, { maxDrop: 0.01 });
     expect(plan.exits).toEqual([]);
     expect(plan.expected.saving).toBeCloseTo(0, 12);

@@ -75,7 +75,7 @@ describe("stage models", () => {
 describe("ee-tool profile", () => {
   it.each(["cnn", "text"] as const)("%s: latency of stages, ramps and model at batch 1 and 8; per-sample data for every unfitted sample", (name) => {
     const out = path.join(work, `${name}.profile.json`);
-    const p = profile(ee[name], FIX(`${name}/calib.npz`), out, ["--batch", "1,8", "--budget", "3000", "--labels", FIX(`${name}/calib_labels.npy`)]);
+    const p = profile(ee[name], FIX(`${name}/calib.npz`), out, ["--batch", "1,8", "--budget", "5000", "--labels", FIX(`${name}/calib_labels.npy`)]);
     expect(validate(p, schema)).toEqual([]);
     expect(p.samples.scored + p.samples.skippedFitted).toBe(4000);
     expect(p.samples.skippedFitted).toBe(1600);
@@ -91,8 +91,13 @@ describe("ee-tool profile", () => {
       expect(l.stages.length).toBe(p.ramps.length + 1);
       expect(l.prefixes.length).toBe(l.stages.length);
       // Every item runs once per round: all have the same number of runs.
-      for (const s of [...l.stages, ...l.ramps, ...l.prefixes, l.callOverhead, l.allExits]) expect(s.runs).toBe(l.model.runs);
-      expect(l.model.runs).toBeGreaterThanOrEqual(30);
+      for (const s of [...l.stages, ...l.ramps, ...l.prefixes, l.callOverhead, l.allExits, ...l.exits!.flatMap((e) => [e.fire, e.pass])]) expect(s.runs).toBe(l.model.runs);
+      // Each exit timed as the runtime runs it alone, one entry per ramp: taking the shallowest
+      // exit costs well under the model (loose bound: noisy machines).
+      expect(l.exits!.map((e) => e.ramp)).toEqual(p.ramps.map((r) => r.id));
+      const shallowest = [...p.ramps].sort((a, c) => a.depth - c.depth)[0]!;
+      expect(l.exits!.find((e) => e.ramp === shallowest.id)!.fire.p50).toBeLessThan(0.6 * l.model.p50);
+      expect(l.model.runs).toBeGreaterThanOrEqual(20);
       // Stages in place add up to the last prefix; they and the stages alone stay near the whole
       // model (the figures themselves are reported, see docs/profile.md; loose bounds, noisy machines).
       expect(l.inPlace.reduce((a, s) => a + s.p50, 0)).toBeCloseTo(l.prefixes.at(-1)!.p50, 9);
@@ -104,6 +109,8 @@ describe("ee-tool profile", () => {
     }
     expect(p.environment.executionProvider).toBe("cpu");
     expect(p.environment.optimizedGraph).toBe(true);
+    // On the CPU provider every ramp's effect on the optimised graph is recorded (empty: none).
+    for (const r of p.ramps) expect(r.fusion).toEqual(expect.any(Object));
     expect(p.environment.cpu.length).toBeGreaterThan(0);
   });
 

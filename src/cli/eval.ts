@@ -30,7 +30,10 @@ export function renderEval(r: EvalReport): string {
       ["saving (median)", pct(l.savingMedian), pct(l.predicted.savingMedian)],
     ]),
     "exits",
-    table([["  ramp", "measured", "predicted"], ...r.exits.map((e) => [`  ${e.ramp === -1 ? "none" : e.ramp}`, pct(e.measured), pct(e.predicted)])]),
+    table([
+      ["  ramp", "measured", "predicted", ...(r.batch === 1 ? ["path x model: measured", "predicted"] : [])],
+      ...r.exits.map((e) => [`  ${e.ramp === -1 ? "none" : e.ramp}`, pct(e.measured), pct(e.predicted), ...(r.batch === 1 ? [e.path ? e.path.measured.toFixed(3) : "-", e.path?.predicted != null ? e.path.predicted.toFixed(3) : "-"] : [])]),
+    ]),
   ];
   return lines.join("\n");
 }

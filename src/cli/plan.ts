@@ -47,6 +47,15 @@ export function renderPlan(p: Plan): string {
   ]));
   const e = p.expected;
   lines.push(`expected latency: mean ${e.meanLatencyMs.toFixed(3)} ms, median ${e.medianLatencyMs.toFixed(3)} ms vs ${p.baselineMs.toFixed(3)} ms: saving ${pct(e.saving)} (median ${pct(e.savingMedian)})`);
+  const cm = p.costModel;
+  if (cm) {
+    const paths = cm.paths.map((x) => `${x.ramp < 0 ? "no exit" : `exit ${x.ramp}`} ${(x.ms / p.baselineMs).toFixed(3)}`).join(", ");
+    lines.push(`predicted paths (x model): ${paths}; ${cm.source === "exits" ? "from each exit timed in the runtime" : "from stage prefixes (an older profile: profile again for per-exit timings)"}`);
+    if (cm.allExits) {
+      const off = cm.allExits.measuredMs / cm.allExits.predictedMs - 1;
+      lines.push(`${Math.abs(off) > 0.05 ? "warning: " : ""}all exits active and none firing measured ${pct(Math.abs(off))} ${off >= 0 ? "above" : "below"} the exits' costs added up${Math.abs(off) > 0.05 ? ": predictions for several active exits are less certain on this model (eval measures them)" : ""}`);
+    }
+  }
   lines.push(`accuracy drop: ${pct(e.dropTune)} on the ${p.data.tune} tuning samples, ${pct(e.dropCertify)} on the ${p.data.certify} held-back samples`);
   if (p.certificate) {
     const c = p.certificate;

@@ -7,6 +7,17 @@ import { EeToolError } from "../errors.js";
 import { info, out } from "./io.js";
 import { progressBars } from "./progress.js";
 import { table } from "./format.js";
+import { additivity } from "../plan/problem.js";
+
+/** A ramp's effect on onnxruntime's optimised graph (Profile.ramps[].fusion) in words. */
+export function describeFusion(f: Record<string, number> | null | undefined): string {
+  if (f === undefined || f === null) return "-";
+  const entries = Object.entries(f).sort((a, b) => a[1] - b[1] || a[0].localeCompare(b[0]));
+  if (!entries.length) return "fuses as without the exit";
+  const lost = entries.filter(([, n]) => n < 0);
+  const what = entries.map(([op, n]) => `${op} ${n > 0 ? "+" : ""}${n}`).join(", ");
+  return lost.length ? `breaks a fusion: ${what}` : `changes ${what}`;
+}
 
 function parseBatches(v: string): number[] {
   const list = v.split(",").map((s) => s.trim());
@@ -44,6 +55,18 @@ export function renderProfile(p: Profile): string {
       ...l.stages.map((s, i) => [`stage ${i}`, ms(l.inPlace[i]!.p50), ms(s.p50), ms(s.mean), ms(s.p90), ms(s.p99), String(s.runs), s.converged ? "yes" : "no"]),
       ...l.ramps.map((s, i) => [`ramp ${i}`, "-", ms(s.p50), ms(s.mean), ms(s.p90), ms(s.p99), String(s.runs), s.converged ? "yes" : "no"]),
     ]));
+    if (l.exits) {
+      lines.push("  each exit as the runtime runs it alone (what the planner's cost model is built from):");
+      lines.push(table([
+        ["ramp", "exit taken p50", "x model", "not taken: adds", "the cut in onnxruntime's graph"],
+        ...l.exits.map((e) => {
+          const r = p.ramps.find((x) => x.id === e.ramp);
+          return [String(e.ramp), ms(e.fire.p50), (e.fire.p50 / l.model.p50).toFixed(3), `${ms(Math.max(0, e.pass.p50 - l.model.p50))} (${pct(Math.max(1, e.pass.p50 / l.model.p50))})`, describeFusion(r?.fusion)];
+        }),
+      ]));
+      const a = additivity(p, Number(b));
+      if (a) lines.push(`  all exits active, none firing: measured ${ms(a.measured * Number(b))}, the exits' costs added up ${ms(a.predicted * Number(b))} (${pct(a.measured / a.predicted)})`);
+    }
   }
   return lines.join("\n");
 }

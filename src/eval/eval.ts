@@ -30,7 +30,12 @@ export interface EvalReport {
     maxDrop: number;
     against: "model" | "labels";
   };
-  exits: Array<{ ramp: number; measured: number; predicted: number }>;
+  /**
+   * Exit rates, and at batch 1 each path's latency: the median of the calls that took it, as a
+   * multiple of the model's median, beside the plan's predicted multiple (null where the plan has
+   * no prediction, or at larger batches, whose calls mix paths).
+   */
+  exits: Array<{ ramp: number; measured: number; predicted: number; path: { measured: number; predicted: number | null } | null }>;
   latency: {
     model: LatencyStats;
     earlyExit: LatencyStats;
@@ -164,6 +169,13 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
     },
   ];
   const failures = checks.filter((c) => !c.passed).map((c) => c.message);
+  // At batch 1 each call took one path: its median against the model's, beside the plan's prediction.
+  const pathOf = (ramp: number): { measured: number; predicted: number | null } | null => {
+    const taken = tEe.filter((_, i) => exits[i] === ramp);
+    if (batch !== 1 || taken.length === 0) return null;
+    const predicted = plan.costModel?.paths.find((x) => x.ramp === ramp)?.ms;
+    return { measured: summarize(taken, true).p50 / baseStats.p50, predicted: predicted === undefined ? null : predicted / plan.baselineMs };
+  };
   const rampIds = [...plan.exits].sort((a, b) => a.stage - b.stage);
   return {
     plan: planPath,
@@ -174,8 +186,8 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
       predictedDrop: plan.expected.dropCertify, maxDrop: plan.settings.maxDrop, against,
     },
     exits: [
-      ...rampIds.map((e) => ({ ramp: e.ramp, measured: exits.subarray(0, m).filter((x) => x === e.ramp).length / m, predicted: e.exitRateCertify })),
-      { ramp: -1, measured: exits.subarray(0, m).filter((x) => x === -1).length / m, predicted: 1 - rampIds.reduce((a, e) => a + e.exitRateCertify, 0) },
+      ...rampIds.map((e) => ({ ramp: e.ramp, measured: exits.subarray(0, m).filter((x) => x === e.ramp).length / m, predicted: e.exitRateCertify, path: pathOf(e.ramp) })),
+      { ramp: -1, measured: exits.subarray(0, m).filter((x) => x === -1).length / m, predicted: 1 - rampIds.reduce((a, e) => a + e.exitRateCertify, 0), path: pathOf(-1) },
     ],
     latency: {
       model: baseStats, earlyExit: early, saving, savingMedian,

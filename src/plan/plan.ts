@@ -5,7 +5,7 @@
 import type { ProfileResult } from "../profile/profile.js";
 import { EeToolError } from "../errors.js";
 import { TOOL_VERSION } from "../ramps/insert.js";
-import { buildCosts, buildProblem, candidateThresholds, evaluate, type Against, type Config, type Metric, type Problem } from "./problem.js";
+import { additivity, buildCosts, buildProblem, candidateThresholds, evaluate, exitCosts, type Against, type Config, type Costs, type Metric, type Problem } from "./problem.js";
 import { autoSearch, exhaustiveSearch, greedySearch, type Point, type SearchResult } from "./search.js";
 import { minimumCertifiable, pValueOf, binomialUpperBound, type Certificate } from "./certify.js";
 import { withFittedLosses } from "./fitted.js";
@@ -101,6 +101,17 @@ export interface Plan {
   settings: { maxDrop: number; against: Against; metric: Metric; batch: number; confidence: number; search: SearchMethod; levels: number; tuneFraction: number; tuningDrop: TuningDrop };
   data: { tune: number; certify: number; split: string };
   baselineMs: number;
+  /**
+   * How latency was predicted (plan/problem.ts): `source` "exits" (each exit measured in the
+   * runtime) or "prefixes" (an older profile); the predicted latency of each path of the plan's
+   * configuration (ramp -1: no exit), per request; and the additivity check, the all-exits model
+   * measured against the exits' costs added up (null for older profiles).
+   */
+  costModel: {
+    source: Costs["source"];
+    paths: Array<{ ramp: number; ms: number }>;
+    allExits: { measuredMs: number; predictedMs: number } | null;
+  };
   exits: PlannedExit[];
   expected: Outcome;
   certificate: Certificate | null;
@@ -270,8 +281,7 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
   const truncation = order.map((r, j) => {
     let loss = 0;
     for (let s = 0; s < cert.n; s++) loss += cert.loss[j]![s]!;
-    let latency = costs.fixed + costs.ramp[j]!;
-    for (let k = 0; k <= j; k++) latency += costs.stage[k]!;
+    const latency = costs.fire[j]!;
     const bytes = profile.stages.slice(j + 1).reduce((a, s) => a + s.weightBytes, 0);
     return { ramp: r.id, dropCertify: loss / Math.max(1, cert.n), latencyMs: latency, saving: 1 - latency / costs.baseline, bytesNotLoaded: bytes };
   });
@@ -284,6 +294,7 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
     settings: { maxDrop, against, metric, batch, confidence, search: method, levels, tuneFraction, tuningDrop },
     data: { tune: tune.n, certify: cert.n, split: `by content hash: ${Math.round(tuneFraction * 100)}% tune thresholds, the rest certify them` },
     baselineMs: costs.baseline,
+    costModel: costModel(profile, batch, costs, order.map((r) => r.id), inModel(chosen.config)),
     exits,
     expected: outcome(tune, cert, inModel(chosen.config)),
     certificate,
@@ -294,6 +305,16 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
       : null,
     truncation,
     ...(options.points ? { points: operatingPoints(result, tune, cert, order, picks.map((p) => p.chosen.config), pointLevels, inModel, picks.map((p) => p.certificate), confidence, present, pointLevels.indexOf(maxDrop)) } : {}),
+  };
+}
+
+function costModel(profile: ProfileResult["profile"], batch: number, costs: Costs, rampIds: number[], config: Config): Plan["costModel"] {
+  const { atRamp, none } = exitCosts(costs, config);
+  const check = additivity(profile, batch);
+  return {
+    source: costs.source,
+    paths: [...rampIds.flatMap((ramp, j) => (config[j] === Infinity || config[j] === PRESENT_OFF ? [] : [{ ramp, ms: atRamp[j]! }])), { ramp: -1, ms: none }],
+    allExits: check ? { measuredMs: check.measured, predictedMs: check.predicted } : null,
   };
 }
 

@@ -4,17 +4,20 @@
  *
  * Cost model (per request, from the profile's measured medians at the chosen batch size, divided
  * by the batch size; medians resist the outliers of a busy machine). The runtime makes one call per
- * request (runtime/exit-graph.ts), so:
- * - a sample that exits at ramp j pays the stages up to j and the cost of every active exit up to j;
- * - a sample that never exits pays the whole model and every active exit.
- * Every request pays one call's fixed cost (`callOverhead`, a bare call) whatever exit it takes.
- * Stage costs: reaching cut k costs the measured prefix k (stages 0..k in one call); stage k is
- * prefix k less prefix k-1 (prefixes are made non-decreasing first, noise can invert two close
- * ones), the first less the call, the last the whole model less the deepest prefix before it.
- * Exit costs: the all-exits model (every ramp active, none firing) less the model is what all
- * exits together cost; each exit gets its ramp's time alone less one bare call, plus an equal
- * share of the rest (the confidence ops and the If). When the ramps cost less in place than alone
- * (nothing left to share), the all-exits cost is split in proportion to the ramps' times.
+ * request (runtime/exit-graph.ts) on the model optimised with the plan's ramps only, and the
+ * profile times each ramp as that runtime runs it when it is the only exit (Profile latency
+ * `exits`): `fire[j]`, the whole call when every row exits at j, and `pass[j]`, what an exit at j
+ * that does not fire adds to the model (its ramp, confidence test and If, and whatever fusion its
+ * cut stops onnxruntime making). A path is then built from measured pieces:
+ * - a sample that exits at ramp j pays fire[j] plus pass[i] of every active exit i before j;
+ * - a sample that never exits pays the model plus pass[i] of every active exit.
+ * Assumed, not measured per configuration: that the pieces add up when several exits are active
+ * (the profile's all-exits model checks it, see `additivity`), and that in a batch a row costs
+ * its share of a batch whose rows all take its path.
+ *
+ * Profiles made before the per-exit measurements fall back to the prefix model: reaching cut k
+ * costs the measured prefix k (stages 0..k in one call), an exit costs its ramp alone plus a
+ * share of what the all-exits model adds beyond the ramps.
  */
 import type { Profile } from "../profile/profile.js";
 import type { SampleData } from "../profile/samples.js";
@@ -24,14 +27,14 @@ export type Metric = "maxprob" | "margin" | "entropy";
 export type Against = "model" | "labels";
 
 export interface Costs {
-  /** Net cost of each stage (stage k ends at ramp k; the last stage ends at the output). */
-  stage: number[];
-  /** Cost of each ramp as an active exit (the ramp, its confidence test and the branch). */
-  ramp: number[];
-  /** What every request pays once: the fixed cost of a call. */
-  fixed: number;
+  /** Exiting at ramp j (depth order) with no active exit before it: the whole call. */
+  fire: number[];
+  /** What ramp j, active and not firing, adds to every path through it. */
+  pass: number[];
   /** The original model, measured end to end. */
   baseline: number;
+  /** Where fire and pass come from: each exit measured in the runtime, or the older prefix model. */
+  source: "exits" | "prefixes";
 }
 
 export interface Problem {
@@ -59,24 +62,36 @@ export function buildCosts(profile: Profile, batch: number): Costs {
   }
   const per = (x: number): number => x / batch;
   const baseline = per(l.model.p50);
+  const byDepth = profile.ramps.map((r, i) => ({ r, i })).sort((a, b) => a.r.depth - b.r.depth);
+  if (l.exits?.length === profile.ramps.length) {
+    const exits = byDepth.map(({ r }) => l.exits!.find((e) => e.ramp === r.id)!);
+    return { fire: exits.map((e) => per(e.fire.p50)), pass: exits.map((e) => Math.max(0, per(e.pass.p50) - baseline)), baseline, source: "exits" };
+  }
+  // The prefix model (profiles without per-exit measurements): l.prefixes and l.ramps are in cut order.
   const call = per(l.callOverhead.p50);
   const net = (x: number): number => Math.max(0, per(x) - call);
   const fixed = Math.min(call, baseline);
   let reached = fixed;
-  const stages = l.prefixes.map((p, k) => {
-    const cum = k === l.prefixes.length - 1 ? Math.max(baseline, reached) : Math.max(per(p.p50), reached);
-    const cost = cum - reached;
-    reached = cum;
-    return cost;
-  });
+  const reach = l.prefixes.map((p, k) => (reached = k === l.prefixes.length - 1 ? Math.max(baseline, reached) : Math.max(per(p.p50), reached)));
   const ramps = l.ramps.map((r) => net(r.p50));
   const rampSum = ramps.reduce((a, b) => a + b, 0);
   const allExits = Math.max(0, per(l.allExits.p50) - baseline);
   // Each exit costs its ramp plus an equal share of the rest (confidence ops and the If, the same
   // few ops at every exit); when the ramps in place cost less than alone, a share in proportion.
   const extra = allExits - rampSum;
-  const share = (r: number): number => (extra >= 0 ? r + extra / ramps.length : (allExits * r) / rampSum);
-  return { stage: stages, ramp: ramps.map(share), fixed, baseline };
+  const pass = ramps.map((r) => (extra >= 0 ? r + extra / ramps.length : (allExits * r) / rampSum));
+  return { fire: pass.map((p, j) => reach[j]! + p), pass, baseline, source: "prefixes" };
+}
+
+/**
+ * How well the pieces add up: the all-exits model (every ramp active, none firing) measured, and
+ * as the cost model predicts it (the model plus every exit's pass cost), per request.
+ */
+export function additivity(profile: Profile, batch: number): { measured: number; predicted: number } | null {
+  const l = profile.latency?.[String(batch)];
+  if (!l?.exits) return null;
+  const c = buildCosts(profile, batch);
+  return { measured: l.allExits.p50 / batch, predicted: c.baseline + c.pass.reduce((a, b) => a + b, 0) };
 }
 
 /** Build the problem over a subset of the profile's samples. */
@@ -122,16 +137,13 @@ export interface Evaluation {
 export function exitCosts(costs: Costs, config: Config): { atRamp: number[]; none: number } {
   const R = config.length;
   const atRamp = new Array<number>(R).fill(Infinity);
-  let acc = 0;
-  let rampSum = 0;
+  let passed = 0;
   for (let j = 0; j < R; j++) {
-    acc += costs.stage[j]!;
-    if (config[j] !== Infinity) {
-      rampSum += costs.ramp[j]!;
-      atRamp[j] = costs.fixed + acc + rampSum;
-    }
+    if (config[j] === Infinity) continue;
+    atRamp[j] = costs.fire[j]! + passed;
+    passed += costs.pass[j]!;
   }
-  return { atRamp, none: costs.fixed + acc + costs.stage[R]! + rampSum };
+  return { atRamp, none: costs.baseline + passed };
 }
 
 export function evaluate(p: Problem, config: Config, withLosses = false): Evaluation {

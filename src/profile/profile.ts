@@ -9,10 +9,11 @@ import type { OnnxModel } from "../onnx/model.js";
 import { checkBatch, openCalibration, openLabels } from "../data/calib.js";
 import { readRampMetadata, unpackHashes, type RampMetadata } from "../ramps/metadata.js";
 import { splitWithTypes, partFeeds } from "../stages/runner.js";
-import { prefixPart } from "../stages/split.js";
+import { needed, prefixPart } from "../stages/split.js";
+import { Graph } from "../ir/graph.js";
 import { createSession, runSession, runtimeBytes, ort, type SessionSettings } from "../runtime/ort.js";
 import { createRunnable, type RunnableSession } from "../runtime/sync.js";
-import { optimizeForRuntime, partSettings } from "../runtime/optimize.js";
+import { optimizeForRuntime, partSettings, type RuntimeModel } from "../runtime/optimize.js";
 import { batchMode, buildExitModel, exitOutputs, THRESHOLDS_INPUT, type BatchMode } from "../runtime/exit-graph.js";
 import { batchTensorsAt } from "../runtime/early-exit.js";
 import type { StagePart } from "../stages/split.js";
@@ -53,6 +54,14 @@ export interface BatchLatency {
    */
   allExits: LatencyStats;
   /**
+   * Each ramp as the runtime runs it when it is the plan's only exit (the model optimised with that
+   * ramp alone, its confidence test and If in place), in the order of `Profile.ramps`: `fire` with
+   * a threshold every row meets (the whole path to that exit), `pass` with one no row meets (the
+   * whole model through an exit that does not fire). The planner's cost model is built from these
+   * (plan/problem.ts). Absent in profiles made before ee-tool measured them.
+   */
+  exits?: Array<{ ramp: number; fire: LatencyStats; pass: LatencyStats }>;
+  /**
    * Sum over stages of the mean and of the median, and their ratio to the whole model's. Running
    * S stages costs S - 1 more calls than running the model; `net` subtracts those calls' overhead.
    * `inPlace`: the stages in place add up to the last prefix (all stages in one call, cut from
@@ -80,7 +89,13 @@ export interface Profile {
     batches: number[]; shard: { index: number; count: number } | null; calibrationHash: string; calibrationSamples: number;
     labels: boolean; budgetMs: number; tolerance: number;
   };
-  ramps: Array<{ id: number; exit: number; tensor: string; depth: number; output: string; parameters: number; stage: number }>;
+  /**
+   * fusion: how onnxruntime's optimised graph of the model changes when this ramp alone stays in it
+   * (op type -> count with the ramp less count without; ramp nodes not counted): a fused op lost at
+   * the cut shows as a negative count, the ops it splits into as positive ones. Empty: the cut
+   * breaks nothing; null: the graph was not optimised (another provider, or latency not measured).
+   */
+  ramps: Array<{ id: number; exit: number; tensor: string; depth: number; output: string; parameters: number; stage: number; fusion?: Record<string, number> | null }>;
   /** weightBytes: bytes of the initializers only this stage uses (what truncating before it saves loading). */
   stages: Array<{ index: number; inputs: string[]; outputs: string[]; weightBytes: number }>;
   latency: Record<string, BatchLatency> | null;
@@ -196,8 +211,9 @@ export async function profileModel(model: OnnxModel, options: ProfileOptions): P
   split.ramps.forEach((r, i) => rampStage.set(r.index, split.stages.findIndex((s) => s.outputs.includes(split.ramps[i]!.inputs[0]!))));
   let latency: Record<string, BatchLatency> | null = null;
   let optimizedGraph: boolean | null = null;
+  let fusion: Map<number, Record<string, number> | null> = new Map();
   if (options.latency !== false) {
-    ({ latency, optimizedGraph } = await measureLatency(model, split.original, batches, chosen, calib.feedsFor.bind(calib), probe, settings, options, progress));
+    ({ latency, optimizedGraph, fusion } = await measureLatency(model, split.original, batches, chosen, calib.feedsFor.bind(calib), probe, settings, options, progress));
   }
   const encoded = encodeSamples(samples);
   const profile: Profile = {
@@ -214,7 +230,7 @@ export async function profileModel(model: OnnxModel, options: ProfileOptions): P
       batches, shard: options.shard ?? null, calibrationHash: createHash("sha256").update(hashes.join("")).digest("hex"),
       calibrationSamples: calib.size, labels: !!labels, budgetMs: options.budgetMs ?? 10_000, tolerance: options.tolerance ?? 0.02,
     },
-    ramps: meta.ramps.map((r) => ({ id: r.id, exit: r.exit, tensor: r.tensor, depth: r.depth, output: r.output, parameters: r.parameters, stage: rampStage.get(r.id)! })),
+    ramps: meta.ramps.map((r) => ({ id: r.id, exit: r.exit, tensor: r.tensor, depth: r.depth, output: r.output, parameters: r.parameters, stage: rampStage.get(r.id)!, fusion: fusion.get(r.id) ?? null })),
     stages: split.stages.map((s) => ({
       index: s.index, inputs: s.inputs, outputs: s.outputs,
       weightBytes: (s.proto.graph!.initializer ?? []).reduce((a, t) => a + tensorByteSize(t), 0),
@@ -274,9 +290,13 @@ async function measureLatency(
   settings: SessionSettings,
   options: ProfileOptions,
   progress: (phase: string, done: number, total: number) => void,
-): Promise<{ latency: Record<string, BatchLatency>; optimizedGraph: boolean }> {
+): Promise<{ latency: Record<string, BatchLatency>; optimizedGraph: boolean; fusion: Map<number, Record<string, number> | null> }> {
   const rt = await optimizeForRuntime(model, settings);
   const rtSettings = partSettings(rt, settings);
+  // Each ramp alone in the graph onnxruntime optimises, as the runtime builds a plan with that one exit.
+  const alone = [];
+  for (const r of rt.meta.ramps) alone.push(await optimizeForRuntime(model, settings, [r.id]));
+  const fusion = await fusionChanges(model, settings, alone);
   const split = await splitWithTypes({ ...model, proto: rt.proto }, probe, rtSettings);
   const meta = rt.meta;
   const opened: RunnableSession[] = [];
@@ -314,6 +334,7 @@ async function measureLatency(
     const never = meta.ramps.map((r) => ({ ramp: r.id, output: r.output, threshold: Infinity }));
     const { batchTensors, rowRemoval } = batchTensorsAt(rt.proto, never, meta.output);
     const allExits = new Map<BatchMode, RunnableSession>();
+    const single = new Map<boolean, RunnableSession[]>();
     const cut0 = split.stages[0]!.outputs[0]!;
     for (const b of batches) {
       const mode = batchMode(b, rowRemoval);
@@ -324,15 +345,35 @@ async function measureLatency(
         ee = await open(proto, rtSettings, exitOutputs(mode));
         allExits.set(mode, ee);
       }
+      // Batch 1 and larger batches differ in form (batchMode); each exit's own model decides row removal.
+      let one = single.get(b === 1);
+      if (!one) {
+        one = [];
+        for (const m of alone) {
+          const exit = m.meta.ramps.map((r) => ({ ramp: r.id, output: r.output, threshold: Infinity }));
+          const at = batchTensorsAt(m.proto, exit, meta.output);
+          const form = batchMode(b, at.rowRemoval);
+          const proto = buildExitModel(m.proto, { exits: exit, metric: "maxprob", classes: meta.classes, output: meta.output, mode: form, batchTensors: at.batchTensors, thresholdInput: THRESHOLDS_INPUT, thresholdDefault: false });
+          one.push(await open(proto, partSettings(m, settings), exitOutputs(form)));
+        }
+        single.set(b === 1, one);
+      }
       const pool = pools.get(b)!;
       const feeds = Object.fromEntries(Object.keys(probe).map((k) => [k, pool.get(k)!]));
-      const eeFeeds = { ...feeds, [THRESHOLDS_INPUT]: new ort.Tensor("float32", new Float32Array(never.length).fill(Infinity), [never.length]) };
+      const thresholds = (n: number, t: number): ort.Tensor => new ort.Tensor("float32", new Float32Array(n).fill(t), [n]);
+      const eeFeeds = { ...feeds, [THRESHOLDS_INPUT]: thresholds(never.length, Infinity) };
+      const fireFeeds = { ...feeds, [THRESHOLDS_INPUT]: thresholds(1, -Infinity) };
+      const passFeeds = { ...feeds, [THRESHOLDS_INPUT]: thresholds(1, Infinity) };
       const cutTensor = { x: pool.get(cut0)! };
       const eeSession = ee;
       const items = [
         { name: "model", run: () => whole.run(feeds, [meta.output]) },
         { name: "overhead", run: () => bare.run(cutTensor, ["y"]) },
         { name: "allExits", run: () => eeSession.run(eeFeeds, eeSession.outputNames) },
+        ...one.flatMap((x, i) => [
+          { name: `fire${i}`, run: () => x.run(fireFeeds, x.outputNames) },
+          { name: `pass${i}`, run: () => x.run(passFeeds, x.outputNames) },
+        ]),
         ...[...stages, ...ramps, ...prefixes].map((s) => { const f = partFeeds(s.part, pool); return { name: `${s.part.kind}${s.part.index}`, run: () => s.session.run(f, s.fetches) }; }),
       ];
       const stats = await measure(items, {
@@ -356,6 +397,7 @@ async function measureLatency(
         ramps: ramps.map((s) => stats.get(`ramp${s.part.index}`)!),
         callOverhead: overhead,
         allExits: stats.get("allExits")!,
+        exits: alone.map((m, i) => ({ ramp: m.meta.ramps[0]!.id, fire: stats.get(`fire${i}`)!, pass: stats.get(`pass${i}`)! })),
         stageSum: {
           mean: sumMean, p50: sumP50, ratioMean: sumMean / whole1.mean, ratioP50: sumP50 / whole1.p50, netP50, netRatioP50: netP50 / whole1.p50,
           inPlaceP50: all.p50, inPlaceRatioP50: all.p50 / whole1.p50,
@@ -365,7 +407,42 @@ async function measureLatency(
   } finally {
     for (const s of opened) await s.release();
   }
-  return { latency, optimizedGraph: rt.optimized };
+  return { latency, optimizedGraph: rt.optimized, fusion };
+}
+
+/** Op types of the nodes the model's own output needs (a ramp's nodes are not among them). */
+function backboneOps(proto: OnnxModel["proto"], output: string): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const n of needed(new Graph(proto.graph!), [output], new Set())) {
+    const op = n.domain && n.domain !== "ai.onnx" ? `${n.domain}.${n.op_type}` : n.op_type ?? "";
+    counts.set(op, (counts.get(op) ?? 0) + 1);
+  }
+  return counts;
+}
+
+/**
+ * What each ramp alone changes in onnxruntime's optimised graph of the model (Profile.ramps[].fusion),
+ * against the model optimised with no ramp at all. Null for a ramp whose graph was not optimised.
+ */
+async function fusionChanges(model: OnnxModel, settings: SessionSettings, alone: RuntimeModel[]): Promise<Map<number, Record<string, number> | null>> {
+  const out = new Map<number, Record<string, number> | null>();
+  const bare = await optimizeForRuntime(model, settings, []);
+  const without = bare.optimized ? backboneOps(bare.proto, bare.meta.output) : null;
+  for (const m of alone) {
+    const id = m.meta.ramps[0]!.id;
+    if (!without || !m.optimized) {
+      out.set(id, null);
+      continue;
+    }
+    const withRamp = backboneOps(m.proto, m.meta.output);
+    const diff: Record<string, number> = {};
+    for (const op of new Set([...without.keys(), ...withRamp.keys()])) {
+      const d = (withRamp.get(op) ?? 0) - (without.get(op) ?? 0);
+      if (d !== 0) diff[op] = d;
+    }
+    out.set(id, diff);
+  }
+  return out;
 }
 
 /** Write a profile and its binary sidecar (`<name>.bin`), both atomically. */

@@ -1,6 +1,6 @@
 /**
- * EarlyExitSession: runs a plan. The augmented model is optimised by onnxruntime as a whole (see
- * optimize.ts) and turned into one model with an If node after each active ramp (exit-graph.ts),
+ * EarlyExitSession: runs a plan. The augmented model, with the plan's ramps only, is optimised by
+ * onnxruntime as a whole (see optimize.ts) and turned into one model with an If node after each active ramp (exit-graph.ts),
  * so a request is one onnxruntime call whichever exit it takes. Its thresholds are an optional
  * input (ee_thresholds): a call may feed other thresholds or pick one of the plan's operating
  * points, with no reload (bench/switch.mjs: no measurable cost). In a batch, rows whose ramp is
@@ -101,8 +101,9 @@ export class EarlyExitSession {
 
   static async fromPlan(plan: Plan, modelPath: string, settings: SessionSettings = {}): Promise<EarlyExitSession> {
     const s: SessionSettings = { optimization: "all", spinning: false, ...settings };
-    const model = await optimizeForRuntime(loadModel(modelPath), s);
     const exits = runtimeExits(plan);
+    // Only the plan's ramps stay in the graph onnxruntime optimises: the other cuts fuse as in the model.
+    const model = await optimizeForRuntime(loadModel(modelPath), s, exits.map((e) => e.ramp));
     const { batchTensors, rowRemoval } = exits.length ? batchTensorsAt(model.proto, exits, plan.model.output) : { batchTensors: new Set<string>(), rowRemoval: true };
     const ee = new EarlyExitSession(plan, model, exits, s, rowRemoval, batchTensors);
     // Ready for the batch the model fixes, else for single requests.

@@ -22,6 +22,7 @@ import { loadModel, type OnnxModel } from "../onnx/model.js";
 import { Graph } from "../ir/graph.js";
 import { needed } from "../stages/split.js";
 import { METADATA_KEY, readRampMetadata, type RampMetadata } from "../ramps/metadata.js";
+import { withRamps } from "../ramps/select.js";
 import { ort, runtimeBytes, sessionOptions, type SessionSettings } from "./ort.js";
 
 /** Models larger than this are not re-serialised by onnxruntime (a protobuf holds at most 2 GB). */
@@ -42,10 +43,13 @@ export function partSettings(m: RuntimeModel, settings: SessionSettings): Sessio
 
 /**
  * Optimise an augmented model with onnxruntime (cpu provider, the settings' level) and map its ramps
- * to the optimised graph. Falls back to the model as it is when the provider is not the CPU, the
- * level is "disabled", the model is too large to re-serialise, or an exit cannot be found again.
+ * to the optimised graph. With `ramps`, only those ramps stay in the model (ramps/select.ts): every
+ * other cut is then free to be fused across, as in the model without exits. Falls back to the
+ * model as it is when the provider is not the CPU, the level is "disabled", the model is too large
+ * to re-serialise, or an exit cannot be found again.
  */
-export async function optimizeForRuntime(model: OnnxModel, settings: SessionSettings = {}): Promise<RuntimeModel> {
+export async function optimizeForRuntime(model: OnnxModel, settings: SessionSettings = {}, ramps?: readonly number[]): Promise<RuntimeModel> {
+  if (ramps) model = { ...model, proto: withRamps(model.proto, ramps) };
   const meta = readRampMetadata(model.proto);
   const asIs: RuntimeModel = { proto: model.proto, meta: meta!, optimized: false, readExternal: model.readExternal };
   if (!meta || (settings.ep ?? "cpu") !== "cpu" || settings.optimization === "disabled" || process.env.EE_TOOL_NO_PREOPTIMIZE === "1") return asIs;

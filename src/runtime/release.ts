@@ -44,8 +44,8 @@ export class ReleaseEarlySession {
 
   static async fromPlan(plan: Plan, modelPath: string, settings: SessionSettings = {}): Promise<ReleaseEarlySession> {
     const s: SessionSettings = { optimization: "all", spinning: false, ...settings };
-    const rt = await optimizeForRuntime(loadModel(modelPath), s);
     const exits = runtimeExits(plan);
+    const rt = await optimizeForRuntime(loadModel(modelPath), s, exits.map((e) => e.ramp));
     if (exits.length === 0) throw new EeToolError("UNSUPPORTED", "the plan has no exits: every row runs the whole model, there is nothing to release early");
     const split = splitModel(rt.proto, declaredTypes(rt.proto), { rampIds: exits.map((e) => e.ramp), fuse: true });
     const segments: Segment[] = [];
