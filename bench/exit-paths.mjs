@@ -13,8 +13,8 @@ import { loadProfile } from "../dist/profile/merge.js";
 import { buildCosts, exitCosts } from "../dist/plan/problem.js";
 import { openCalibration } from "../dist/data/calib.js";
 import { loadModel } from "../dist/onnx/model.js";
-import { createRunnable } from "../dist/runtime/sync.js";
-import { runtimeBytes } from "../dist/runtime/ort.js";
+import { createRunnable } from "../dist/ort/sync.js";
+import { runtimeBytes } from "../dist/ort/ort.js";
 import { declaredTypes, splitModel } from "../dist/stages/split.js";
 
 const args = process.argv.slice(2);

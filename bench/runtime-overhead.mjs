@@ -5,13 +5,13 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { EarlyExitSession } from "../dist/runtime/early-exit.js";
-import { createRunnable } from "../dist/runtime/sync.js";
+import { createRunnable } from "../dist/ort/sync.js";
 import { loadModel } from "../dist/onnx/model.js";
 import { declaredTypes, splitModel } from "../dist/stages/split.js";
-import { runtimeBytes } from "../dist/runtime/ort.js";
+import { runtimeBytes } from "../dist/ort/ort.js";
 import { openCalibration } from "../dist/data/calib.js";
 import { openParts, chainStages, releaseParts } from "../dist/stages/runner.js";
-import { optimizeForRuntime, partSettings } from "../dist/runtime/optimize.js";
+import { optimizeForRuntime, partSettings } from "../dist/stages/optimize.js";
 import { reducedOutputs } from "../dist/profile/profile.js";
 
 const [planPath, dataPath] = process.argv.slice(2);

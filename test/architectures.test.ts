@@ -11,7 +11,7 @@ import { tmpDir } from "./helpers/fixtures.js";
 import { insertRamps } from "../src/ramps/insert.js";
 import { encodeNpy } from "../src/data/npy.js";
 import { Rng } from "../src/util/rng.js";
-import { runtimeBytes, createSession, runSession, ort } from "../src/runtime/ort.js";
+import { runtimeBytes, createSession, runSession, ort } from "../src/ort/ort.js";
 
 /**
  * Per architecture: candidates found, how many close a multi-path block, and where that number

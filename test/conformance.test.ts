@@ -11,8 +11,8 @@ import { loadModel, saveModel } from "../src/onnx/model.js";
 import { decodeMessage } from "../src/onnx/codec.js";
 import type { TensorProto } from "../src/onnx/types.js";
 import { Graph } from "../src/ir/graph.js";
-import { ortTensorFromProto } from "../src/runtime/tensors.js";
-import { ort } from "../src/runtime/ort.js";
+import { ortTensorFromProto } from "../src/ort/tensors.js";
+import { ort } from "../src/ort/ort.js";
 import { compareTensors } from "./helpers/compare.js";
 
 const ROOT = process.env.ONNX_TESTDATA_DIR ?? "/usr/share/libonnx-testdata/data";

@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { loadModel, saveModel } from "../src/onnx/model.js";
-import { createSession, ortMessage, runSession, runtimeBytes } from "../src/runtime/ort.js";
+import { createSession, ortMessage, runSession, runtimeBytes } from "../src/ort/ort.js";
 import { openCalibration } from "../src/data/calib.js";
 import { isEeToolError } from "../src/errors.js";
 import { ROOT, TEXT, runCli, tmpDir } from "./helpers/fixtures.js";

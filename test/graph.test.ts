@@ -5,7 +5,7 @@ import { loadModel, serializeModel, parseModel } from "../src/onnx/model.js";
 import { makeTensor } from "../src/onnx/tensor.js";
 import type { GraphProto, ModelProto, NodeProto } from "../src/onnx/types.js";
 import { DataType } from "../src/onnx/dtype.js";
-import { createSession, runSession, ort } from "../src/runtime/ort.js";
+import { createSession, runSession, ort } from "../src/ort/ort.js";
 import { CNN } from "./helpers/fixtures.js";
 
 const F = DataType.FLOAT;

@@ -8,7 +8,7 @@ import { allTensors } from "../src/onnx/walk.js";
 import { DataType } from "../src/onnx/dtype.js";
 import { EeToolError } from "../src/errors.js";
 import { isExternal, makeTensor, tensorToArray } from "../src/onnx/tensor.js";
-import { createSession, runSession, runtimeBytes, ort } from "../src/runtime/ort.js";
+import { createSession, runSession, runtimeBytes, ort } from "../src/ort/ort.js";
 import { CNN, FIXTURE_MODELS, tmpDir } from "./helpers/fixtures.js";
 
 function expectCode(fn: () => unknown, code: string, text?: RegExp): void {

@@ -10,7 +10,7 @@ import { openCalibration } from "../src/data/calib.js";
 import { readRampMetadata, unpackHashes } from "../src/ramps/metadata.js";
 import { splitWithTypes, openParts, chainStages, releaseParts } from "../src/stages/runner.js";
 import { prefixPart } from "../src/stages/split.js";
-import { createSession, runSession } from "../src/runtime/ort.js";
+import { createSession, runSession } from "../src/ort/ort.js";
 import { agreement, argmax, runAll } from "./helpers/run.js";
 
 const FIX = (p: string): string => path.join(ROOT, "fixtures", p);

@@ -12,7 +12,7 @@ import type { OperatingPoints, Plan } from "../src/plan/plan.js";
 import { EarlyExitSession } from "../src/runtime/early-exit.js";
 import { openCalibration } from "../src/data/calib.js";
 import { loadModel } from "../src/onnx/model.js";
-import { ort } from "../src/runtime/ort.js";
+import { ort } from "../src/ort/ort.js";
 import { argmaxRows } from "../src/util/logits.js";
 import { Rng } from "../src/util/rng.js";
 import { validate } from "../src/util/schema.js";

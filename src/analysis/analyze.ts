@@ -3,7 +3,7 @@ import type { OnnxModel } from "../onnx/model.js";
 import { Graph } from "../ir/graph.js";
 import { discoverShapes } from "../ir/shapes.js";
 import { findExitCandidates, type ExitAnalysis, type ShapeFacts } from "./exits.js";
-import { ort, type SessionSettings } from "../runtime/ort.js";
+import { ort, type SessionSettings } from "../ort/ort.js";
 import type { InputSpec } from "../data/calib.js";
 import { ortTensor, typedArray } from "../data/calib.js";
 

@@ -3,7 +3,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Plan } from "../plan/plan.js";
 import { readTelemetry, replanFromFeedback } from "../plan/feedback.js";
-import { writePlan } from "../plan/write.js";
+import { writePlan } from "../emit/write.js";
 import { EeToolError } from "../errors.js";
 import { info, out } from "./io.js";
 import { table } from "./format.js";

@@ -15,7 +15,7 @@ import { decodeMessage } from "../onnx/codec.js";
 import { tensorDims, tensorRawBytes } from "../onnx/tensor.js";
 import { openNpy, rowBytes, type ArraySource, type ElemType } from "./npy.js";
 import { openNpz } from "./npz.js";
-import { ort } from "../runtime/ort.js";
+import { ort } from "../ort/ort.js";
 
 export interface InputSpec {
   name: string;

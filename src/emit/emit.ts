@@ -18,8 +18,8 @@ import { makeValueInfo } from "../ir/shapes.js";
 import { shallowClone } from "../ir/clone.js";
 import { DataType } from "../onnx/dtype.js";
 import { declaredTypes, splitModel } from "../stages/split.js";
-import { buildExitModel, EXIT_IDS, EXIT_LOGITS, THRESHOLDS_INPUT } from "../runtime/exit-graph.js";
-import { runtimeExits } from "../runtime/early-exit.js";
+import { buildExitModel, EXIT_IDS, EXIT_LOGITS, THRESHOLDS_INPUT } from "../stages/exit-graph.js";
+import { runtimeExits } from "../plan/exits.js";
 import { EeToolError } from "../errors.js";
 
 export interface SegmentArtifact {

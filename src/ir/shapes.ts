@@ -9,7 +9,7 @@ import { Graph } from "./graph.js";
 import { tensorDims } from "../onnx/tensor.js";
 import { toNumber } from "../onnx/int64.js";
 import { dataTypeFromOrt } from "../onnx/dtype.js";
-import { createSession, ort, runSession, runtimeBytes, type SessionSettings } from "../runtime/ort.js";
+import { createSession, ort, runSession, runtimeBytes, type SessionSettings } from "../ort/ort.js";
 
 /** A dimension: a number, a symbolic name, or unknown (null). */
 export type Dim = number | string | null;

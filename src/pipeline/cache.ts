@@ -12,7 +12,7 @@ import { loadModel } from "../onnx/model.js";
 import { allTensors } from "../onnx/walk.js";
 import { isExternal } from "../onnx/tensor.js";
 import { externalRef } from "../onnx/external.js";
-import { ort } from "../runtime/ort.js";
+import { ort } from "../ort/ort.js";
 import { sha256File, sha256Text } from "../util/hash.js";
 import { writeBytesAtomic } from "../util/atomic.js";
 import { TOOL_VERSION } from "../ramps/insert.js";

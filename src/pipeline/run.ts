@@ -17,12 +17,12 @@ import { insertRamps } from "../ramps/insert.js";
 import { profileModel, writeProfile } from "../profile/profile.js";
 import { loadProfile } from "../profile/merge.js";
 import { planFromProfile, type Plan } from "../plan/plan.js";
-import { writePlan } from "../plan/write.js";
+import { writePlan } from "../emit/write.js";
 import { evaluatePlan, type EvalReport } from "../eval/eval.js";
 import { renderReport } from "../report/report.js";
 import { writeBytesAtomic } from "../util/atomic.js";
 import { EeToolError } from "../errors.js";
-import type { SessionSettings } from "../runtime/ort.js";
+import type { SessionSettings } from "../ort/ort.js";
 import type { RunConfig } from "./config.js";
 import { dropRecord, externalDataFiles, hashDataFiles, hashModelFiles, machineFingerprint, stepKey, validRecord, writeRecord, type MachineFingerprint, type StepRecord } from "./cache.js";
 

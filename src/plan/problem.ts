@@ -4,7 +4,7 @@
  *
  * Cost model (per request, from the profile's measured medians at the chosen batch size, divided
  * by the batch size; medians resist the outliers of a busy machine). The runtime makes one call per
- * request (runtime/exit-graph.ts) on the model optimised with the plan's ramps only, and the
+ * request (stages/exit-graph.ts) on the model optimised with the plan's ramps only, and the
  * profile times each ramp as that runtime runs it when it is the only exit (Profile latency
  * `exits`): `fire[j]`, the whole call when every row exits at j, and `pass[j]`, what an exit at j
  * that does not fire adds to the model (its ramp, confidence test and If, and whatever fusion its
@@ -23,7 +23,8 @@ import type { Profile } from "../profile/profile.js";
 import type { SampleData } from "../profile/samples.js";
 import { EeToolError } from "../errors.js";
 
-export type Metric = "maxprob" | "margin" | "entropy";
+import type { Metric } from "../stages/exit-graph.js";
+export type { Metric };
 export type Against = "model" | "labels";
 
 export interface Costs {

@@ -11,11 +11,10 @@ import { readRampMetadata, unpackHashes, type RampMetadata } from "../ramps/meta
 import { splitWithTypes, partFeeds } from "../stages/runner.js";
 import { needed, prefixPart } from "../stages/split.js";
 import { Graph } from "../ir/graph.js";
-import { createSession, runSession, runtimeBytes, ort, type SessionSettings } from "../runtime/ort.js";
-import { createRunnable, type RunnableSession } from "../runtime/sync.js";
-import { optimizeForRuntime, partSettings, type RuntimeModel } from "../runtime/optimize.js";
-import { batchMode, buildExitModel, exitOutputs, THRESHOLDS_INPUT, type BatchMode } from "../runtime/exit-graph.js";
-import { batchTensorsAt } from "../runtime/early-exit.js";
+import { createSession, runSession, runtimeBytes, ort, type SessionSettings } from "../ort/ort.js";
+import { createRunnable, type RunnableSession } from "../ort/sync.js";
+import { optimizeForRuntime, partSettings, type RuntimeModel } from "../stages/optimize.js";
+import { batchMode, batchTensorsAt, buildExitModel, exitOutputs, THRESHOLDS_INPUT, type BatchMode } from "../stages/exit-graph.js";
 import type { StagePart } from "../stages/split.js";
 import { serializeModel } from "../onnx/model.js";
 import { measure, type LatencyStats } from "./timing.js";
@@ -82,7 +81,7 @@ export interface Profile {
   environment: {
     onnxruntime: string; node: string; platform: string; cpu: string; cores: number;
     executionProvider: string; threads: number | null;
-    /** Whether stages and ramps were cut from onnxruntime's optimised graph (runtime/optimize.ts); null without latency. */
+    /** Whether stages and ramps were cut from onnxruntime's optimised graph (stages/optimize.ts); null without latency. */
     optimizedGraph?: boolean | null;
   };
   settings: {
@@ -203,7 +202,7 @@ export async function profileModel(model: OnnxModel, options: ProfileOptions): P
   }
 
   // Stages and ramps as separate models, timed at each batch size. They are cut from the graph
-  // onnxruntime optimises for this machine (see runtime/optimize.ts), as the runtime runs it; the
+  // onnxruntime optimises for this machine (see stages/optimize.ts), as the runtime runs it; the
   // portable split gives the stages' structure and weight bytes.
   const probe = calib.passFeeds(chosen.slice(0, Math.min(calib.passBatch(2), chosen.length)));
   const split = await splitWithTypes(model, probe, settings);

@@ -11,7 +11,7 @@ import { NodeEmitter, attr } from "../ir/builder.js";
 import { makeValueInfo } from "../ir/shapes.js";
 import { DataType } from "../onnx/dtype.js";
 import { serializeModel } from "../onnx/model.js";
-import { createSession, ort, runSession, type SessionSettings } from "../runtime/ort.js";
+import { createSession, ort, runSession, type SessionSettings } from "../ort/ort.js";
 import { Rng } from "../util/rng.js";
 import type { RampKind, RampWeights } from "./build.js";
 

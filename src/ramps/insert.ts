@@ -13,7 +13,7 @@ import { DataType } from "../onnx/dtype.js";
 import { analyzeExits } from "../analysis/analyze.js";
 import type { ExitAnalysis, ExitCandidate } from "../analysis/exits.js";
 import { openCalibration, openLabels } from "../data/calib.js";
-import { createSession, runSession, runtimeBytes, type SessionSettings } from "../runtime/ort.js";
+import { createSession, runSession, runtimeBytes, type SessionSettings } from "../ort/ort.js";
 import { EeToolError } from "../errors.js";
 import { Rng } from "../util/rng.js";
 import { argmaxRows } from "../util/logits.js";

@@ -1,7 +1,7 @@
 /**
  * An augmented model that keeps only some of its ramps. What the runtime optimises and runs for a
  * plan: a ramp that stays in the graph keeps its exit tensor alive, and so stops onnxruntime fusing
- * across that cut (runtime/optimize.ts), even when the plan never uses the exit.
+ * across that cut (stages/optimize.ts), even when the plan never uses the exit.
  */
 import type { ModelProto } from "../onnx/types.js";
 import { Graph } from "../ir/graph.js";

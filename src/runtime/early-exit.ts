@@ -12,17 +12,14 @@ import * as path from "node:path";
 import type { Plan } from "../plan/plan.js";
 import { loadModel } from "../onnx/model.js";
 import { checkModelHash } from "../plan/write.js";
-import { declaredTypes } from "../stages/split.js";
-import { runtimeBytes, ort, type SessionSettings } from "./ort.js";
-import { createRunnable, type RunnableSession } from "./sync.js";
-import { optimizeForRuntime, partSettings, type RuntimeModel } from "./optimize.js";
-import { batchMode, buildExitModel, crossingTensors, exitOutputs, readExitOutputs, THRESHOLDS_INPUT, type ActiveExit, type BatchMode } from "./exit-graph.js";
+import { runtimeBytes, ort, type SessionSettings } from "../ort/ort.js";
+import { createRunnable, type RunnableSession } from "../ort/sync.js";
+import { optimizeForRuntime, partSettings, type RuntimeModel } from "../stages/optimize.js";
+import { batchMode, batchTensorsAt, buildExitModel, exitOutputs, readExitOutputs, THRESHOLDS_INPUT, type ActiveExit, type BatchMode } from "../stages/exit-graph.js";
 import { EeToolError } from "../errors.js";
-import { Graph } from "../ir/graph.js";
-import { typeInfo } from "../ir/shapes.js";
 import { fixedBatch, inputSpecs } from "../data/calib.js";
-import { DataType } from "../onnx/dtype.js";
 import { PLAN_FORMAT } from "../plan/plan.js";
+import { runtimeExits } from "../plan/exits.js";
 
 export interface EarlyExitResult {
   /** Logits [N, classes], row-major, each row from the exit it took. */
@@ -39,33 +36,6 @@ export interface RunOptions {
   point?: number;
   /** Thresholds for this call, one per exit of `exitRamps` (+Infinity: off). */
   thresholds?: ArrayLike<number>;
-}
-
-/**
- * Tensors passed from one level of the early-exit model to a later one that carry the batch (graph
- * inputs and activations), and whether rows may leave: not when a rank-1 integer tensor made by
- * shape arithmetic crosses (it may hold the batch size), nor when the model's inputs fix the batch
- * size (the rest of the network then only takes a full batch).
- */
-export function batchTensorsAt(proto: RuntimeModel["proto"], exits: readonly ActiveExit[], output: string): { batchTensors: Set<string>; rowRemoval: boolean } {
-  const view = new Graph(proto.graph!);
-  const typeOf = declaredTypes(proto);
-  const graphInputs = new Set(view.inputs.map((i) => i.name ?? ""));
-  const batchTensors = new Set<string>();
-  let rowRemoval = !view.inputs.some((i) => typeof typeInfo(i.type).shape?.[0] === "number");
-  for (const t of crossingTensors(proto, exits, output)) {
-    if (view.isInitializer(t)) continue;
-    if (graphInputs.has(t)) {
-      batchTensors.add(t);
-      continue;
-    }
-    const p = view.producer(t);
-    if (p?.op_type === "Constant") continue;
-    const shapeLike = typeOf(t) === DataType.INT64 && ["Shape", "Concat", "Gather", "Unsqueeze"].includes(p?.op_type ?? "");
-    if (shapeLike) rowRemoval = false;
-    else batchTensors.add(t);
-  }
-  return { batchTensors, rowRemoval };
 }
 
 export class EarlyExitSession {
@@ -151,7 +121,7 @@ export class EarlyExitSession {
     return { logits, dims: [n, this.plan.model.classes], exits, timings: { totalMs } };
   }
 
-  /** Whether the runtime runs onnxruntime's optimised graph (runtime/optimize.ts) or the portable one. */
+  /** Whether the runtime runs onnxruntime's optimised graph (stages/optimize.ts) or the portable one. */
   get optimizedGraph(): boolean {
     return this.model.optimized;
   }
@@ -174,14 +144,4 @@ export function callThresholds(plan: Plan, exits: readonly ActiveExit[], o: RunO
   } else t = o.thresholds ?? exits.map((e) => e.threshold);
   if (t.length !== exits.length) throw new EeToolError("USAGE", `thresholds for ${t.length} exits, the model has ${exits.length} (ramps ${exits.map((e) => e.ramp).join(", ")})`);
   return Float32Array.from(t);
-}
-
-/**
- * The exits the runtime model holds, with their default thresholds: the plan's, or with operating
- * points every point's exits, at the plan's own point (+Infinity where it does not use one).
- */
-export function runtimeExits(plan: Plan): ActiveExit[] {
-  const op = plan.points;
-  if (op) return op.exits.map((e, i) => ({ ramp: e.ramp, output: e.output, threshold: op.points[op.default]!.thresholds[i] ?? Infinity }));
-  return [...plan.exits].sort((a, b) => a.stage - b.stage).map((e) => ({ ramp: e.ramp, output: e.output, threshold: e.threshold }));
 }

@@ -11,11 +11,12 @@ import type { Plan } from "../plan/plan.js";
 import { confidenceOf, feedbackFromLogits, type Feedback } from "../plan/feedback.js";
 import { loadModel } from "../onnx/model.js";
 import { declaredTypes, splitModel } from "../stages/split.js";
-import { runtimeBytes, type ort, type SessionSettings } from "./ort.js";
-import { createRunnable, type RunnableSession } from "./sync.js";
-import { optimizeForRuntime, partSettings } from "./optimize.js";
-import { callThresholds, runtimeExits, type RunOptions } from "./early-exit.js";
-import type { ActiveExit } from "./exit-graph.js";
+import { runtimeBytes, type ort, type SessionSettings } from "../ort/ort.js";
+import { createRunnable, type RunnableSession } from "../ort/sync.js";
+import { optimizeForRuntime, partSettings } from "../stages/optimize.js";
+import { callThresholds, type RunOptions } from "./early-exit.js";
+import { runtimeExits } from "../plan/exits.js";
+import type { ActiveExit } from "../stages/exit-graph.js";
 import { scoreLogits } from "../profile/samples.js";
 import { EeToolError } from "../errors.js";
 

@@ -5,9 +5,9 @@
 import type { Plan } from "../plan/plan.js";
 import { feedbackFromLogits, type Feedback } from "../plan/feedback.js";
 import { loadModel } from "../onnx/model.js";
-import { runtimeBytes, type ort, type SessionSettings } from "../runtime/ort.js";
-import { createRunnable, type RunnableSession } from "../runtime/sync.js";
-import { runtimeExits } from "../runtime/early-exit.js";
+import { runtimeBytes, type ort, type SessionSettings } from "../ort/ort.js";
+import { createRunnable, type RunnableSession } from "../ort/sync.js";
+import { runtimeExits } from "../plan/exits.js";
 
 export class ShadowScorer {
   private constructor(private readonly session: RunnableSession, private readonly plan: Plan, private readonly outputs: string[]) {}

@@ -2,7 +2,7 @@
 import type { OnnxModel } from "../onnx/model.js";
 import { discoverShapes } from "../ir/shapes.js";
 import { boundaryTensors, splitModel, type SplitModel, type SplitOptions, type StagePart } from "./split.js";
-import { createSession, runSession, runtimeBytes, type SessionSettings, ort } from "../runtime/ort.js";
+import { createSession, runSession, runtimeBytes, type SessionSettings, ort } from "../ort/ort.js";
 import { Graph } from "../ir/graph.js";
 import { typeInfo } from "../ir/shapes.js";
 

@@ -1,5 +1,5 @@
 /** Numeric comparison helpers for tests. */
-import type { ort } from "../../src/runtime/ort.js";
+import type { ort } from "../../src/ort/ort.js";
 
 export interface Mismatch {
   index: number;

@@ -1,4 +1,4 @@
-import { createSession, runSession, ort, type SessionSettings } from "../../src/runtime/ort.js";
+import { createSession, runSession, ort, type SessionSettings } from "../../src/ort/ort.js";
 import type { CalibrationSet } from "../../src/data/calib.js";
 import { argmaxRows } from "../../src/util/logits.js";
 

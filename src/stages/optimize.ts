@@ -20,10 +20,10 @@ import * as path from "node:path";
 import type { ModelProto } from "../onnx/types.js";
 import { loadModel, type OnnxModel } from "../onnx/model.js";
 import { Graph } from "../ir/graph.js";
-import { needed } from "../stages/split.js";
+import { needed } from "./split.js";
 import { METADATA_KEY, readRampMetadata, type RampMetadata } from "../ramps/metadata.js";
 import { withRamps } from "../ramps/select.js";
-import { ort, runtimeBytes, sessionOptions, type SessionSettings } from "./ort.js";
+import { ort, runtimeBytes, sessionOptions, type SessionSettings } from "../ort/ort.js";
 
 /** Models larger than this are not re-serialised by onnxruntime (a protobuf holds at most 2 GB). */
 const MAX_BYTES = 1_500_000_000;

@@ -20,14 +20,13 @@
  */
 import type { AttributeProto, GraphProto, ModelProto, NodeProto } from "../onnx/types.js";
 import { AttributeType } from "../onnx/types.js";
-import type { Metric } from "../plan/problem.js";
 import { Graph } from "../ir/graph.js";
 import { NodeEmitter, attr, defaultOpset } from "../ir/builder.js";
-import { makeValueInfo } from "../ir/shapes.js";
+import { makeValueInfo, typeInfo } from "../ir/shapes.js";
 import { shallowClone } from "../ir/clone.js";
 import { DataType } from "../onnx/dtype.js";
 import { makeTensor } from "../onnx/tensor.js";
-import { needed } from "../stages/split.js";
+import { declaredTypes, needed } from "./split.js";
 import { METADATA_KEY } from "../ramps/metadata.js";
 
 /**
@@ -48,6 +47,9 @@ export function emitConfidence(em: NodeEmitter, logits: string, metric: Metric, 
   const tiny = em.constant("tiny", DataType.FLOAT, [], Float32Array.of(1e-30));
   return em.reduce("ReduceSum", em.node("Mul", [probs, em.node("Log", [em.node("Max", [probs, tiny])])]), [1], false);
 }
+
+/** How a ramp's confidence is measured from its logits (plan --metric). */
+export type Metric = "maxprob" | "margin" | "entropy";
 
 export interface ActiveExit {
   ramp: number;
@@ -309,4 +311,31 @@ export function buildExitModel(model: ModelProto, o: ExitGraphOptions): ModelPro
   placeInitializers(out.graph, [...(g.initializer ?? []), ...inits, ...defaults]);
   out.metadata_props = (model.metadata_props ?? []).filter((m) => m.key !== METADATA_KEY);
   return out;
+}
+
+/**
+ * Tensors passed from one level of the early-exit model to a later one that carry the batch (graph
+ * inputs and activations), and whether rows may leave: not when a rank-1 integer tensor made by
+ * shape arithmetic crosses (it may hold the batch size), nor when the model's inputs fix the batch
+ * size (the rest of the network then only takes a full batch).
+ */
+export function batchTensorsAt(proto: ModelProto, exits: readonly ActiveExit[], output: string): { batchTensors: Set<string>; rowRemoval: boolean } {
+  const view = new Graph(proto.graph!);
+  const typeOf = declaredTypes(proto);
+  const graphInputs = new Set(view.inputs.map((i) => i.name ?? ""));
+  const batchTensors = new Set<string>();
+  let rowRemoval = !view.inputs.some((i) => typeof typeInfo(i.type).shape?.[0] === "number");
+  for (const t of crossingTensors(proto, exits, output)) {
+    if (view.isInitializer(t)) continue;
+    if (graphInputs.has(t)) {
+      batchTensors.add(t);
+      continue;
+    }
+    const p = view.producer(t);
+    if (p?.op_type === "Constant") continue;
+    const shapeLike = typeOf(t) === DataType.INT64 && ["Shape", "Concat", "Gather", "Unsqueeze"].includes(p?.op_type ?? "");
+    if (shapeLike) rowRemoval = false;
+    else batchTensors.add(t);
+  }
+  return { batchTensors, rowRemoval };
 }
