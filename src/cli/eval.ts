@@ -3,7 +3,7 @@ import { evaluatePlan, type EvalReport } from "../eval/eval.js";
 import { EeToolError, ExitCode } from "../errors.js";
 import { info, out } from "./io.js";
 import { progressBars } from "./progress.js";
-import { table } from "./format.js";
+import { table, EP_HELP } from "./format.js";
 import { writeCiOutputs } from "./ci-output.js";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -16,7 +16,7 @@ export function renderEval(r: EvalReport): string {
   const a = r.accuracy;
   const l = r.latency;
   const lines = [
-    `${r.samples} samples at batch ${r.batch}`,
+    `${r.samples} samples at batch ${r.batch} on ${r.runtime.ep}${r.runtime.ep !== r.runtime.planEp ? ` (note: the plan was profiled on ${r.runtime.planEp}; its latency predictions are for that provider)` : ""}`,
     table([
       ["", "measured", "plan predicted"],
       ["accuracy drop vs model", pct(a.dropVsModel), a.against === "model" ? pct(a.predictedDrop) : "-"],
@@ -46,7 +46,7 @@ export function registerEval(program: Command): void {
     .requiredOption("--data <inputs>", "held-out inputs (same forms as --calib)")
     .option("--labels <y.npy>", "labels, for the drop against labels")
     .option("--batch <n>", "batch size (default: the plan's)")
-    .option("--ep <provider>", "execution provider", "cpu")
+    .option("--ep <provider>", EP_HELP, "cpu")
     .option("--threads <n>", "onnxruntime intra-op threads")
     .option("--assert", "exit 3 when the measured drop exceeds the plan's maximum or the saving falls short of the prediction")
     .option("--saving-tolerance <f>", "allowed shortfall of the measured mean saving below the prediction (absolute)", "0.1")

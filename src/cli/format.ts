@@ -25,3 +25,6 @@ export function table(rows: string[][]): string {
   for (const r of rows) r.forEach((c, i) => (widths[i] = Math.max(widths[i] ?? 0, c.length)));
   return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join("  ").trimEnd()).join("\n");
 }
+
+/** Help text of every command's --ep. */
+export const EP_HELP = "execution provider: cpu, webgpu, cuda or tensorrt (cuda:1 picks a device; `ee-tool inspect --providers` lists what runs here)";

@@ -4,10 +4,11 @@ import { insertRamps } from "../ramps/insert.js";
 import { EeToolError } from "../errors.js";
 import { info, out } from "./io.js";
 import { progressBars } from "./progress.js";
-import { table } from "./format.js";
+import { table, EP_HELP } from "./format.js";
 import type { RampKind, PoolChoice } from "../ramps/build.js";
 
 interface InsertCliOptions {
+  ep: string;
   out: string;
   calib: string;
   labels?: string;
@@ -45,6 +46,7 @@ export function registerInsert(program: Command): void {
     .option("--seed <n>", "seed for sample selection and initialisation", "0")
     .option("--fit-fraction <f>", "fraction of calibration samples that fit the ramps; the rest is left for profile and plan", "0.4")
     .option("--batch <n>", "batch size of the feature-extraction pass", "64")
+    .option("--ep <provider>", EP_HELP, "cpu")
     .option("--threads <n>", "onnxruntime intra-op threads (default: onnxruntime's choice)")
     .option("--json", "print the ramp description as JSON on stdout")
     .addHelpText(
@@ -70,7 +72,7 @@ export function registerInsert(program: Command): void {
         seed: intOption("--seed", opts.seed, 0),
         fitFraction: fraction,
         batchSize: intOption("--batch", opts.batch, 1),
-        ...(opts.threads ? { settings: { threads: intOption("--threads", opts.threads, 1) } } : {}),
+        settings: { ep: opts.ep, ...(opts.threads ? { threads: intOption("--threads", opts.threads, 1) } : {}) },
         onProgress: (phase, done, total) => bars.update(phase, done, total),
       });
       bars.stop();

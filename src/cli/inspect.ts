@@ -8,6 +8,8 @@ import { analyzeExits, syntheticFeeds } from "../analysis/analyze.js";
 import type { ExitAnalysis } from "../analysis/exits.js";
 import { inputSpecs, openCalibration } from "../data/calib.js";
 import { readRampMetadata } from "../ramps/metadata.js";
+import { providerStatus, type ProviderStatus } from "../ort/providers.js";
+import { EeToolError } from "../errors.js";
 
 export function renderSummary(s: ModelSummary): string {
   const lines: string[] = [];
@@ -47,11 +49,20 @@ export function renderExits(a: ExitAnalysis): string {
   return lines.join("\n");
 }
 
+/** The providers table of `inspect --providers`. */
+export function renderProviders(list: readonly ProviderStatus[]): string {
+  return "execution providers of this onnxruntime build (--ep)\n" + table([
+    ["  provider", "in the npm package", "runs here", "why not"],
+    ...list.map((p) => [`  ${p.name}`, p.bundled ? "bundled" : "downloaded by its install script", p.available ? "yes" : "no", p.reason ?? ""]),
+  ]);
+}
+
 export function registerInspect(program: Command): void {
   program
     .command("inspect")
     .description("Show a model's IR version, opsets, inputs/outputs, parameters, op histogram and external data")
-    .argument("<model>", "ONNX model file")
+    .argument("[model]", "ONNX model file")
+    .option("--providers", "list the execution providers this onnxruntime build lists, each tried here on a one-node model (no model needed)")
     .option("--json", "print one JSON document on stdout")
     .option("--no-exits", "skip the exit-point analysis (it runs the model once on a small batch)")
     .option("--calib <data>", "run the exit-point analysis on the first two samples of this data instead of zeros")
@@ -60,7 +71,14 @@ export function registerInspect(program: Command): void {
       "\nExamples:\n  $ ee-tool inspect fixtures/cnn/model.onnx\n  $ ee-tool inspect model.onnx --json | jq .exits.candidates\n" +
         "  $ ee-tool inspect model.onnx --calib input_ids=ids.npy,attention_mask=mask.npy",
     )
-    .action(async (file: string, opts: { json?: boolean; exits: boolean; calib?: string }) => {
+    .action(async (file: string | undefined, opts: { json?: boolean; exits: boolean; calib?: string; providers?: boolean }) => {
+      if (opts.providers) {
+        const list = await providerStatus();
+        if (opts.json) out(JSON.stringify({ providers: list }, null, 2));
+        else out(renderProviders(list));
+        if (!file) return;
+      }
+      if (!file) throw new EeToolError("USAGE", "inspect needs a model file (or --providers)");
       const model = loadModel(file);
       const summary = summarizeModel(model);
       let exits: ExitAnalysis | undefined;

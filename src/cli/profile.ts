@@ -6,7 +6,7 @@ import { mergeProfiles } from "../profile/merge.js";
 import { EeToolError } from "../errors.js";
 import { info, out } from "./io.js";
 import { progressBars } from "./progress.js";
-import { table } from "./format.js";
+import { table, EP_HELP } from "./format.js";
 import { additivity } from "../plan/problem.js";
 
 /** A ramp's effect on onnxruntime's optimised graph (Profile.ramps[].fusion) in words. */
@@ -43,6 +43,12 @@ export function renderProfile(p: Profile): string {
       return [String(r.id), `${(p.ramps[r.id]!.depth * 100).toFixed(1)}%`, `${(r.agreement * 100).toFixed(1)}%`, ...(r.accuracy !== null ? [`${(r.accuracy * 100).toFixed(1)}%`] : []), `${(at.coverage * 100).toFixed(1)}%`, at.agreement === null ? "-" : `${(at.agreement * 100).toFixed(1)}%`];
     }),
   ]));
+  const pl = p.environment.placement;
+  if (pl) {
+    const where = Object.entries(pl.nodes).map(([k, n]) => `${n} on ${k}`).join(", ");
+    const fell = Object.entries(pl.fallback);
+    lines.push(`${fell.length ? "warning: part of the graph falls back from " + p.environment.executionProvider + ": " : "placement: "}${where}; ${pl.copies} copy nodes${fell.length ? ` (fallen back: ${fell.map(([op, n]) => `${op} x${n}`).join(", ")})` : ""}`);
+  }
   for (const [b, l] of Object.entries(p.latency ?? {})) {
     lines.push("");
     const pct = (r: number): string => `${r >= 1 ? "+" : ""}${((r - 1) * 100).toFixed(1)}%`;
@@ -79,7 +85,7 @@ export function registerProfile(program: Command): void {
     .requiredOption("-o, --out <profile.json>", "profile to write (its per-sample data goes to <profile>.bin beside it)")
     .requiredOption("--calib <data>", "calibration inputs (same forms as insert); samples that fitted the ramps are skipped")
     .option("--labels <y.npy>", "ground-truth labels, for accuracy against labels")
-    .option("--ep <provider>", "execution provider: cpu, cuda, ... (must be available in this onnxruntime build)", "cpu")
+    .option("--ep <provider>", EP_HELP, "cpu")
     .option("--batch <sizes>", "batch sizes to time, comma-separated", "1,8")
     .option("--threads <n>", "onnxruntime intra-op threads (default: onnxruntime's choice)")
     .option("--shard <i/n>", "profile only every n-th slice of 256 samples, starting at slice i (merge shards with ee-tool merge)")

@@ -43,7 +43,8 @@ export interface EvalReport {
     savingMedian: number;
     predicted: { meanMs: number; medianMs: number; baselineMs: number; saving: number; savingMedian: number };
   };
-  runtime: { direct: boolean; rowRemoval: boolean; optimizedGraph: boolean };
+  /** ep: the provider eval ran on; planEp: the one the plan's profile measured (they may differ). */
+  runtime: { direct: boolean; rowRemoval: boolean; optimizedGraph: boolean; ep: string; planEp: string };
   /** `--assert`'s checks: failures holds the messages of those that failed. */
   assertions: { passed: boolean; failures: string[]; savingTolerance: number; checks: EvalCheck[] };
 }
@@ -193,7 +194,7 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
       model: baseStats, earlyExit: early, saving, savingMedian,
       predicted: { meanMs: plan.expected.meanLatencyMs, medianMs: plan.expected.medianLatencyMs, baselineMs: plan.baselineMs, saving: plan.expected.saving, savingMedian: plan.expected.savingMedian },
     },
-    runtime: { direct: base.direct, rowRemoval: ee.rowRemoval, optimizedGraph: ee.optimizedGraph },
+    runtime: { direct: base.direct, rowRemoval: ee.rowRemoval, optimizedGraph: ee.optimizedGraph, ep: settings.ep ?? "cpu", planEp: plan.profile.ep ?? "cpu" },
     assertions: { passed: failures.length === 0, failures, savingTolerance: tolerance, checks },
   };
 }

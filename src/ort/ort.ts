@@ -8,6 +8,7 @@ import { type OnnxModel, serializeModel } from "../onnx/model.js";
 import { allTensors } from "../onnx/walk.js";
 import { isExternal, tensorRawBytes } from "../onnx/tensor.js";
 import { EeToolError, messageOf } from "../errors.js";
+import { providerOption } from "./providers.js";
 
 export { ort };
 
@@ -16,7 +17,7 @@ export { ort };
 ort.env.logLevel = "fatal";
 
 export interface SessionSettings {
-  /** Execution provider: cpu (default), cuda, ... */
+  /** Execution provider: cpu (default), webgpu, cuda, tensorrt; cuda:1 picks a device (providers.ts). */
   ep?: string;
   /** Intra-op threads (0 or unset: onnxruntime's default). */
   threads?: number;
@@ -32,7 +33,7 @@ export interface SessionSettings {
 
 export function sessionOptions(s: SessionSettings = {}): ort.InferenceSession.SessionOptions {
   return {
-    executionProviders: [s.ep ?? "cpu"],
+    executionProviders: [providerOption(s.ep)],
     graphOptimizationLevel: s.optimization ?? "all",
     ...(s.threads ? { intraOpNumThreads: s.threads, interOpNumThreads: 1 } : {}),
     logSeverityLevel: 4,

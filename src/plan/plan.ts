@@ -97,7 +97,8 @@ export interface Plan {
   format: typeof PLAN_FORMAT;
   tool: string;
   model: { file: string; sha256: string; output: string; classes: number };
-  profile: { created: string; samples: number; calibrationHash: string };
+  /** ep: the execution provider the profile measured on; the plan's latencies are predictions for it. */
+  profile: { created: string; samples: number; calibrationHash: string; ep: string };
   settings: { maxDrop: number; against: Against; metric: Metric; batch: number; confidence: number; search: SearchMethod; levels: number; tuneFraction: number; tuningDrop: TuningDrop };
   data: { tune: number; certify: number; split: string };
   baselineMs: number;
@@ -290,7 +291,7 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
     format: PLAN_FORMAT,
     tool: TOOL_VERSION,
     model: { file: profile.model.file, sha256: profile.model.sha256, output: profile.model.output, classes: profile.model.classes },
-    profile: { created: profile.created, samples: samples.count, calibrationHash: profile.settings.calibrationHash },
+    profile: { created: profile.created, samples: samples.count, calibrationHash: profile.settings.calibrationHash, ep: profile.environment.executionProvider },
     settings: { maxDrop, against, metric, batch, confidence, search: method, levels, tuneFraction, tuningDrop },
     data: { tune: tune.n, certify: cert.n, split: `by content hash: ${Math.round(tuneFraction * 100)}% tune thresholds, the rest certify them` },
     baselineMs: costs.baseline,

@@ -13,6 +13,8 @@ import { needed, prefixPart } from "../stages/split.js";
 import { Graph } from "../ir/graph.js";
 import { createSession, runSession, runtimeBytes, ort, type SessionSettings } from "../ort/ort.js";
 import { createRunnable, type RunnableSession } from "../ort/sync.js";
+import { measurePlacement, type Placement } from "../ort/placement.js";
+import { ortProviderName } from "../ort/providers.js";
 import { optimizeForRuntime, partSettings, type RuntimeModel } from "../stages/optimize.js";
 import { batchMode, batchTensorsAt, buildExitModel, exitOutputs, THRESHOLDS_INPUT, type BatchMode } from "../stages/exit-graph.js";
 import type { StagePart } from "../stages/split.js";
@@ -83,6 +85,11 @@ export interface Profile {
     executionProvider: string; threads: number | null;
     /** Whether stages and ramps were cut from onnxruntime's optimised graph (stages/optimize.ts); null without latency. */
     optimizedGraph?: boolean | null;
+    /**
+     * Where onnxruntime ran the nodes of the runtime's graph (every exit active, none firing; ort/placement.ts):
+     * nodes per provider, copy nodes added, op types that fell back from the chosen provider. Null without latency.
+     */
+    placement?: Placement | null;
   };
   settings: {
     batches: number[]; shard: { index: number; count: number } | null; calibrationHash: string; calibrationSamples: number;
@@ -211,8 +218,9 @@ export async function profileModel(model: OnnxModel, options: ProfileOptions): P
   let latency: Record<string, BatchLatency> | null = null;
   let optimizedGraph: boolean | null = null;
   let fusion: Map<number, Record<string, number> | null> = new Map();
+  let placement: Placement | null = null;
   if (options.latency !== false) {
-    ({ latency, optimizedGraph, fusion } = await measureLatency(model, split.original, batches, chosen, calib.feedsFor.bind(calib), probe, settings, options, progress));
+    ({ latency, optimizedGraph, fusion, placement } = await measureLatency(model, split.original, batches, chosen, calib.feedsFor.bind(calib), probe, settings, options, progress));
   }
   const encoded = encodeSamples(samples);
   const profile: Profile = {
@@ -223,7 +231,7 @@ export async function profileModel(model: OnnxModel, options: ProfileOptions): P
     environment: {
       onnxruntime: ort.env.versions.node ?? ort.env.versions.common, node: process.version, platform: `${process.platform}-${process.arch}`,
       cpu: os.cpus()[0]?.model ?? "unknown", cores: os.cpus().length, executionProvider: settings.ep ?? "cpu", threads: settings.threads ?? null,
-      optimizedGraph,
+      optimizedGraph, placement,
     },
     settings: {
       batches, shard: options.shard ?? null, calibrationHash: createHash("sha256").update(hashes.join("")).digest("hex"),
@@ -289,7 +297,7 @@ async function measureLatency(
   settings: SessionSettings,
   options: ProfileOptions,
   progress: (phase: string, done: number, total: number) => void,
-): Promise<{ latency: Record<string, BatchLatency>; optimizedGraph: boolean; fusion: Map<number, Record<string, number> | null> }> {
+): Promise<{ latency: Record<string, BatchLatency>; optimizedGraph: boolean; fusion: Map<number, Record<string, number> | null>; placement: Placement | null }> {
   const rt = await optimizeForRuntime(model, settings);
   const rtSettings = partSettings(rt, settings);
   // Each ramp alone in the graph onnxruntime optimises, as the runtime builds a plan with that one exit.
@@ -305,6 +313,7 @@ async function measureLatency(
     return r;
   };
   const latency: Record<string, BatchLatency> = {};
+  let placement: Placement | undefined;
   try {
     // Every tensor the parts exchange, at each batch size, from one pass of the stages.
     const pools = new Map<number, Map<string, ort.Tensor>>();
@@ -343,6 +352,10 @@ async function measureLatency(
         const proto = buildExitModel(rt.proto, { exits: never, metric: "maxprob", classes: meta.classes, output: meta.output, mode, batchTensors, thresholdInput: THRESHOLDS_INPUT, thresholdDefault: false });
         ee = await open(proto, rtSettings, exitOutputs(mode));
         allExits.set(mode, ee);
+        const f = pools.get(b)!;
+        placement ??= await measurePlacement(runtimeBytes(proto, model.readExternal), rtSettings, {
+          ...Object.fromEntries(Object.keys(probe).map((k) => [k, f.get(k)!])), [THRESHOLDS_INPUT]: new ort.Tensor("float32", new Float32Array(never.length).fill(Infinity), [never.length]),
+        }, exitOutputs(mode), ortProviderName(settings.ep));
       }
       // Batch 1 and larger batches differ in form (batchMode); each exit's own model decides row removal.
       let one = single.get(b === 1);
@@ -406,7 +419,7 @@ async function measureLatency(
   } finally {
     for (const s of opened) await s.release();
   }
-  return { latency, optimizedGraph: rt.optimized, fusion };
+  return { latency, optimizedGraph: rt.optimized, fusion, placement: placement ?? null };
 }
 
 /** Op types of the nodes the model's own output needs (a ramp's nodes are not among them). */

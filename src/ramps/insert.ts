@@ -41,6 +41,11 @@ export interface InsertOptions {
   /** Fraction of calibration samples used to fit ramps (the rest is left for profile and plan). */
   fitFraction?: number;
   batchSize?: number;
+  /**
+   * Session settings. Their provider (`ep`) runs the model: the analysis and the feature-extraction
+   * pass; the ramps are always fitted on the CPU provider (their training graph is small, and
+   * onnxruntime's gradient ops run there).
+   */
   settings?: SessionSettings;
   onProgress?: ProgressFn;
 }
@@ -212,7 +217,7 @@ export async function insertRamps(model: OnnxModel, options: InsertOptions): Pro
   const triedFits: FitResult[] = await fitRamps(
     tried.map((d, j) => ({ kind: d.kind, d: d.featureDim, hidden: d.hidden, x: features[j]! })),
     { y: targets, finalPred, n: nFit, k: classes },
-    { seed, ...(options.settings ? { settings: options.settings } : {}) },
+    { seed, ...(options.settings ? { settings: { ...options.settings, ep: "cpu" } } : {}) },
   );
   progress("fit", 1, 1);
   const designs: RampDesign[] = [];
