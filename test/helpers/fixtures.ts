@@ -6,7 +6,8 @@ import { execFileSync, spawnSync } from "node:child_process";
 export const ROOT = path.resolve(import.meta.dirname, "../..");
 export const CNN = path.join(ROOT, "fixtures/cnn/model.onnx");
 export const TEXT = path.join(ROOT, "fixtures/text/model.onnx");
-export const FIXTURE_MODELS = [CNN, TEXT];
+export const VIT = path.join(ROOT, "fixtures/vit/model.onnx");
+export const FIXTURE_MODELS = [CNN, TEXT, VIT];
 
 export function tmpDir(prefix = "ee-test-"): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
