@@ -4,6 +4,7 @@
 // (both as multiples of the model, so that machine drift between profile and run cancels).
 // At --batch B > 1 every timed batch holds B samples that all take the same exit (found by a first
 // pass), so each path is timed as a whole batch; a path with fewer than B samples is not timed.
+// Batches are timed in blocks, as eval times them (each call after one of the same session).
 // Ends with the largest deviation and whether every path is within --within (default 5%).
 //   npm run build && node bench/exit-paths.mjs <plan.json> <data.npz> [--profile p.json] [--batch B] [--passes 2] [--within 0.05]
 import * as fs from "node:fs";
@@ -54,22 +55,41 @@ for (const [s, e] of bySample) {
 }
 const batches = [];
 for (const [e, ss] of groups) for (let i = 0; i + batch <= ss.length; i += batch) batches.push({ exit: e, idx: ss.slice(i, i + batch) });
+// Paths mixed in time (a seeded shuffle), so no path is timed over one stretch of the machine's drift.
+let seed = 12345;
+for (let i = batches.length - 1; i > 0; i--) {
+  seed = (seed * 1103515245 + 12345) % 2147483648;
+  const j = seed % (i + 1);
+  [batches[i], batches[j]] = [batches[j], batches[i]];
+}
+// Timed as eval times: blocks of 16 batches, the model on a block then the runtime on the same
+// block (the order swaps every block), each block after one untimed call of its session.
 const modelMs = [];
 const byExit = new Map();
+const BLOCK = 16;
 for (let pass = 0; pass < passes; pass++) {
-  for (const b of batches) {
-    const feeds = data.feedsFor(b.idx);
-    let t0 = performance.now();
-    await base.run(feeds, [plan.model.output]);
-    const m = performance.now() - t0;
-    t0 = performance.now();
-    const r = await ee.run(feeds);
-    const ms = performance.now() - t0;
-    if (pass === 0) continue; // warm-up pass
-    if (r.exits.some((e) => e !== b.exit)) throw new Error("a sample changed its exit between passes");
-    modelMs.push(m);
-    if (!byExit.has(b.exit)) byExit.set(b.exit, []);
-    byExit.get(b.exit).push(ms);
+  for (let blk = 0; blk * BLOCK < batches.length; blk++) {
+    const block = batches.slice(blk * BLOCK, (blk + 1) * BLOCK);
+    const runModel = async () => {
+      await base.run(data.feedsFor(block[0].idx), [plan.model.output]);
+      for (const b of block) {
+        const feeds = data.feedsFor(b.idx);
+        const t0 = performance.now();
+        await base.run(feeds, [plan.model.output]);
+        if (pass > 0) modelMs.push(performance.now() - t0);
+      }
+    };
+    const runEe = async () => {
+      await ee.run(data.feedsFor(block[0].idx));
+      for (const b of block) {
+        const r = await ee.run(data.feedsFor(b.idx));
+        if (pass === 0) continue; // warm-up pass
+        if (r.exits.some((e) => e !== b.exit)) throw new Error("a sample changed its exit between passes");
+        if (!byExit.has(b.exit)) byExit.set(b.exit, []);
+        byExit.get(b.exit).push(r.timings.totalMs);
+      }
+    };
+    if (blk % 2 === 0) { await runModel(); await runEe(); } else { await runEe(); await runModel(); }
   }
 }
 await ee.release();

@@ -57,23 +57,28 @@ describe("cost model", () => {
   const stats = (p50: number): LatencyStats => ({ mean: p50, p50, p90: p50, p99: p50, std: 0, runs: 30, converged: true, ciRelative: 0 });
   const withLatency = (l: Partial<BatchLatency>): Profile => ({ latency: { "2": { model: stats(2), stages: [], ramps: [stats(0.2), stats(0.4)], callOverhead: stats(0.1), allExits: stats(2.6), stageSum: { mean: 0, p50: 0, ratioMean: 0, ratioP50: 0, netP50: 0, netRatioP50: 0 }, ...l } } }) as unknown as Profile;
 
-  it("paths from each exit measured alone: fire at the exit, pass through earlier active ones, clamped at the model", () => {
-    // Per request at batch 2: model 1.0; ramp 7 (depth 1) fires at 0.3, passes at 1.1; ramp 3
-    // (depth 2) fires at 0.6 and passes at 0.95 (noise: below the model, so it adds nothing).
-    const p = withLatency({ exits: [{ ramp: 3, fire: stats(1.2), pass: stats(1.9) }, { ramp: 7, fire: stats(0.6), pass: stats(2.2) }] });
+  it("paths from each exit measured alone: fire at the exit, pass through earlier active ones (paired, clamped at 0), the no-exit runtime at the end", () => {
+    // Per request at batch 2: model 1.0, the runtime without exits 0.95; ramp 7 (depth 1) fires
+    // at 0.3 and adds 0.1 when it does not fire; ramp 3 (depth 2) fires at 0.6 and adds -0.05
+    // (noise: nothing).
+    const p = withLatency({
+      noExit: stats(1.9),
+      exits: [{ ramp: 3, fire: stats(1.2), pass: stats(1.8), adds: stats(-0.1) }, { ramp: 7, fire: stats(0.6), pass: stats(2.1), adds: stats(0.2) }],
+    });
     p.ramps = [{ id: 3, depth: 2 }, { id: 7, depth: 1 }] as Profile["ramps"];
     const c = buildCosts(p, 2);
     expect(c.source).toBe("exits");
     expect(c.fire.map((x) => Number(x.toFixed(9)))).toEqual([0.3, 0.6]);
     expect(c.pass.map((x) => Number(x.toFixed(9)))).toEqual([0.1, 0]);
+    expect(c.baseline).toBeCloseTo(1, 12);
     const both = exitCosts(c, [0.5, 0.5]);
     expect(both.atRamp.map((x) => Number(x.toFixed(9)))).toEqual([0.3, 0.7]);
-    expect(both.none).toBeCloseTo(1.1, 9);
+    expect(both.none).toBeCloseTo(1.05, 9);
     const deepOnly = exitCosts(c, [Infinity, 0.5]);
     expect(deepOnly.atRamp[1]).toBeCloseTo(0.6, 9);
-    expect(deepOnly.none).toBeCloseTo(1.0, 9);
-    // The all-exits model (2.6 at batch 2) against the pieces: 1.0 + 0.1 + 0.
-    expect(additivity(p, 2)).toEqual({ measured: 1.3, predicted: expect.closeTo(1.1, 9) as number });
+    expect(deepOnly.none).toBeCloseTo(0.95, 9);
+    // The all-exits model (2.6 at batch 2) against the pieces: 0.95 + 0.1 + 0.
+    expect(additivity(p, 2)).toEqual({ measured: 1.3, predicted: expect.closeTo(1.05, 9) as number });
   });
 
   it("older profiles: the prefix model, stages as prefix differences made non-decreasing", () => {
@@ -360,7 +365,7 @@ describe("ee-tool plan", () => {
     const { planFromProfile } = await import("../src/plan/plan.js");
     const result = loadProfile(files.cnn.profile);
     // Every exit that does not fire costs three times the model on top of it.
-    for (const l of Object.values(result.profile.latency!)) for (const e of l.exits!) e.pass = { ...l.model, p50: 4 * l.model.p50 };
+    for (const l of Object.values(result.profile.latency!)) for (const e of l.exits!) e.adds = { ...l.model, p50: 3 * l.model.p50 };
     const plan = planFromProfile(result, { maxDrop: 0.01 });
     expect(plan.exits).toEqual([]);
     expect(plan.expected.saving).toBeCloseTo(0, 12);

@@ -91,7 +91,7 @@ describe("ee-tool profile", () => {
       expect(l.stages.length).toBe(p.ramps.length + 1);
       expect(l.prefixes.length).toBe(l.stages.length);
       // Every item runs once per round: all have the same number of runs.
-      for (const s of [...l.stages, ...l.ramps, ...l.prefixes, l.callOverhead, l.allExits, ...l.exits!.flatMap((e) => [e.fire, e.pass])]) expect(s.runs).toBe(l.model.runs);
+      for (const s of [...l.stages, ...l.ramps, ...l.prefixes, l.callOverhead, l.allExits, l.noExit!, ...l.exits!.flatMap((e) => [e.fire, e.pass, e.adds])]) expect(s.runs).toBe(l.model.runs);
       // Each exit timed as the runtime runs it alone, one entry per ramp: taking the shallowest
       // exit costs well under the model (loose bound: noisy machines).
       expect(l.exits!.map((e) => e.ramp)).toEqual(p.ramps.map((r) => r.id));

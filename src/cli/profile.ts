@@ -62,12 +62,13 @@ export function renderProfile(p: Profile): string {
       ...l.ramps.map((s, i) => [`ramp ${i}`, "-", ms(s.p50), ms(s.mean), ms(s.p90), ms(s.p99), String(s.runs), s.converged ? "yes" : "no"]),
     ]));
     if (l.exits) {
-      lines.push("  each exit as the runtime runs it alone (what the planner's cost model is built from):");
+      if (l.noExit) lines.push(`  the runtime without exits p50 ${ms(l.noExit.p50)} (${pct(l.noExit.p50 / l.model.p50)} vs model); each exit as the runtime runs it alone (what the planner's cost model is built from):`);
       lines.push(table([
         ["ramp", "exit taken p50", "x model", "not taken: adds", "the cut in onnxruntime's graph"],
         ...l.exits.map((e) => {
           const r = p.ramps.find((x) => x.id === e.ramp);
-          return [String(e.ramp), ms(e.fire.p50), (e.fire.p50 / l.model.p50).toFixed(3), `${ms(Math.max(0, e.pass.p50 - l.model.p50))} (${pct(Math.max(1, e.pass.p50 / l.model.p50))})`, describeFusion(r?.fusion)];
+          const adds = Math.max(0, e.adds.p50);
+          return [String(e.ramp), ms(e.fire.p50), (e.fire.p50 / l.model.p50).toFixed(3), `${ms(adds)} (${pct(1 + adds / l.model.p50)})`, describeFusion(r?.fusion)];
         }),
       ]));
       const a = additivity(p, Number(b));

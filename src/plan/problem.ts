@@ -7,10 +7,12 @@
  * request (stages/exit-graph.ts) on the model optimised with the plan's ramps only, and the
  * profile times each ramp as that runtime runs it when it is the only exit (Profile latency
  * `exits`): `fire[j]`, the whole call when every row exits at j, and `pass[j]`, what an exit at j
- * that does not fire adds to the model (its ramp, confidence test and If, and whatever fusion its
- * cut stops onnxruntime making). A path is then built from measured pieces:
+ * that does not fire adds to the runtime without exits (its ramp, confidence test and If, and
+ * whatever fusion its cut stops onnxruntime making; a paired difference, timing.ts). A path is
+ * then built from measured pieces:
  * - a sample that exits at ramp j pays fire[j] plus pass[i] of every active exit i before j;
- * - a sample that never exits pays the model plus pass[i] of every active exit.
+ * - a sample that never exits pays the runtime without exits (`noExit`) plus pass[i] of every
+ *   active exit.
  * Assumed, not measured per configuration: that the pieces add up when several exits are active
  * (the profile's all-exits model checks it, see `additivity`), and that in a batch a row costs
  * its share of a batch whose rows all take its path.
@@ -34,6 +36,8 @@ export interface Costs {
   pass: number[];
   /** The original model, measured end to end. */
   baseline: number;
+  /** The runtime with no exit firing and none active (the base of the no-exit path). */
+  none: number;
   /** Where fire and pass come from: each exit measured in the runtime, or the older prefix model. */
   source: "exits" | "prefixes";
 }
@@ -64,9 +68,9 @@ export function buildCosts(profile: Profile, batch: number): Costs {
   const per = (x: number): number => x / batch;
   const baseline = per(l.model.p50);
   const byDepth = profile.ramps.map((r, i) => ({ r, i })).sort((a, b) => a.r.depth - b.r.depth);
-  if (l.exits?.length === profile.ramps.length) {
+  if (l.exits?.length === profile.ramps.length && l.noExit) {
     const exits = byDepth.map(({ r }) => l.exits!.find((e) => e.ramp === r.id)!);
-    return { fire: exits.map((e) => per(e.fire.p50)), pass: exits.map((e) => Math.max(0, per(e.pass.p50) - baseline)), baseline, source: "exits" };
+    return { fire: exits.map((e) => per(e.fire.p50)), pass: exits.map((e) => Math.max(0, per(e.adds.p50))), baseline, none: per(l.noExit.p50), source: "exits" };
   }
   // The prefix model (profiles without per-exit measurements): l.prefixes and l.ramps are in cut order.
   const call = per(l.callOverhead.p50);
@@ -81,7 +85,7 @@ export function buildCosts(profile: Profile, batch: number): Costs {
   // few ops at every exit); when the ramps in place cost less than alone, a share in proportion.
   const extra = allExits - rampSum;
   const pass = ramps.map((r) => (extra >= 0 ? r + extra / ramps.length : (allExits * r) / rampSum));
-  return { fire: pass.map((p, j) => reach[j]! + p), pass, baseline, source: "prefixes" };
+  return { fire: pass.map((p, j) => reach[j]! + p), pass, baseline, none: baseline, source: "prefixes" };
 }
 
 /**
@@ -92,7 +96,7 @@ export function additivity(profile: Profile, batch: number): { measured: number;
   const l = profile.latency?.[String(batch)];
   if (!l?.exits) return null;
   const c = buildCosts(profile, batch);
-  return { measured: l.allExits.p50 / batch, predicted: c.baseline + c.pass.reduce((a, b) => a + b, 0) };
+  return { measured: l.allExits.p50 / batch, predicted: c.none + c.pass.reduce((a, b) => a + b, 0) };
 }
 
 /** Build the problem over a subset of the profile's samples. */
@@ -144,7 +148,7 @@ export function exitCosts(costs: Costs, config: Config): { atRamp: number[]; non
     atRamp[j] = costs.fire[j]! + passed;
     passed += costs.pass[j]!;
   }
-  return { atRamp, none: costs.baseline + passed };
+  return { atRamp, none: costs.none + passed };
 }
 
 export function evaluate(p: Problem, config: Config, withLosses = false): Evaluation {

@@ -19,7 +19,7 @@ import { optimizeForRuntime, partSettings, type RuntimeModel } from "../stages/o
 import { batchMode, batchTensorsAt, buildExitModel, exitOutputs, THRESHOLDS_INPUT, type BatchMode } from "../stages/exit-graph.js";
 import type { StagePart } from "../stages/split.js";
 import { serializeModel } from "../onnx/model.js";
-import { measure, type LatencyStats } from "./timing.js";
+import { differenceName, measure, type LatencyStats } from "./timing.js";
 import { emptySamples, encodeSamples, scoreLogits, type ArraySpec, type SampleData } from "./samples.js";
 import { summarizeSamples, type RampSummary } from "./summary.js";
 import { EeToolError } from "../errors.js";
@@ -61,7 +61,13 @@ export interface BatchLatency {
    * whole model through an exit that does not fire). The planner's cost model is built from these
    * (plan/problem.ts). Absent in profiles made before ee-tool measured them.
    */
-  exits?: Array<{ ramp: number; fire: LatencyStats; pass: LatencyStats }>;
+  exits?: Array<{ ramp: number; fire: LatencyStats; pass: LatencyStats; adds: LatencyStats }>;
+  /**
+   * The runtime's graph with no exit (the model optimised without ramps, in the early-exit model's
+   * form): the reference of each exit's `adds`, the median over rounds of `pass` less this, timed
+   * in the same round (timing.ts, paired differences). Present with `exits`.
+   */
+  noExit?: LatencyStats;
   /**
    * Sum over stages of the mean and of the median, and their ratio to the whole model's. Running
    * S stages costs S - 1 more calls than running the model; `net` subtracts those calls' overhead.
@@ -300,10 +306,12 @@ async function measureLatency(
 ): Promise<{ latency: Record<string, BatchLatency>; optimizedGraph: boolean; fusion: Map<number, Record<string, number> | null>; placement: Placement | null }> {
   const rt = await optimizeForRuntime(model, settings);
   const rtSettings = partSettings(rt, settings);
-  // Each ramp alone in the graph onnxruntime optimises, as the runtime builds a plan with that one exit.
+  // Each ramp alone in the graph onnxruntime optimises, as the runtime builds a plan with that one
+  // exit; and no ramp at all, as it builds a plan without exits.
   const alone = [];
   for (const r of rt.meta.ramps) alone.push(await optimizeForRuntime(model, settings, [r.id]));
-  const fusion = await fusionChanges(model, settings, alone);
+  const noRamps = await optimizeForRuntime(model, settings, []);
+  const fusion = fusionChanges(noRamps, alone);
   const split = await splitWithTypes({ ...model, proto: rt.proto }, probe, rtSettings);
   const meta = rt.meta;
   const opened: RunnableSession[] = [];
@@ -342,7 +350,7 @@ async function measureLatency(
     const never = meta.ramps.map((r) => ({ ramp: r.id, output: r.output, threshold: Infinity }));
     const { batchTensors, rowRemoval } = batchTensorsAt(rt.proto, never, meta.output);
     const allExits = new Map<BatchMode, RunnableSession>();
-    const single = new Map<boolean, RunnableSession[]>();
+    const single = new Map<boolean, { exits: RunnableSession[]; none: RunnableSession }>();
     const cut0 = split.stages[0]!.outputs[0]!;
     for (const b of batches) {
       const mode = batchMode(b, rowRemoval);
@@ -360,14 +368,16 @@ async function measureLatency(
       // Batch 1 and larger batches differ in form (batchMode); each exit's own model decides row removal.
       let one = single.get(b === 1);
       if (!one) {
-        one = [];
-        for (const m of alone) {
+        const form = async (m: RuntimeModel): Promise<RunnableSession> => {
           const exit = m.meta.ramps.map((r) => ({ ramp: r.id, output: r.output, threshold: Infinity }));
           const at = batchTensorsAt(m.proto, exit, meta.output);
-          const form = batchMode(b, at.rowRemoval);
-          const proto = buildExitModel(m.proto, { exits: exit, metric: "maxprob", classes: meta.classes, output: meta.output, mode: form, batchTensors: at.batchTensors, thresholdInput: THRESHOLDS_INPUT, thresholdDefault: false });
-          one.push(await open(proto, partSettings(m, settings), exitOutputs(form)));
-        }
+          const f = batchMode(b, at.rowRemoval);
+          const proto = buildExitModel(m.proto, { exits: exit, metric: "maxprob", classes: meta.classes, output: meta.output, mode: f, batchTensors: at.batchTensors, thresholdInput: THRESHOLDS_INPUT, thresholdDefault: false });
+          return open(proto, partSettings(m, settings), exitOutputs(f));
+        };
+        const exits: RunnableSession[] = [];
+        for (const m of alone) exits.push(await form(m));
+        one = { exits, none: await form(noRamps) };
         single.set(b === 1, one);
       }
       const pool = pools.get(b)!;
@@ -376,13 +386,16 @@ async function measureLatency(
       const eeFeeds = { ...feeds, [THRESHOLDS_INPUT]: thresholds(never.length, Infinity) };
       const fireFeeds = { ...feeds, [THRESHOLDS_INPUT]: thresholds(1, -Infinity) };
       const passFeeds = { ...feeds, [THRESHOLDS_INPUT]: thresholds(1, Infinity) };
+      const noneFeeds = { ...feeds, [THRESHOLDS_INPUT]: thresholds(0, Infinity) };
+      const noExit = one.none;
       const cutTensor = { x: pool.get(cut0)! };
       const eeSession = ee;
       const items = [
         { name: "model", run: () => whole.run(feeds, [meta.output]) },
         { name: "overhead", run: () => bare.run(cutTensor, ["y"]) },
         { name: "allExits", run: () => eeSession.run(eeFeeds, eeSession.outputNames) },
-        ...one.flatMap((x, i) => [
+        { name: "noExit", run: () => noExit.run(noneFeeds, noExit.outputNames) },
+        ...one.exits.flatMap((x, i) => [
           { name: `fire${i}`, run: () => x.run(fireFeeds, x.outputNames) },
           { name: `pass${i}`, run: () => x.run(passFeeds, x.outputNames) },
         ]),
@@ -390,6 +403,7 @@ async function measureLatency(
       ];
       const stats = await measure(items, {
         budgetMs: options.budgetMs ?? 10_000, tolerance: options.tolerance ?? 0.02,
+        differences: one.exits.map((_, i) => ({ item: `pass${i}`, reference: "noExit" })),
         onRound: (d, t) => progress(`latency b=${b}`, d, t),
       });
       const st = stages.map((s) => stats.get(`stage${s.part.index}`)!);
@@ -409,7 +423,8 @@ async function measureLatency(
         ramps: ramps.map((s) => stats.get(`ramp${s.part.index}`)!),
         callOverhead: overhead,
         allExits: stats.get("allExits")!,
-        exits: alone.map((m, i) => ({ ramp: m.meta.ramps[0]!.id, fire: stats.get(`fire${i}`)!, pass: stats.get(`pass${i}`)! })),
+        exits: alone.map((m, i) => ({ ramp: m.meta.ramps[0]!.id, fire: stats.get(`fire${i}`)!, pass: stats.get(`pass${i}`)!, adds: stats.get(differenceName(`pass${i}`, "noExit"))! })),
+        noExit: stats.get("noExit")!,
         stageSum: {
           mean: sumMean, p50: sumP50, ratioMean: sumMean / whole1.mean, ratioP50: sumP50 / whole1.p50, netP50, netRatioP50: netP50 / whole1.p50,
           inPlaceP50: all.p50, inPlaceRatioP50: all.p50 / whole1.p50,
@@ -436,9 +451,8 @@ function backboneOps(proto: OnnxModel["proto"], output: string): Map<string, num
  * What each ramp alone changes in onnxruntime's optimised graph of the model (Profile.ramps[].fusion),
  * against the model optimised with no ramp at all. Null for a ramp whose graph was not optimised.
  */
-async function fusionChanges(model: OnnxModel, settings: SessionSettings, alone: RuntimeModel[]): Promise<Map<number, Record<string, number> | null>> {
+function fusionChanges(bare: RuntimeModel, alone: RuntimeModel[]): Map<number, Record<string, number> | null> {
   const out = new Map<number, Record<string, number> | null>();
-  const bare = await optimizeForRuntime(model, settings, []);
   const without = bare.optimized ? backboneOps(bare.proto, bare.meta.output) : null;
   for (const m of alone) {
     const id = m.meta.ramps[0]!.id;

@@ -2,6 +2,16 @@
  * Latency measurement: items are timed round-robin (in a shuffled order each round) so drift in
  * machine load hits all alike; all stop together, when the 95% confidence interval of every
  * item's median is within a relative tolerance of the median, or when the time budget runs out.
+ *
+ * In a round each item runs `repeat` times in a row and the last run is the one timed: the time
+ * of a session that just ran, its weights in cache, as a server that runs one model sees it (a run
+ * right after another session's pays that session's cache misses: 8% on the ViT fixture).
+ *
+ * Paired differences: the cost of a small change (an exit that does not fire adds 20-40 µs to a
+ * 2 ms model) is smaller than the spread of either timing; the median over rounds of the
+ * difference between an item and a reference timed in the same round cancels what the round
+ * shares. `differences` names such pairs; they converge when the CI of that median is within
+ * `differenceTolerance` of the reference's median.
  */
 import { Rng } from "../util/rng.js";
 
@@ -32,7 +42,26 @@ export interface MeasureOptions {
   /** Target relative half-width of the median's 95% CI. */
   tolerance?: number;
   seed?: number;
+  /** Runs of an item in a row per round, the last one timed (default 2). */
+  repeat?: number;
+  /** Paired differences to estimate: item less reference, round by round. */
+  differences?: Array<{ item: string; reference: string }>;
+  /** Target half-width of a difference's median CI, relative to the reference's median (default 0.005). */
+  differenceTolerance?: number;
   onRound?: (done: number, total: number) => void;
+}
+
+/** Name under which measure() returns a paired difference. */
+export function differenceName(item: string, reference: string): string {
+  return `${item} - ${reference}`;
+}
+
+/** Half-width of the median's 95% CI (absolute). */
+function ciHalfWidth(list: number[]): number {
+  const sorted = Float64Array.from(list).sort();
+  const [lo, hi] = medianCi(sorted);
+  const m = quantile(sorted, 0.5);
+  return Math.max(m - lo, hi - m);
 }
 
 function quantile(sorted: Float64Array, q: number): number {
@@ -71,23 +100,36 @@ export async function measure(items: TimedItem[], options: MeasureOptions = {}):
   const maxRuns = options.maxRuns ?? 5000;
   const tolerance = options.tolerance ?? 0.02;
   const budget = options.budgetMs ?? 10_000;
+  const repeat = Math.max(1, options.repeat ?? 2);
+  const pairs = options.differences ?? [];
+  const diffTolerance = options.differenceTolerance ?? 0.005;
   const rng = new Rng(options.seed ?? 1);
   for (const it of items) for (let i = 0; i < warmup; i++) await it.run();
   const samples = new Map(items.map((it) => [it.name, [] as number[]]));
+  const diffs = (p: { item: string; reference: string }): number[] => {
+    const a = samples.get(p.item)!;
+    const b = samples.get(p.reference)!;
+    return a.map((x, i) => x - b[i]!);
+  };
+  const pairConverged = (p: { item: string; reference: string }): boolean => ciHalfWidth(diffs(p)) <= diffTolerance * summarize(samples.get(p.reference)!, false).p50;
   const start = performance.now();
   let converged = 0;
+  const goal = items.length + pairs.length;
   // Every item runs once per round, until all have converged: an item that stopped early would be
   // measured over a shorter stretch of the machine's drift than the others it is compared with.
   for (let round = 1; round <= maxRuns && performance.now() - start < budget; round++) {
     for (const idx of rng.permutation(items.length)) {
       const it = items[idx]!;
+      for (let r = 1; r < repeat; r++) await it.run();
       const t0 = performance.now();
       await it.run();
       samples.get(it.name)!.push(performance.now() - t0);
     }
-    if (round >= minRuns && round % 10 === 0) converged = [...samples.values()].filter((list) => summarize(list, false).ciRelative <= tolerance).length;
-    options.onRound?.(converged, items.length);
-    if (converged === items.length) break;
+    if (round >= minRuns && round % 10 === 0) {
+      converged = [...samples.values()].filter((list) => summarize(list, false).ciRelative <= tolerance).length + pairs.filter(pairConverged).length;
+    }
+    options.onRound?.(converged, goal);
+    if (converged === goal) break;
   }
   const out = new Map<string, LatencyStats>();
   for (const it of items) {
@@ -95,5 +137,6 @@ export async function measure(items: TimedItem[], options: MeasureOptions = {}):
     const s = summarize(list, false);
     out.set(it.name, { ...s, converged: s.ciRelative <= tolerance });
   }
+  for (const p of pairs) out.set(differenceName(p.item, p.reference), { ...summarize(diffs(p), false), converged: pairConverged(p) });
   return out;
 }
