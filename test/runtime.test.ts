@@ -1,7 +1,7 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { TEXT, CNN, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
+import { TEXT, CNN, VIT, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
 import { EarlyExitSession } from "../src/runtime/early-exit.js";
 import { ReleaseEarlySession } from "../src/runtime/release.js";
 import type { Plan } from "../src/plan/plan.js";
@@ -22,7 +22,7 @@ const work = tmpDir();
 const f = (name: string, ext: string): string => path.join(work, `${name}.${ext}`);
 
 beforeAll(() => {
-  for (const [name, model] of [["cnn", CNN], ["text", TEXT]] as const) {
+  for (const [name, model] of [["cnn", CNN], ["text", TEXT], ["vit", VIT]] as const) {
     expect(runCli(["insert", model, "--calib", FIX(`${name}/calib.npz`), "-o", f(name, "ee.onnx"), "-q"]).code).toBe(0);
     expect(runCli(["profile", f(name, "ee.onnx"), "--calib", FIX(`${name}/calib.npz`), "--batch", "1", "--budget", "2000", "-o", f(name, "profile.json"), "-q"]).code).toBe(0);
     expect(runCli(["plan", f(name, "profile.json"), "-o", f(name, "plan.json"), "-q"]).code).toBe(0);
@@ -32,7 +32,7 @@ beforeAll(() => {
 }, 180_000);
 
 describe("EarlyExitSession", () => {
-  it.each(["cnn", "text"] as const)("%s: takes the plan's exits, returns the ramp's or the model's logits; batches give the same rows as single requests", async (name) => {
+  it.each(["cnn", "text", "vit"] as const)("%s: takes the plan's exits, returns the ramp's or the model's logits; batches give the same rows as single requests", async (name) => {
     const plan = JSON.parse(fs.readFileSync(f(name, "plan.json"), "utf8")) as Plan;
     const ee = await EarlyExitSession.create(f(name, "plan.json"));
     const model = loadModel(f(name, "ee.onnx"));

@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import { evaluatePlan, type EvalReport } from "../eval/eval.js";
+import type { ModeThroughput } from "../eval/throughput.js";
 import { EeToolError, ExitCode } from "../errors.js";
 import { info, out } from "./io.js";
 import { progressBars } from "./progress.js";
@@ -35,6 +36,14 @@ export function renderEval(r: EvalReport): string {
       ...r.exits.map((e) => [`  ${e.ramp === -1 ? "none" : e.ramp}`, pct(e.measured), pct(e.predicted), ...(r.batch === 1 ? [e.path ? e.path.measured.toFixed(3) : "-", e.path?.predicted != null ? e.path.predicted.toFixed(3) : "-"] : [])]),
     ]),
   ];
+  if (r.throughput) {
+    const mode = (m: ModeThroughput | null): string[] => (m ? [ms(m.rowLatencyMs), m.rowsPerSecond.toFixed(0)] : ["-", "-"]);
+    lines.push("latency per row (ms, mean time to a row's answer) and throughput (rows/s)");
+    lines.push(table([
+      ["  batch", "model", "rows/s", "early exit", "rows/s", "release early", "rows/s"],
+      ...r.throughput.map((t) => [`  ${t.batch}`, ...mode(t.model), ...mode(t.earlyExit), ...mode(t.releaseEarly)]),
+    ]));
+  }
   return lines.join("\n");
 }
 
@@ -47,6 +56,7 @@ export function registerEval(program: Command): void {
     .option("--labels <y.npy>", "labels, for the drop against labels")
     .option("--batch <n>", "batch size (default: the plan's)")
     .option("--ep <provider>", EP_HELP, "cpu")
+    .option("--throughput <sizes>", "also measure latency per row and rows per second of the model, the one-call runtime and the release-early mode at these batch sizes (comma-separated, e.g. 1,8,32,64)")
     .option("--threads <n>", "onnxruntime intra-op threads")
     .option("--assert", "exit 3 when the measured drop exceeds the plan's maximum or the saving falls short of the prediction")
     .option("--saving-tolerance <f>", "allowed shortfall of the measured mean saving below the prediction (absolute)", "0.1")
@@ -54,17 +64,19 @@ export function registerEval(program: Command): void {
     .option("--json", "print the report as JSON on stdout")
     .addHelpText("after", "\nWith $GITHUB_STEP_SUMMARY set, a Markdown summary is appended to it; with $GITHUB_OUTPUT, the outputs verdict, saving and drop.\n" +
       "\nExamples:\n  $ ee-tool eval cnn.plan.json --data fixtures/cnn/eval.npz --labels fixtures/cnn/eval_labels.npy\n  $ ee-tool eval plan.json --data holdout.npz --assert --json > eval.json\n  $ ee-tool eval plan.json --data holdout.npz --assert --junit junit.xml")
-    .action(async (planPath: string, opts: { data: string; labels?: string; batch?: string; ep: string; threads?: string; assert?: boolean; savingTolerance: string; junit?: string; json?: boolean }) => {
+    .action(async (planPath: string, opts: { data: string; labels?: string; batch?: string; ep: string; throughput?: string; threads?: string; assert?: boolean; savingTolerance: string; junit?: string; json?: boolean }) => {
       const batch = opts.batch === undefined ? undefined : Number(opts.batch);
       if (batch !== undefined && !(Number.isInteger(batch) && batch >= 1)) throw new EeToolError("USAGE", `--batch must be a positive integer, got '${opts.batch}'`);
       const tolerance = Number(opts.savingTolerance);
       if (!(tolerance >= 0)) throw new EeToolError("USAGE", `--saving-tolerance must be a non-negative number, got '${opts.savingTolerance}'`);
       const threads = opts.threads ? Number(opts.threads) : undefined;
+      const throughput = opts.throughput === undefined ? undefined : opts.throughput.split(",").map((x) => Number(x.trim()));
+      if (throughput?.some((b) => !(Number.isInteger(b) && b >= 1))) throw new EeToolError("USAGE", `--throughput takes positive batch sizes separated by commas, got '${opts.throughput}'`);
       const bars = progressBars();
       const t0 = performance.now();
       const report = await evaluatePlan(planPath, {
         data: opts.data, ...(opts.labels ? { labels: opts.labels } : {}), ...(batch ? { batch } : {}),
-        settings: { ep: opts.ep, ...(threads ? { threads } : {}) }, savingTolerance: tolerance,
+        settings: { ep: opts.ep, ...(threads ? { threads } : {}) }, savingTolerance: tolerance, ...(throughput ? { throughput } : {}),
         onProgress: (p, d, t) => bars.update(p, d, t),
       });
       bars.stop();

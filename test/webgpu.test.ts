@@ -1,0 +1,91 @@
+/**
+ * The GPU code paths without a GPU: onnxruntime-node's bundled WebGPU provider on SwiftShader, a
+ * software Vulkan device (Debian's chromium ships it; .ci/run installs it). Exact and slow (about
+ * 0.2 s a call at batch 1 here), so a few samples only, and no timing is asserted: insert, profile,
+ * plan and eval with --ep webgpu give what the CPU provider gives, and record the provider.
+ */
+import { beforeAll, describe, expect, it } from "vitest";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { CNN, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
+import { loadModel } from "../src/onnx/model.js";
+import { openCalibration } from "../src/data/calib.js";
+import { encodeNpy } from "../src/data/npy.js";
+import { readRampMetadata } from "../src/ramps/metadata.js";
+import { loadProfile } from "../src/profile/merge.js";
+import type { Profile } from "../src/profile/profile.js";
+import type { Plan } from "../src/plan/plan.js";
+import type { EvalReport } from "../src/eval/eval.js";
+
+const ICD = process.env.EE_TOOL_VK_ICD ?? "/usr/lib/chromium/vk_swiftshader_icd.json";
+const work = tmpDir();
+const env = { ...process.env, VK_ICD_FILENAMES: ICD, XDG_RUNTIME_DIR: tmpDir("ee-xdg-") };
+const f = (name: string): string => path.join(work, name);
+
+/** The first n images of a fixture slice as one .npy. */
+function slice(src: string, n: number, out: string): string {
+  const data = openCalibration(src, loadModel(CNN).proto);
+  const t = data.feeds(0, n).image!;
+  fs.writeFileSync(out, encodeNpy("float32", t.dims, new Uint8Array((t.data as Float32Array).buffer, (t.data as Float32Array).byteOffset, (t.data as Float32Array).byteLength)));
+  return out;
+}
+
+function cli(args: string[]): string {
+  const r = runCli(args, { env });
+  expect(r.stderr).not.toMatch(/ee-tool: error/);
+  expect(r.code).toBe(0);
+  return r.stdout;
+}
+
+beforeAll(() => {
+  if (!fs.existsSync(ICD)) throw new Error(`SwiftShader's Vulkan driver is missing (${ICD}): apt-get install chromium (or point EE_TOOL_VK_ICD at a vk_swiftshader_icd.json)`);
+  slice(path.join(ROOT, "fixtures/cnn/calib.npz"), 160, f("calib.npy"));
+  slice(path.join(ROOT, "fixtures/cnn/eval.npz"), 12, f("eval.npy"));
+}, 60_000);
+
+describe("--ep webgpu (SwiftShader)", () => {
+  it("inspect --providers finds the WebGPU provider running here", () => {
+    const r = JSON.parse(cli(["inspect", "--providers", "--json"])) as { providers: Array<{ name: string; available: boolean }> };
+    expect(r.providers.find((p) => p.name === "webgpu")!.available).toBe(true);
+    expect(r.providers.find((p) => p.name === "cpu")!.available).toBe(true);
+  });
+
+  it("insert, profile, plan and eval give the CPU provider's results and record the provider", () => {
+    // insert: the extraction pass on each provider; the ramps are fitted on the CPU from its features.
+    for (const ep of ["webgpu", "cpu"]) cli(["insert", CNN, "--calib", f("calib.npy"), "--ep", ep, "--ramp", "linear", "--pool", "gap", "-o", f(`${ep}.ee.onnx`), "-q"]);
+    const meta = (ep: string) => readRampMetadata(loadModel(f(`${ep}.ee.onnx`)).proto)!;
+    expect(meta("webgpu").ramps.map((r) => r.fit.holdoutAgreement)).toEqual(meta("cpu").ramps.map((r) => r.fit.holdoutAgreement));
+    expect(meta("webgpu").calibration.fitHashes).toBe(meta("cpu").calibration.fitHashes);
+
+    // profile: per-sample data equal within float tolerance; the latency pass runs on the
+    // provider (one round, no figure asserted) and records where the nodes ran.
+    for (const ep of ["webgpu", "cpu"]) cli(["profile", f("webgpu.ee.onnx"), "--calib", f("calib.npy"), "--ep", ep, "--batch", "1", "--budget", "1", "-o", f(`${ep}.profile.json`), "-q"]);
+    const gpu = loadProfile(f("webgpu.profile.json"));
+    const cpu = loadProfile(f("cpu.profile.json"));
+    expect(gpu.profile.environment.executionProvider).toBe("webgpu");
+    expect(Array.from(gpu.samples.index)).toEqual(Array.from(cpu.samples.index));
+    expect(Array.from(gpu.samples.final)).toEqual(Array.from(cpu.samples.final));
+    gpu.samples.ramps.forEach((r, j) => {
+      const c = cpu.samples.ramps[j]!;
+      expect(Array.from(r.pred)).toEqual(Array.from(c.pred));
+      r.maxprob.forEach((p, i) => expect(Math.abs(p - c.maxprob[i]!)).toBeLessThan(1e-4));
+    });
+    const placement = (gpu.profile as Profile).environment.placement!;
+    expect(placement.nodes.WebGpuExecutionProvider).toBeGreaterThan(0);
+    console.log(`webgpu placement: ${JSON.stringify(placement)}`);
+    expect(gpu.profile.environment.optimizedGraph).toBe(false); // the CPU's blocked layouts stay out of a GPU session
+    expect(gpu.profile.latency!["1"]!.exits!.length).toBe(gpu.profile.ramps.length);
+
+    // plan from the GPU profile (too few samples to certify: --confidence 0), then eval on both.
+    cli(["plan", f("webgpu.profile.json"), "--max-drop", "0.05", "--confidence", "0", "-o", f("plan.json"), "-q"]);
+    const plan = JSON.parse(fs.readFileSync(f("plan.json"), "utf8")) as Plan;
+    expect(plan.profile.ep).toBe("webgpu");
+    const evals = Object.fromEntries(["webgpu", "cpu"].map((ep) => [ep, JSON.parse(cli(["eval", f("plan.json"), "--data", f("eval.npy"), "--ep", ep, "--batch", "1", "--json", "-q"])) as EvalReport]));
+    expect(evals.webgpu!.runtime.ep).toBe("webgpu");
+    expect(evals.cpu!.runtime.planEp).toBe("webgpu");
+    expect(evals.webgpu!.exits.map((e) => e.measured)).toEqual(evals.cpu!.exits.map((e) => e.measured));
+    expect(evals.webgpu!.accuracy.dropVsModel).toBe(evals.cpu!.accuracy.dropVsModel);
+    const text = runCli(["eval", f("plan.json"), "--data", f("eval.npy"), "--ep", "cpu", "--batch", "1"], { env }).stderr;
+    expect(text).toMatch(/on cpu \(note: the plan was profiled on webgpu; its latency predictions are for that provider\)/);
+  }, 600_000);
+});
