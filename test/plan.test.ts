@@ -49,7 +49,7 @@ function synthetic(seed: number, n: number, R: number, adversarial = false): Pro
   }
   // Stages cost 1 each, an exit 0.2 (the first 0.1 when adversarial).
   const pass = Array.from({ length: R }, (_, j) => (adversarial && j === 0 ? 0.1 : 0.2));
-  const costs: Costs = { fire: pass.map((c, j) => j + 1 + c), pass, baseline: R + 1, source: "exits" };
+  const costs: Costs = { fire: pass.map((c, j) => j + 1 + c), pass, baseline: R + 1, none: R + 1, source: "exits" };
   return { rampIds: Array.from({ length: R }, (_, j) => j), n, conf, loss, costs };
 }
 
@@ -147,7 +147,7 @@ describe("plan search", () => {
     // more confident a sample the smaller its expected loss on this instance.
     const conf = [Float32Array.from({ length: n }, () => Math.min(0.999, Math.max(0.05, 0.6 + 0.2 * rng.normal())))];
     const loss = [Int8Array.from(conf[0]!, (c) => (rng.next() < 0.3 * (1 - c) ? 1 : rng.next() < 0.05 ? -1 : 0))];
-    const costs: Costs = { fire: [1.1], pass: [0.1], baseline: 2, source: "exits" };
+    const costs: Costs = { fire: [1.1], pass: [0.1], baseline: 2, none: 2, source: "exits" };
     const fitted = withFittedLosses({ rampIds: [0], n, conf, loss, costs }, "maxprob");
     // Each fit keeps its event count, so the expected losses add up to the observed net loss (a
     // fit of +1 losses alone would overshoot by the 154 samples whose loss is -1).
@@ -364,8 +364,8 @@ describe("ee-tool plan", () => {
   it("keeps the model unchanged when no exit can pay for itself", async () => {
     const { planFromProfile } = await import("../src/plan/plan.js");
     const result = loadProfile(files.cnn.profile);
-    // Every exit that does not fire costs three times the model on top of it.
-    for (const l of Object.values(result.profile.latency!)) for (const e of l.exits!) e.adds = { ...l.model, p50: 3 * l.model.p50 };
+    // Every exit that does not fire costs ten times the model on top of it.
+    for (const l of Object.values(result.profile.latency!)) for (const e of l.exits!) e.adds = { ...l.model, p50: 10 * l.model.p50 };
     const plan = planFromProfile(result, { maxDrop: 0.01 });
     expect(plan.exits).toEqual([]);
     expect(plan.expected.saving).toBeCloseTo(0, 12);

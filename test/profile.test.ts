@@ -97,7 +97,7 @@ describe("ee-tool profile", () => {
       expect(l.exits!.map((e) => e.ramp)).toEqual(p.ramps.map((r) => r.id));
       const shallowest = [...p.ramps].sort((a, c) => a.depth - c.depth)[0]!;
       expect(l.exits!.find((e) => e.ramp === shallowest.id)!.fire.p50).toBeLessThan(0.6 * l.model.p50);
-      expect(l.model.runs).toBeGreaterThanOrEqual(20);
+      expect(l.model.runs).toBeGreaterThanOrEqual(10);
       // Stages in place add up to the last prefix; they and the stages alone stay near the whole
       // model (the figures themselves are reported, see docs/profile.md; loose bounds, noisy machines).
       expect(l.inPlace.reduce((a, s) => a + s.p50, 0)).toBeCloseTo(l.prefixes.at(-1)!.p50, 9);

@@ -39,7 +39,7 @@ function cli(args: string[]): string {
 
 beforeAll(() => {
   if (!fs.existsSync(ICD)) throw new Error(`SwiftShader's Vulkan driver is missing (${ICD}): apt-get install chromium (or point EE_TOOL_VK_ICD at a vk_swiftshader_icd.json)`);
-  slice(path.join(ROOT, "fixtures/cnn/calib.npz"), 160, f("calib.npy"));
+  slice(path.join(ROOT, "fixtures/cnn/calib.npz"), 100, f("calib.npy")); // 40 fit the ramps, 60 are scored
   slice(path.join(ROOT, "fixtures/cnn/eval.npz"), 12, f("eval.npy"));
 }, 60_000);
 
@@ -76,16 +76,22 @@ describe("--ep webgpu (SwiftShader)", () => {
     expect(gpu.profile.environment.optimizedGraph).toBe(false); // the CPU's blocked layouts stay out of a GPU session
     expect(gpu.profile.latency!["1"]!.exits!.length).toBe(gpu.profile.ramps.length);
 
-    // plan from the GPU profile (too few samples to certify: --confidence 0), then eval on both.
-    cli(["plan", f("webgpu.profile.json"), "--max-drop", "0.05", "--confidence", "0", "-o", f("plan.json"), "-q"]);
+    // A plan records its profile's provider (too few samples to certify: --confidence 0). The
+    // software device's timings are noise, so the plan evaluated is the CPU profile's: a plan made
+    // on one provider runs on another, and eval says so.
+    cli(["plan", f("webgpu.profile.json"), "--max-drop", "0.05", "--confidence", "0", "-o", f("webgpu.plan.json"), "-q"]);
+    expect((JSON.parse(fs.readFileSync(f("webgpu.plan.json"), "utf8")) as Plan).profile.ep).toBe("webgpu");
+    cli(["plan", f("cpu.profile.json"), "--max-drop", "0.05", "--confidence", "0", "-o", f("plan.json"), "-q"]);
     const plan = JSON.parse(fs.readFileSync(f("plan.json"), "utf8")) as Plan;
-    expect(plan.profile.ep).toBe("webgpu");
+    expect(plan.profile.ep).toBe("cpu");
+    expect(plan.exits.length).toBeGreaterThan(0);
     const evals = Object.fromEntries(["webgpu", "cpu"].map((ep) => [ep, JSON.parse(cli(["eval", f("plan.json"), "--data", f("eval.npy"), "--ep", ep, "--batch", "1", "--json", "-q"])) as EvalReport]));
     expect(evals.webgpu!.runtime.ep).toBe("webgpu");
-    expect(evals.cpu!.runtime.planEp).toBe("webgpu");
+    expect(evals.webgpu!.runtime.planEp).toBe("cpu");
     expect(evals.webgpu!.exits.map((e) => e.measured)).toEqual(evals.cpu!.exits.map((e) => e.measured));
     expect(evals.webgpu!.accuracy.dropVsModel).toBe(evals.cpu!.accuracy.dropVsModel);
-    const text = runCli(["eval", f("plan.json"), "--data", f("eval.npy"), "--ep", "cpu", "--batch", "1"], { env }).stderr;
-    expect(text).toMatch(/on cpu \(note: the plan was profiled on webgpu; its latency predictions are for that provider\)/);
+    expect(evals.webgpu!.exits.filter((e) => e.ramp >= 0).some((e) => e.measured > 0)).toBe(true);
+    const text = runCli(["eval", f("webgpu.plan.json"), "--data", f("eval.npy"), "--ep", "cpu", "--batch", "1"], { env }).stderr;
+    expect(text).toMatch(/on cpu, runtime form [a-z-]+ \(note: the plan was profiled on webgpu; its latency predictions are for that provider\)/);
   }, 600_000);
 });

@@ -17,7 +17,7 @@ export function renderEval(r: EvalReport): string {
   const a = r.accuracy;
   const l = r.latency;
   const lines = [
-    `${r.samples} samples at batch ${r.batch} on ${r.runtime.ep}${r.runtime.ep !== r.runtime.planEp ? ` (note: the plan was profiled on ${r.runtime.planEp}; its latency predictions are for that provider)` : ""}`,
+    `${r.samples} samples at batch ${r.batch} on ${r.runtime.ep}, runtime form ${r.runtime.form}${r.runtime.ep !== r.runtime.planEp ? ` (note: the plan was profiled on ${r.runtime.planEp}; its latency predictions are for that provider)` : ""}`,
     table([
       ["", "measured", "plan predicted"],
       ["accuracy drop vs model", pct(a.dropVsModel), a.against === "model" ? pct(a.predictedDrop) : "-"],

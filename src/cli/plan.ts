@@ -47,10 +47,11 @@ export function renderPlan(p: Plan): string {
   ]));
   const e = p.expected;
   lines.push(`expected latency: mean ${e.meanLatencyMs.toFixed(3)} ms, median ${e.medianLatencyMs.toFixed(3)} ms vs ${p.baselineMs.toFixed(3)} ms: saving ${pct(e.saving)} (median ${pct(e.savingMedian)})`);
+  if (p.runtime) lines.push(`runtime form: ${p.runtime.form} (all exits active, none firing: one call ${p.runtime.oneCallMs.toFixed(3)} ms, one call per segment ${p.runtime.segmentsMs.toFixed(3)} ms, on ${p.profile.ep})`);
   const cm = p.costModel;
   if (cm) {
     const paths = cm.paths.map((x) => `${x.ramp < 0 ? "no exit" : `exit ${x.ramp}`} ${(x.ms / p.baselineMs).toFixed(3)}`).join(", ");
-    lines.push(`predicted paths (x model): ${paths}; ${cm.source === "exits" ? "from each exit timed in the runtime" : "from stage prefixes (an older profile: profile again for per-exit timings)"}`);
+    lines.push(`predicted paths (x model): ${paths}; ${cm.source === "exits" ? "from each exit timed in the runtime" : cm.source === "segments" ? "from the stages and ramps timed alone (the segments form)" : "from stage prefixes (an older profile: profile again for per-exit timings)"}`);
     if (cm.allExits) {
       const off = cm.allExits.measuredMs / cm.allExits.predictedMs - 1;
       lines.push(`${Math.abs(off) > 0.05 ? "warning: " : ""}all exits active and none firing measured ${pct(Math.abs(off))} ${off >= 0 ? "above" : "below"} the exits' costs added up${Math.abs(off) > 0.05 ? ": predictions for several active exits are less certain on this model (eval measures them)" : ""}`);

@@ -5,7 +5,7 @@
  */
 import * as path from "node:path";
 import * as fs from "node:fs";
-import type { Plan } from "../plan/plan.js";
+import type { Plan, RuntimeForm } from "../plan/plan.js";
 import { EarlyExitSession } from "../runtime/early-exit.js";
 import { loadModel } from "../onnx/model.js";
 import { checkBatch, openCalibration, openLabels } from "../data/calib.js";
@@ -45,7 +45,7 @@ export interface EvalReport {
     predicted: { meanMs: number; medianMs: number; baselineMs: number; saving: number; savingMedian: number };
   };
   /** ep: the provider eval ran on; planEp: the one the plan's profile measured (they may differ). */
-  runtime: { direct: boolean; rowRemoval: boolean; optimizedGraph: boolean; ep: string; planEp: string };
+  runtime: { direct: boolean; rowRemoval: boolean; optimizedGraph: boolean; ep: string; planEp: string; form: RuntimeForm };
   /** With `throughput`: latency per row and rows per second at each batch size, three modes (throughput.ts). */
   throughput: BatchThroughput[] | null;
   /** `--assert`'s checks: failures holds the messages of those that failed. */
@@ -217,7 +217,7 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
       model: baseStats, earlyExit: early, saving, savingMedian,
       predicted: { meanMs: plan.expected.meanLatencyMs, medianMs: plan.expected.medianLatencyMs, baselineMs: plan.baselineMs, saving: plan.expected.saving, savingMedian: plan.expected.savingMedian },
     },
-    runtime: { direct: base.direct, rowRemoval: ee.rowRemoval, optimizedGraph: ee.optimizedGraph, ep: settings.ep ?? "cpu", planEp: plan.profile.ep ?? "cpu" },
+    runtime: { direct: base.direct, rowRemoval: ee.rowRemoval, optimizedGraph: ee.optimizedGraph, ep: settings.ep ?? "cpu", planEp: plan.profile.ep ?? "cpu", form: ee.form },
     throughput,
     assertions: { passed: failures.length === 0, failures, savingTolerance: tolerance, checks },
   };

@@ -5,6 +5,7 @@
 import type { ProfileResult } from "../profile/profile.js";
 import { EeToolError } from "../errors.js";
 import { TOOL_VERSION } from "../ramps/insert.js";
+import type { RuntimeForm } from "../stages/exit-graph.js";
 import { additivity, buildCosts, buildProblem, candidateThresholds, evaluate, exitCosts, type Against, type Config, type Costs, type Metric, type Problem } from "./problem.js";
 import { autoSearch, exhaustiveSearch, greedySearch, type Point, type SearchResult } from "./search.js";
 import { minimumCertifiable, pValueOf, binomialUpperBound, type Certificate } from "./certify.js";
@@ -93,6 +94,8 @@ export interface Outcome {
   dropCertify: number;
 }
 
+export type { RuntimeForm };
+
 export interface Plan {
   format: typeof PLAN_FORMAT;
   tool: string;
@@ -108,6 +111,12 @@ export interface Plan {
    * configuration (ramp -1: no exit), per request; and the additivity check, the all-exits model
    * measured against the exits' costs added up (null for older profiles).
    */
+  /**
+   * The runtime form the plan runs in (EarlyExitSession follows it): the faster of the one-call If
+   * model and one call per segment on the profile's provider, each with every exit active and
+   * none firing, per request at settings.batch. Null for older profiles (one-call).
+   */
+  runtime: { form: RuntimeForm; oneCallMs: number; segmentsMs: number } | null;
   costModel: {
     source: Costs["source"];
     paths: Array<{ ramp: number; ms: number }>;
@@ -295,6 +304,7 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
     settings: { maxDrop, against, metric, batch, confidence, search: method, levels, tuneFraction, tuningDrop },
     data: { tune: tune.n, certify: cert.n, split: `by content hash: ${Math.round(tuneFraction * 100)}% tune thresholds, the rest certify them` },
     baselineMs: costs.baseline,
+    runtime: runtimeOf(profile, batch),
     costModel: costModel(profile, batch, costs, order.map((r) => r.id), inModel(chosen.config)),
     exits,
     expected: outcome(tune, cert, inModel(chosen.config)),
@@ -307,6 +317,11 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
     truncation,
     ...(options.points ? { points: operatingPoints(result, tune, cert, order, picks.map((p) => p.chosen.config), pointLevels, inModel, picks.map((p) => p.certificate), confidence, present, pointLevels.indexOf(maxDrop)) } : {}),
   };
+}
+
+function runtimeOf(profile: ProfileResult["profile"], batch: number): Plan["runtime"] {
+  const f = profile.latency?.[String(batch)]?.forms;
+  return f ? { form: f.faster, oneCallMs: f.oneCall / batch, segmentsMs: f.segments / batch } : null;
 }
 
 function costModel(profile: ProfileResult["profile"], batch: number, costs: Costs, rampIds: number[], config: Config): Plan["costModel"] {

@@ -38,8 +38,12 @@ export interface Costs {
   baseline: number;
   /** The runtime with no exit firing and none active (the base of the no-exit path). */
   none: number;
-  /** Where fire and pass come from: each exit measured in the runtime, or the older prefix model. */
-  source: "exits" | "prefixes";
+  /**
+   * Where fire and pass come from: each exit measured in the one-call runtime; the stages and
+   * ramps timed alone, for the segments form (when the profile found it faster on its provider);
+   * or the older prefix model.
+   */
+  source: "exits" | "segments" | "prefixes";
 }
 
 export interface Problem {
@@ -68,12 +72,22 @@ export function buildCosts(profile: Profile, batch: number): Costs {
   const per = (x: number): number => x / batch;
   const baseline = per(l.model.p50);
   const byDepth = profile.ramps.map((r, i) => ({ r, i })).sort((a, b) => a.r.depth - b.r.depth);
+  const call = per(l.callOverhead.p50);
+  if (l.forms?.faster === "segments") {
+    // One call per segment: reaching exit j merges stages 0..j into one call (j calls fewer than
+    // the stages alone); an active exit splits a segment (one call more) and adds its ramp, fused
+    // into its segment (its time alone less the call it does not make).
+    const rampNet = l.ramps.map((r) => Math.max(0, per(r.p50) - call)); // in cut (= depth) order
+    let reach = 0;
+    const fire = rampNet.map((rn, j) => (reach += per(l.stages[j]!.p50)) - j * call + rn);
+    const all = l.stages.reduce((a, x) => a + per(x.p50), 0) - rampNet.length * call;
+    return { fire, pass: rampNet.map((rn) => call + rn), baseline, none: all, source: "segments" };
+  }
   if (l.exits?.length === profile.ramps.length && l.noExit) {
     const exits = byDepth.map(({ r }) => l.exits!.find((e) => e.ramp === r.id)!);
     return { fire: exits.map((e) => per(e.fire.p50)), pass: exits.map((e) => Math.max(0, per(e.adds.p50))), baseline, none: per(l.noExit.p50), source: "exits" };
   }
   // The prefix model (profiles without per-exit measurements): l.prefixes and l.ramps are in cut order.
-  const call = per(l.callOverhead.p50);
   const net = (x: number): number => Math.max(0, per(x) - call);
   const fixed = Math.min(call, baseline);
   let reached = fixed;

@@ -16,10 +16,10 @@ import { createRunnable, type RunnableSession } from "../ort/sync.js";
 import { measurePlacement, type Placement } from "../ort/placement.js";
 import { ortProviderName } from "../ort/providers.js";
 import { optimizeForRuntime, partSettings, type RuntimeModel } from "../stages/optimize.js";
-import { batchMode, batchTensorsAt, buildExitModel, exitOutputs, THRESHOLDS_INPUT, type BatchMode } from "../stages/exit-graph.js";
+import { batchMode, batchTensorsAt, buildExitModel, exitOutputs, THRESHOLDS_INPUT, type BatchMode, type RuntimeForm } from "../stages/exit-graph.js";
 import type { StagePart } from "../stages/split.js";
 import { serializeModel } from "../onnx/model.js";
-import { differenceName, measure, type LatencyStats } from "./timing.js";
+import { differenceName, measure, type LatencyStats, type TimedItem } from "./timing.js";
 import { emptySamples, encodeSamples, scoreLogits, type ArraySpec, type SampleData } from "./samples.js";
 import { summarizeSamples, type RampSummary } from "./summary.js";
 import { EeToolError } from "../errors.js";
@@ -68,6 +68,13 @@ export interface BatchLatency {
    * in the same round (timing.ts, paired differences). Present with `exits`.
    */
   noExit?: LatencyStats;
+  /**
+   * The two forms the runtime can take, each with every exit active and none firing (ms per call):
+   * `oneCall`, the If model (allExits); `segments`, one call per segment with its ramp fused in
+   * (the stages alone, plus each ramp less the call it no longer makes). `faster` is the form the
+   * plan uses on this provider.
+   */
+  forms?: { oneCall: number; segments: number; faster: RuntimeForm };
   /**
    * Sum over stages of the mean and of the median, and their ratio to the whole model's. Running
    * S stages costs S - 1 more calls than running the model; `net` subtracts those calls' overhead.
@@ -390,16 +397,18 @@ async function measureLatency(
       const noExit = one.none;
       const cutTensor = { x: pool.get(cut0)! };
       const eeSession = ee;
-      const items = [
-        { name: "model", run: () => whole.run(feeds, [meta.output]) },
-        { name: "overhead", run: () => bare.run(cutTensor, ["y"]) },
-        { name: "allExits", run: () => eeSession.run(eeFeeds, eeSession.outputNames) },
-        { name: "noExit", run: () => noExit.run(noneFeeds, noExit.outputNames) },
-        ...one.exits.flatMap((x, i) => [
-          { name: `fire${i}`, run: () => x.run(fireFeeds, x.outputNames) },
-          { name: `pass${i}`, run: () => x.run(passFeeds, x.outputNames) },
-        ]),
-        ...[...stages, ...ramps, ...prefixes].map((s) => { const f = partFeeds(s.part, pool); return { name: `${s.part.kind}${s.part.index}`, run: () => s.session.run(f, s.fetches) }; }),
+      // Each timed call gets fresh copies of its inputs, as a request brings its own: onnxruntime-node
+      // pays about 10 µs per call to take in a tensor it has not seen, which a reused tensor hides.
+      const timed = (name: string, session: RunnableSession, f: Record<string, ort.Tensor>, fetches: readonly string[]): TimedItem => ({
+        name, prepare: () => freshFeeds(f), run: (x) => session.run(x as Record<string, ort.Tensor>, fetches),
+      });
+      const items: TimedItem[] = [
+        timed("model", whole, feeds, [meta.output]),
+        timed("overhead", bare, cutTensor, ["y"]),
+        timed("allExits", eeSession, eeFeeds, eeSession.outputNames),
+        timed("noExit", noExit, noneFeeds, noExit.outputNames),
+        ...one.exits.flatMap((x, i) => [timed(`fire${i}`, x, fireFeeds, x.outputNames), timed(`pass${i}`, x, passFeeds, x.outputNames)]),
+        ...[...stages, ...ramps, ...prefixes].map((s) => timed(`${s.part.kind}${s.part.index}`, s.session, partFeeds(s.part, pool), s.fetches)),
       ];
       const stats = await measure(items, {
         budgetMs: options.budgetMs ?? 10_000, tolerance: options.tolerance ?? 0.02,
@@ -425,6 +434,7 @@ async function measureLatency(
         allExits: stats.get("allExits")!,
         exits: alone.map((m, i) => ({ ramp: m.meta.ramps[0]!.id, fire: stats.get(`fire${i}`)!, pass: stats.get(`pass${i}`)!, adds: stats.get(differenceName(`pass${i}`, "noExit"))! })),
         noExit: stats.get("noExit")!,
+        forms: runtimeForms(stats.get("allExits")!.p50, st.map((x) => x.p50), ramps.map((r) => stats.get(`ramp${r.part.index}`)!.p50), overhead.p50),
         stageSum: {
           mean: sumMean, p50: sumP50, ratioMean: sumMean / whole1.mean, ratioP50: sumP50 / whole1.p50, netP50, netRatioP50: netP50 / whole1.p50,
           inPlaceP50: all.p50, inPlaceRatioP50: all.p50 / whole1.p50,
@@ -435,6 +445,38 @@ async function measureLatency(
     for (const s of opened) await s.release();
   }
   return { latency, optimizedGraph: rt.optimized, fusion, placement: placement ?? null };
+}
+
+/**
+ * New tensors with the same contents (each with its own buffer, as a request's inputs are). The
+ * thresholds input stays the same tensor: the runtime feeds the plan's own on every call.
+ */
+export function freshFeeds(feeds: Record<string, ort.Tensor>): Record<string, ort.Tensor> {
+  const out: Record<string, ort.Tensor> = {};
+  for (const [k, t] of Object.entries(feeds)) {
+    if (k === THRESHOLDS_INPUT || !ArrayBuffer.isView(t.data)) {
+      out[k] = t;
+      continue;
+    }
+    const src = t.data as Float32Array;
+    const data = new (src.constructor as Float32ArrayConstructor)(new ArrayBuffer(src.byteLength));
+    data.set(src);
+    out[k] = new ort.Tensor(t.type, data, t.dims);
+  }
+  return out;
+}
+
+/**
+ * Segments must beat the one-call form by this much to be chosen: the one-call form's paths are
+ * measured exit by exit, the segments form's are added up from parts timed alone, so a near tie
+ * goes to the one measured more directly.
+ */
+export const SEGMENTS_MARGIN = 0.05;
+
+/** Both runtime forms with every exit active and none firing (BatchLatency.forms). */
+export function runtimeForms(oneCall: number, stages: number[], ramps: number[], call: number): NonNullable<BatchLatency["forms"]> {
+  const segments = stages.reduce((a, b) => a + b, 0) + ramps.reduce((a, r) => a + Math.max(0, r - call), 0);
+  return { oneCall, segments, faster: segments < (1 - SEGMENTS_MARGIN) * oneCall ? "segments" : "one-call" };
 }
 
 /** Op types of the nodes the model's own output needs (a ramp's nodes are not among them). */

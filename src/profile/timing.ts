@@ -15,6 +15,9 @@
  */
 import { Rng } from "../util/rng.js";
 
+/** Warm-up time per item beyond its first run (measure). */
+const WARMUP_MS = 100;
+
 export interface LatencyStats {
   /** Milliseconds. */
   mean: number;
@@ -30,7 +33,9 @@ export interface LatencyStats {
 
 export interface TimedItem {
   name: string;
-  run: () => Promise<unknown>;
+  /** Called before each run, untimed; its result is handed to `run` (fresh inputs, say). */
+  prepare?: () => unknown;
+  run: (prepared?: unknown) => Promise<unknown>;
 }
 
 export interface MeasureOptions {
@@ -104,7 +109,12 @@ export async function measure(items: TimedItem[], options: MeasureOptions = {}):
   const pairs = options.differences ?? [];
   const diffTolerance = options.differenceTolerance ?? 0.005;
   const rng = new Rng(options.seed ?? 1);
-  for (const it of items) for (let i = 0; i < warmup; i++) await it.run();
+  // Warm-up: `warmup` runs of each item, or fewer when they take long (at least one, at most about
+  // WARMUP_MS of an item's time): a slow call is its own warm-up, and a software GPU's calls take 0.2 s.
+  for (const it of items) {
+    const t0 = performance.now();
+    for (let i = 0; i < warmup && (i === 0 || performance.now() - t0 < WARMUP_MS); i++) await it.run(it.prepare?.());
+  }
   const samples = new Map(items.map((it) => [it.name, [] as number[]]));
   const diffs = (p: { item: string; reference: string }): number[] => {
     const a = samples.get(p.item)!;
@@ -120,9 +130,10 @@ export async function measure(items: TimedItem[], options: MeasureOptions = {}):
   for (let round = 1; round <= maxRuns && performance.now() - start < budget; round++) {
     for (const idx of rng.permutation(items.length)) {
       const it = items[idx]!;
-      for (let r = 1; r < repeat; r++) await it.run();
+      for (let r = 1; r < repeat; r++) await it.run(it.prepare?.());
+      const arg = it.prepare?.();
       const t0 = performance.now();
-      await it.run();
+      await it.run(arg);
       samples.get(it.name)!.push(performance.now() - t0);
     }
     if (round >= minRuns && round % 10 === 0) {

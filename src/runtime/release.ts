@@ -9,11 +9,8 @@
  */
 import type { Plan } from "../plan/plan.js";
 import { confidenceOf, feedbackFromLogits, type Feedback } from "../plan/feedback.js";
-import { loadModel } from "../onnx/model.js";
-import { declaredTypes, splitModel } from "../stages/split.js";
-import { runtimeBytes, type ort, type SessionSettings } from "../ort/ort.js";
-import { createRunnable, type RunnableSession } from "../ort/sync.js";
-import { optimizeForRuntime, partSettings } from "../stages/optimize.js";
+import type { ort, SessionSettings } from "../ort/ort.js";
+import { openSegments, type Segment } from "./segments.js";
 import { callThresholds, type RunOptions } from "./early-exit.js";
 import { runtimeExits } from "../plan/exits.js";
 import type { ActiveExit } from "../stages/exit-graph.js";
@@ -32,28 +29,12 @@ export interface ReleaseResult {
   feedback: Feedback[];
 }
 
-interface Segment {
-  session: RunnableSession;
-  inputs: string[];
-  outputs: string[];
-  /** The exit this segment ends at, or undefined for the last one. */
-  exit?: ActiveExit;
-}
-
 export class ReleaseEarlySession {
   private constructor(private readonly plan: Plan, private readonly segments: Segment[], private readonly exits: ActiveExit[]) {}
 
   static async fromPlan(plan: Plan, modelPath: string, settings: SessionSettings = {}): Promise<ReleaseEarlySession> {
-    const s: SessionSettings = { optimization: "all", spinning: false, ...settings };
-    const exits = runtimeExits(plan);
-    const rt = await optimizeForRuntime(loadModel(modelPath), s, exits.map((e) => e.ramp));
-    if (exits.length === 0) throw new EeToolError("UNSUPPORTED", "the plan has no exits: every row runs the whole model, there is nothing to release early");
-    const split = splitModel(rt.proto, declaredTypes(rt.proto), { rampIds: exits.map((e) => e.ramp), fuse: true });
-    const segments: Segment[] = [];
-    for (const [i, st] of split.stages.entries()) {
-      const outputs = i === split.stages.length - 1 ? [plan.model.output] : st.outputs;
-      segments.push({ session: await createRunnable(runtimeBytes(st.proto, rt.readExternal), partSettings(rt, s), outputs), inputs: st.inputs, outputs, ...(exits[i] ? { exit: exits[i] } : {}) });
-    }
+    if (runtimeExits(plan).length === 0) throw new EeToolError("UNSUPPORTED", "the plan has no exits: every row runs the whole model, there is nothing to release early");
+    const { segments, exits } = await openSegments(plan, modelPath, { optimization: "all", spinning: false, ...settings });
     return new ReleaseEarlySession(plan, segments, exits);
   }
 

@@ -48,6 +48,9 @@ export function emitConfidence(em: NodeEmitter, logits: string, metric: Metric, 
   return em.reduce("ReduceSum", em.node("Mul", [probs, em.node("Log", [em.node("Max", [probs, tiny])])]), [1], false);
 }
 
+/** How a plan runs: one model with an If after each exit, or one call per segment (runtime/segments.ts). */
+export type RuntimeForm = "one-call" | "segments";
+
 /** How a ramp's confidence is measured from its logits (plan --metric). */
 export type Metric = "maxprob" | "margin" | "entropy";
 
