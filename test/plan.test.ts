@@ -81,6 +81,26 @@ describe("cost model", () => {
     expect(additivity(p, 2)).toEqual({ measured: 1.3, predicted: expect.closeTo(1.05, 9) as number });
   });
 
+  it("the segments form: paths from the stages and ramps timed alone, one call fewer per merged cut", () => {
+    // Per request at batch 2: call 0.05; stages alone 0.3, 0.4, 0.35; ramps alone 0.1, 0.15.
+    const p = withLatency({
+      stages: [stats(0.6), stats(0.8), stats(0.7)], ramps: [stats(0.2), stats(0.3)],
+      forms: { oneCall: 3, segments: 2.2, faster: "segments" },
+    });
+    p.ramps = [{ id: 0, depth: 0 }, { id: 1, depth: 1 }] as Profile["ramps"];
+    const c = buildCosts(p, 2);
+    expect(c.source).toBe("segments");
+    // Exit 0 alone: stage 0 and ramp 0 in one call (0.3 + 0.05). Exit 1 alone: stages 0-1 in one
+    // call (0.7 - 0.05) and ramp 1 (0.1). An active exit adds a call and its ramp.
+    expect(c.fire.map((x) => Number(x.toFixed(9)))).toEqual([0.35, 0.75]);
+    expect(c.pass.map((x) => Number(x.toFixed(9)))).toEqual([0.1, 0.15]);
+    expect(c.none).toBeCloseTo(0.95, 9);
+    const both = exitCosts(c, [0.5, 0.5]);
+    // Exit 1 with exit 0 active: two calls, stage 0 + ramp 0, then stage 1 + ramp 1.
+    expect(both.atRamp[1]).toBeCloseTo(0.3 + 0.05 + 0.4 + 0.1, 9);
+    expect(both.none).toBeCloseTo(1.2, 9);
+  });
+
   it("older profiles: the prefix model, stages as prefix differences made non-decreasing", () => {
     // Per request at batch 2: call 0.05, prefixes 0.4 0.35 (noise: lower) 0.9, model 1.0.
     const p = withLatency({ stages: [stats(9), stats(9), stats(9)], prefixes: [stats(0.8), stats(0.7), stats(1.8)] });

@@ -232,6 +232,46 @@ describe("EarlyExitSession", () => {
     expect(cnn.meta.ramps.some((r) => !r.tensor.startsWith("/"))).toBe(true);
   });
 
+  it("the segments form (one call per segment, rows leave at their exit) gives the one-call form's rows", async () => {
+    for (const name of ["cnn", "text"] as const) {
+      const plan = JSON.parse(fs.readFileSync(f(name, "plan.json"), "utf8")) as Plan;
+      const model = loadModel(f(name, "ee.onnx"));
+      const data = openCalibration(FIX(`${name}/eval.npz`), model.proto);
+      const one = await EarlyExitSession.fromPlan(plan, f(name, "ee.onnx"));
+      const seg = await EarlyExitSession.fromPlan(plan, f(name, "ee.onnx"), {}, { form: "segments" });
+      expect([one.form, seg.form]).toEqual(["one-call", "segments"]);
+      for (const [s, n] of [[0, 1], [1, 1], [2, 1], [3, 1], [0, 32], [32, 32]] as const) {
+        const a = await one.run(data.feeds(s, s + n));
+        const b = await seg.run(data.feeds(s, s + n));
+        expect(Array.from(b.exits)).toEqual(Array.from(a.exits));
+        for (let j = 0; j < a.logits.length; j++) expect(b.logits[j]!).toBeCloseTo(a.logits[j]!, 4);
+      }
+      expect(new Set((await seg.run(data.feeds(0, 32))).exits).size).toBeGreaterThan(1);
+      await one.release();
+      await seg.release();
+    }
+  });
+
+  it("eval --throughput: latency per row and rows per second of the model, the runtime and release-early", () => {
+    const r = runCli(["eval", f("cnn", "plan.json"), "--data", FIX("cnn/eval.npz"), "--throughput", "1,16", "--json", "-q"]);
+    expect(r.code).toBe(0);
+    const t = (JSON.parse(r.stdout) as EvalReport).throughput!;
+    expect(t.map((x) => x.batch)).toEqual([1, 16]);
+    for (const x of t) {
+      expect(x.calls).toBe(Math.floor(2000 / x.batch));
+      for (const m of [x.model, x.earlyExit, x.releaseEarly!]) {
+        expect(m.rowsPerSecond).toBeGreaterThan(0);
+        expect(m.rowLatencyMs).toBeGreaterThan(0);
+      }
+    }
+    // A row waits for its whole call in the model; released early, rows that exit answer sooner
+    // than the call ends (loose: noisy machines).
+    expect(t[1]!.releaseEarly!.rowLatencyMs).toBeLessThan(t[1]!.model.rowLatencyMs * 1.5);
+    const bad = runCli(["eval", f("cnn", "plan.json"), "--data", FIX("cnn/eval.npz"), "--throughput", "0,x"]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/--throughput takes positive batch sizes separated by commas, got '0,x'/);
+  });
+
   it("refuses a plan whose model file changed", async () => {
     const dir = tmpDir();
     fs.copyFileSync(f("cnn", "plan.json"), path.join(dir, "plan.json"));
@@ -259,6 +299,13 @@ describe("ee-tool eval", () => {
     for (const e of report.exits) expect(Math.abs(e.measured - e.predicted)).toBeLessThan(0.05);
     expect(report.latency.model.runs).toBe(2000);
     expect(report.latency.earlyExit.runs).toBe(2000);
+    // At batch 1 every exit path has its measured median beside the plan's prediction.
+    for (const e of report.exits.filter((x) => x.measured > 0)) {
+      expect(e.path!.measured).toBeGreaterThan(0);
+      expect(e.path!.predicted).toBeGreaterThan(0);
+    }
+    expect(report.runtime).toMatchObject({ ep: "cpu", planEp: "cpu", form: "one-call" });
+    expect(report.throughput).toBeNull();
     // A plan edited to exit everything at its first ramp breaks the accuracy promise.
     const plan = JSON.parse(fs.readFileSync(f("text", "plan.json"), "utf8")) as Plan;
     const broken = { ...plan, exits: plan.exits.map((e, i) => ({ ...e, threshold: i === 0 ? 0 : e.threshold })) };

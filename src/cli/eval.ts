@@ -1,4 +1,5 @@
 import type { Command } from "commander";
+import { parseEp } from "../ort/providers.js";
 import { evaluatePlan, type EvalReport } from "../eval/eval.js";
 import type { ModeThroughput } from "../eval/throughput.js";
 import { EeToolError, ExitCode } from "../errors.js";
@@ -65,6 +66,7 @@ export function registerEval(program: Command): void {
     .addHelpText("after", "\nWith $GITHUB_STEP_SUMMARY set, a Markdown summary is appended to it; with $GITHUB_OUTPUT, the outputs verdict, saving and drop.\n" +
       "\nExamples:\n  $ ee-tool eval cnn.plan.json --data fixtures/cnn/eval.npz --labels fixtures/cnn/eval_labels.npy\n  $ ee-tool eval plan.json --data holdout.npz --assert --json > eval.json\n  $ ee-tool eval plan.json --data holdout.npz --assert --junit junit.xml")
     .action(async (planPath: string, opts: { data: string; labels?: string; batch?: string; ep: string; throughput?: string; threads?: string; assert?: boolean; savingTolerance: string; junit?: string; json?: boolean }) => {
+      parseEp(opts.ep); // a bad --ep fails before any work
       const batch = opts.batch === undefined ? undefined : Number(opts.batch);
       if (batch !== undefined && !(Number.isInteger(batch) && batch >= 1)) throw new EeToolError("USAGE", `--batch must be a positive integer, got '${opts.batch}'`);
       const tolerance = Number(opts.savingTolerance);

@@ -1,4 +1,5 @@
 import type { Command } from "commander";
+import { parseEp } from "../ort/providers.js";
 import { loadModel, saveModel } from "../onnx/model.js";
 import { insertRamps } from "../ramps/insert.js";
 import { EeToolError } from "../errors.js";
@@ -55,6 +56,7 @@ export function registerInsert(program: Command): void {
         "  $ ee-tool insert model.onnx --calib input_ids=ids.npy,attention_mask=mask.npy --exits 2,4,6 --ramp mlp -o model.ee.onnx",
     )
     .action(async (modelPath: string, opts: InsertCliOptions) => {
+      parseEp(opts.ep); // a bad --ep fails before any work
       if (!["linear", "mlp", "auto"].includes(opts.ramp)) throw new EeToolError("USAGE", `--ramp must be linear, mlp or auto, got '${opts.ramp}'`);
       if (!["auto", "cls", "mean", "gap", "grid"].includes(opts.pool)) throw new EeToolError("USAGE", `--pool must be auto, cls, mean, gap or grid, got '${opts.pool}'`);
       const fraction = Number(opts.fitFraction);

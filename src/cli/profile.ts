@@ -1,4 +1,5 @@
 import type { Command } from "commander";
+import { parseEp } from "../ort/providers.js";
 import * as path from "node:path";
 import { loadModel } from "../onnx/model.js";
 import { profileModel, writeProfile, type Profile } from "../profile/profile.js";
@@ -100,6 +101,7 @@ export function registerProfile(program: Command): void {
         "  $ ee-tool profile model.ee.onnx --calib data.npz --shard 0/4 --no-latency -o shard0.json",
     )
     .action(async (file: string, opts: { out: string; calib: string; labels?: string; ep: string; batch: string; threads?: string; shard?: string; budget: string; latency: boolean; json?: boolean }) => {
+      parseEp(opts.ep); // a bad --ep fails before any work
       const threads = opts.threads === undefined ? undefined : Number(opts.threads);
       if (threads !== undefined && (!Number.isInteger(threads) || threads < 1)) throw new EeToolError("USAGE", `--threads must be a positive integer, got '${opts.threads}'`);
       const budget = Number(opts.budget);
