@@ -88,7 +88,7 @@ export function registerProfile(program: Command): void {
     .requiredOption("--calib <data>", "calibration inputs (same forms as insert); samples that fitted the ramps are skipped")
     .option("--labels <y.npy>", "ground-truth labels, for accuracy against labels")
     .option("--ep <provider>", EP_HELP, "cpu")
-    .option("--batch <sizes>", "batch sizes to time, comma-separated", "1,8")
+    .option("--batch <sizes>", "batch sizes to time, comma-separated (default: 1,8 on the CPU, 1,8,32,64 on GPU providers)")
     .option("--threads <n>", "onnxruntime intra-op threads (default: onnxruntime's choice)")
     .option("--shard <i/n>", "profile only every n-th slice of 256 samples, starting at slice i (merge shards with ee-tool merge)")
     .option("--budget <ms>", "time budget for the latency measurement of each batch size", "10000")
@@ -100,20 +100,20 @@ export function registerProfile(program: Command): void {
         "  $ ee-tool profile model.ee.onnx --calib data.npz --ep cuda --batch 1,8,32 -o profile.json\n" +
         "  $ ee-tool profile model.ee.onnx --calib data.npz --shard 0/4 --no-latency -o shard0.json",
     )
-    .action(async (file: string, opts: { out: string; calib: string; labels?: string; ep: string; batch: string; threads?: string; shard?: string; budget: string; latency: boolean; json?: boolean }) => {
+    .action(async (file: string, opts: { out: string; calib: string; labels?: string; ep: string; batch?: string; threads?: string; shard?: string; budget: string; latency: boolean; json?: boolean }) => {
       parseEp(opts.ep); // a bad --ep fails before any work
       const threads = opts.threads === undefined ? undefined : Number(opts.threads);
       if (threads !== undefined && (!Number.isInteger(threads) || threads < 1)) throw new EeToolError("USAGE", `--threads must be a positive integer, got '${opts.threads}'`);
       const budget = Number(opts.budget);
       if (!(budget > 0)) throw new EeToolError("USAGE", `--budget must be a positive number of milliseconds, got '${opts.budget}'`);
-      const batches = parseBatches(opts.batch);
+      const batches = opts.batch === undefined ? undefined : parseBatches(opts.batch);
       const shard = opts.shard ? parseShard(opts.shard) : undefined;
       const model = loadModel(file);
       const bars = progressBars();
       const result = await profileModel(model, {
         calib: opts.calib,
         ...(opts.labels ? { labels: opts.labels } : {}),
-        batches,
+        ...(batches ? { batches } : {}),
         settings: { ep: opts.ep, ...(threads ? { threads } : {}) },
         ...(shard ? { shard } : {}),
         budgetMs: budget,

@@ -14,7 +14,7 @@ import { Graph } from "../ir/graph.js";
 import { createSession, runSession, runtimeBytes, ort, type SessionSettings } from "../ort/ort.js";
 import { createRunnable, type RunnableSession } from "../ort/sync.js";
 import { measurePlacement, type Placement } from "../ort/placement.js";
-import { ortProviderName } from "../ort/providers.js";
+import { ortProviderName, parseEp } from "../ort/providers.js";
 import { optimizeForRuntime, partSettings, type RuntimeModel } from "../stages/optimize.js";
 import { batchMode, batchTensorsAt, buildExitModel, exitOutputs, THRESHOLDS_INPUT, type BatchMode, type RuntimeForm } from "../stages/exit-graph.js";
 import type { StagePart } from "../stages/split.js";
@@ -147,6 +147,11 @@ export interface ProfileResult {
   samples: SampleData;
 }
 
+/** Batch sizes profiled by default: 1 and 8 on the CPU; 1, 8, 32 and 64 on GPU providers, which serve batches. */
+export function defaultBatches(ep: string | undefined): number[] {
+  return parseEp(ep).name === "cpu" ? [1, 8] : [1, 8, 32, 64];
+}
+
 export function modelHash(model: OnnxModel): string {
   if (!model.path) throw new EeToolError("INTERNAL", "model has no file to hash");
   return sha256File(model.path);
@@ -169,7 +174,7 @@ export async function profileModel(model: OnnxModel, options: ProfileOptions): P
   const settings: SessionSettings = { spinning: false, ...options.settings, optimization: options.settings?.optimization ?? "all" };
   const calib = openCalibration(options.calib, model.proto);
   const labels = options.labels ? openLabels(options.labels, calib.size) : undefined;
-  const batches = options.batches ?? [1, 8];
+  const batches = options.batches ?? defaultBatches(settings.ep);
   for (const b of batches) checkBatch(calib.specs, b, "profile --batch");
 
   // Which samples to score: not those that fitted the ramps, and only this shard's slices.
