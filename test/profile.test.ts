@@ -166,10 +166,14 @@ describe("ee-tool profile", () => {
     r = runCli(["profile", ee.cnn, "--calib", FIX("cnn/calib.npz"), "--no-latency", "-o", path.join(dir, "missing/dir/p.json")]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/WRITE_FAILED/);
-    // An execution provider this onnxruntime build does not have (nnapi exists only on Android).
+    // A provider ee-tool does not know (nnapi exists only on Android): refused before any work.
     r = runCli(["profile", ee.cnn, "--calib", FIX("cnn/calib.npz"), "--ep", "nnapi", "-o", path.join(dir, "p.json")]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^ee-tool: error \[USAGE\]: --ep takes one of cpu, webgpu, cuda, tensorrt/);
+    // One this build lists but cannot load here (no CUDA libraries): onnxruntime's reason, one line.
+    r = runCli(["profile", ee.cnn, "--calib", FIX("cnn/calib.npz"), "--ep", "cuda", "-o", path.join(dir, "p.json")]);
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/^ee-tool: error \[RUNTIME_FAILED\]: execution provider 'nnapi' is not available/);
+    expect(r.stderr).toMatch(/^ee-tool: error \[RUNTIME_FAILED\]: execution provider 'cuda' is not available: .*Failed to load shared library/);
     expect(r.stderr.trim().split("\n").length).toBe(2);
     r = runCli(["profile", ee.cnn, "--calib", FIX("cnn/calib.npz"), "--batch", "0", "-o", path.join(dir, "p.json")]);
     expect(r.code).toBe(1);

@@ -162,7 +162,8 @@ export function exitCosts(costs: Costs, config: Config): { atRamp: number[]; non
     atRamp[j] = costs.fire[j]! + passed;
     passed += costs.pass[j]!;
   }
-  return { atRamp, none: costs.none + passed };
+  // With no exit active the runtime is the model itself.
+  return { atRamp, none: config.every((t) => t === Infinity) ? costs.baseline : costs.none + passed };
 }
 
 export function evaluate(p: Problem, config: Config, withLosses = false): Evaluation {

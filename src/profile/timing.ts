@@ -148,6 +148,10 @@ export async function measure(items: TimedItem[], options: MeasureOptions = {}):
     const s = summarize(list, false);
     out.set(it.name, { ...s, converged: s.ciRelative <= tolerance });
   }
-  for (const p of pairs) out.set(differenceName(p.item, p.reference), { ...summarize(diffs(p), false), converged: pairConverged(p) });
+  // A difference's median may be 0 or negative: its CI is given relative to the reference's median.
+  for (const p of pairs) {
+    const d = diffs(p);
+    out.set(differenceName(p.item, p.reference), { ...summarize(d, false), ciRelative: ciHalfWidth(d) / summarize(samples.get(p.reference)!, false).p50, converged: pairConverged(p) });
+  }
   return out;
 }
