@@ -3,7 +3,7 @@
 // the plan's predictions (original model and early-exit runtime measured interleaved in one run).
 // --runs N repeats the whole pipeline N times and ends with each fixture's range and mean: on a
 // noisy machine one run's figure can be several points off its neighbours'.
-//   npm run build && node bench/e2e.mjs [--budget 10000] [--runs 1] [--ramp linear|mlp|auto]
+//   npm run build && node bench/e2e.mjs [--budget 10000] [--runs 1] [--ramp linear|mlp|auto] [--only cnn,text,vit]
 import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -20,7 +20,8 @@ const fx = (p) => path.join(here, "..", "fixtures", p);
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ee-e2e-"));
 const run = (a) => execFileSync(process.execPath, [cli, ...a], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
 const pct = (x) => `${(x * 100).toFixed(1)}%`;
-const names = ["cnn", "text", "vit"].filter((n) => fs.existsSync(fx(`${n}/model.onnx`)));
+const only = opt("--only", undefined)?.split(",");
+const names = ["cnn", "text", "vit"].filter((n) => fs.existsSync(fx(`${n}/model.onnx`)) && (!only || only.includes(n)));
 const results = Object.fromEntries(names.map((n) => [n, []]));
 for (let k = 1; k <= runs; k++) {
   if (runs > 1) console.log(`run ${k} of ${runs}`);
