@@ -10,17 +10,16 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Plan } from "../plan/plan.js";
-import { loadModel } from "../onnx/model.js";
 import { checkModelHash } from "../plan/write.js";
 import { runtimeBytes, ort, type SessionSettings } from "../ort/ort.js";
 import { createRunnable, type RunnableSession } from "../ort/sync.js";
-import { optimizeForRuntime, partSettings, type RuntimeModel } from "../stages/optimize.js";
+import { partSettings, type RuntimeModel } from "../stages/optimize.js";
 import { batchMode, batchTensorsAt, buildExitModel, exitOutputs, readExitOutputs, THRESHOLDS_INPUT, type ActiveExit, type BatchMode } from "../stages/exit-graph.js";
 import { EeToolError } from "../errors.js";
 import { fixedBatch, inputSpecs } from "../data/calib.js";
 import { PLAN_FORMAT } from "../plan/plan.js";
 import { runtimeExits } from "../plan/exits.js";
-import { openSegments, runSegments, type Segments } from "./segments.js";
+import { openSegments, runSegments, runtimeModelOf, type Segments } from "./segments.js";
 import type { RuntimeForm } from "../plan/plan.js";
 
 export interface EarlyExitResult {
@@ -82,10 +81,10 @@ export class EarlyExitSession {
     const s: SessionSettings = { optimization: "all", spinning: false, ...settings };
     const exits = runtimeExits(plan);
     // Only the plan's ramps stay in the graph onnxruntime optimises: the other cuts fuse as in the model.
-    const model = await optimizeForRuntime(loadModel(modelPath), s, exits.map((e) => e.ramp));
+    const model = await runtimeModelOf(plan, modelPath, s);
     // Without exits both forms are the model in one call.
     const form = exits.length === 0 ? "one-call" : options.form ?? plan.runtime?.form ?? "one-call";
-    const segmented = form === "segments" ? await openSegments(plan, modelPath, s) : null;
+    const segmented = form === "segments" ? await openSegments(plan, model, s) : null;
     const { batchTensors, rowRemoval } = exits.length ? batchTensorsAt(model.proto, exits, plan.model.output) : { batchTensors: new Set<string>(), rowRemoval: true };
     const ee = new EarlyExitSession(plan, model, exits, s, rowRemoval, batchTensors, segmented);
     if (segmented) return ee;
@@ -168,9 +167,5 @@ export function callThresholds(plan: Plan, exits: readonly ActiveExit[], o: RunO
     t = pt.thresholds.map((x) => x ?? Infinity);
   } else t = o.thresholds ?? exits.map((e) => e.threshold);
   if (t.length !== exits.length) throw new EeToolError("USAGE", `thresholds for ${t.length} exits, the model has ${exits.length} (ramps ${exits.map((e) => e.ramp).join(", ")})`);
-  // A buffer of its own: a few floats would otherwise live inside V8's heap, and onnxruntime-node
-  // taking in such a tensor costs about 10 µs a call (measured on the CNN fixture's runtime).
-  const out = new Float32Array(new ArrayBuffer(4 * t.length));
-  out.set(Array.from(t));
-  return out;
+  return Float32Array.from(t);
 }

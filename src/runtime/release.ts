@@ -10,7 +10,7 @@
 import type { Plan } from "../plan/plan.js";
 import { confidenceOf, feedbackFromLogits, type Feedback } from "../plan/feedback.js";
 import type { ort, SessionSettings } from "../ort/ort.js";
-import { openSegments, type Segment } from "./segments.js";
+import { openSegments, runtimeModelOf, type Segment } from "./segments.js";
 import { callThresholds, type RunOptions } from "./early-exit.js";
 import { runtimeExits } from "../plan/exits.js";
 import type { ActiveExit } from "../stages/exit-graph.js";
@@ -34,7 +34,8 @@ export class ReleaseEarlySession {
 
   static async fromPlan(plan: Plan, modelPath: string, settings: SessionSettings = {}): Promise<ReleaseEarlySession> {
     if (runtimeExits(plan).length === 0) throw new EeToolError("UNSUPPORTED", "the plan has no exits: every row runs the whole model, there is nothing to release early");
-    const { segments, exits } = await openSegments(plan, modelPath, { optimization: "all", spinning: false, ...settings });
+    const s: SessionSettings = { optimization: "all", spinning: false, ...settings };
+    const { segments, exits } = await openSegments(plan, await runtimeModelOf(plan, modelPath, s), s);
     return new ReleaseEarlySession(plan, segments, exits);
   }
 

@@ -13,7 +13,7 @@ import { loadModel } from "../onnx/model.js";
 import { declaredTypes, splitModel } from "../stages/split.js";
 import { ort, runtimeBytes, type SessionSettings } from "../ort/ort.js";
 import { createRunnable, type RunnableSession } from "../ort/sync.js";
-import { optimizeForRuntime, partSettings } from "../stages/optimize.js";
+import { optimizeForRuntime, partSettings, type RuntimeModel } from "../stages/optimize.js";
 import { batchTensorsAt, type ActiveExit, type Metric } from "../stages/exit-graph.js";
 import { runtimeExits } from "../plan/exits.js";
 import { scoreLogits } from "../profile/samples.js";
@@ -35,10 +35,14 @@ export interface Segments {
   rowRemoval: boolean;
 }
 
-/** Open the plan's segments (exits in depth order, as runtimeExits gives them). */
-export async function openSegments(plan: Plan, modelPath: string, settings: SessionSettings): Promise<Segments> {
+/** The plan's model as the runtime optimises it: the plan's ramps only (stages/optimize.ts). */
+export function runtimeModelOf(plan: Plan, modelPath: string, settings: SessionSettings): Promise<RuntimeModel> {
+  return optimizeForRuntime(loadModel(modelPath), settings, runtimeExits(plan).map((e) => e.ramp));
+}
+
+/** Open the plan's segments (exits in depth order, as runtimeExits gives them) over its runtime model. */
+export async function openSegments(plan: Plan, rt: RuntimeModel, settings: SessionSettings): Promise<Segments> {
   const exits = runtimeExits(plan);
-  const rt = await optimizeForRuntime(loadModel(modelPath), settings, exits.map((e) => e.ramp));
   const split = splitModel(rt.proto, declaredTypes(rt.proto), { rampIds: exits.map((e) => e.ramp), fuse: true });
   const segments: Segment[] = [];
   for (const [i, st] of split.stages.entries()) {
