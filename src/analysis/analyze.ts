@@ -26,6 +26,9 @@ export function syntheticFeeds(specs: InputSpec[], batch = 2): Record<string, or
 
 export interface AnalyzeOptions {
   output?: string;
+  mainInput?: string;
+  /** Keep every point on all main paths (decoders: the residual stream before the final norm too). */
+  everyPoint?: boolean;
   settings?: SessionSettings;
 }
 
@@ -38,5 +41,10 @@ export async function analyzeExits(model: OnnxModel, feeds: Record<string, ort.T
   const shapes = await discoverShapes(model, names, feeds, options.settings);
   for (const [name, t] of Object.entries(feeds)) shapes.set(name, { dims: [...t.dims], elemType: undefined });
   const batch = Object.values(feeds)[0]!.dims[0]!;
-  return findExitCandidates(graph, shapes as Map<string, ShapeFacts>, { batch, ...(options.output ? { output: options.output } : {}) });
+  return findExitCandidates(graph, shapes as Map<string, ShapeFacts>, {
+    batch,
+    ...(options.output ? { output: options.output } : {}),
+    ...(options.mainInput ? { mainInput: options.mainInput } : {}),
+    ...(options.everyPoint ? { minRemaining: 0, sameBoundary: 0 } : {}),
+  });
 }

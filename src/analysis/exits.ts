@@ -97,7 +97,7 @@ function pickMainInput(graph: Graph, order: NodeProto[], flops: Map<NodeProto, n
 export function findExitCandidates(
   graph: Graph,
   shapes: Map<string, ShapeFacts>,
-  options: { output?: string; batch: number; mainInput?: string },
+  options: { output?: string; batch: number; mainInput?: string; minRemaining?: number; sameBoundary?: number },
 ): ExitAnalysis {
   const output = options.output ?? graph.outputs[0]?.name ?? "";
   // Only what the chosen output depends on: other outputs (ramps of an augmented model) are ignored.
@@ -206,11 +206,12 @@ export function findExitCandidates(
     ancestors.set(candidate, before);
   }
   // Keep points with real work on both sides; merge points of one boundary (keep the later).
-  const useful = candidates.filter((c) => c.depth >= SAME_BOUNDARY && 1 - c.depth >= MIN_REMAINING);
+  const same = options.sameBoundary ?? SAME_BOUNDARY;
+  const useful = candidates.filter((c) => c.depth >= same && 1 - c.depth >= (options.minRemaining ?? MIN_REMAINING));
   const merged: ExitCandidate[] = [];
   for (const c of useful) {
     const last = merged[merged.length - 1];
-    if (last && c.depth - last.depth < SAME_BOUNDARY) merged[merged.length - 1] = c;
+    if (last && c.depth - last.depth < same) merged[merged.length - 1] = c;
     else merged.push(c);
   }
   // A node joining several paths is a real merge unless its inputs are one value through cheap

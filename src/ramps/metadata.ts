@@ -4,6 +4,7 @@
  */
 import type { ModelProto } from "../onnx/types.js";
 import type { Layout } from "../analysis/exits.js";
+import type { DecoderLayout } from "../analysis/decoder.js";
 import type { Pooling, RampKind } from "./build.js";
 import { EeToolError } from "../errors.js";
 
@@ -85,4 +86,68 @@ export function unpackHashes(packed: string): Set<string> {
   const out = new Set<string>();
   for (let i = 0; i + 16 <= hex.length; i += 16) out.add(hex.slice(i, i + 16));
   return out;
+}
+
+export const DECODER_METADATA_KEY = "ee-tool.decoder";
+
+/** An exit head of a decoder LM: the model's own final norm and LM head after a fitted affine correction. */
+export interface DecoderExitRecord {
+  id: number;
+  /** Decoder layers that run before this exit (1 = after the first layer). */
+  layers: number;
+  /** Residual-stream tensor the head reads. */
+  tensor: string;
+  width: number;
+  depth: number;
+  /** Graph output with this head's logits [batch, seq, vocab]. */
+  output: string;
+  /** Initializers of the correction: hidden' = hidden @ weight + bias. */
+  weight: string;
+  bias: string;
+  parameters: number;
+  fit: {
+    ridge: number;
+    tokens: number;
+    /** Greedy-token agreement with the model on held-out fitting sequences, corrected and uncorrected. */
+    holdoutAgreement: number;
+    identityAgreement: number;
+    holdoutTokens: number;
+  };
+}
+
+export interface DecoderMetadata {
+  format: 1;
+  tool: string;
+  kind: "decoder";
+  layout: DecoderLayout;
+  /** Residual stream after the last layer: where the model's own norm and head begin. */
+  finalTensor: string;
+  exits: DecoderExitRecord[];
+  calibration: {
+    sequences: number;
+    length: number;
+    hash: string;
+    seed: number;
+    fitSequences: number;
+    /** 8-byte content hashes of the sequences that fitted the heads, sorted, base64. */
+    fitHashes: string;
+  };
+}
+
+export function readDecoderMetadata(model: ModelProto): DecoderMetadata | undefined {
+  const entry = model.metadata_props?.find((m) => m.key === DECODER_METADATA_KEY);
+  if (!entry?.value) return undefined;
+  try {
+    const meta = JSON.parse(entry.value) as DecoderMetadata;
+    if (meta.format !== 1 || meta.kind !== "decoder" || !Array.isArray(meta.exits)) throw new Error("unknown format");
+    return meta;
+  } catch (e) {
+    throw new EeToolError("MODEL_INVALID", `the model's ${DECODER_METADATA_KEY} metadata is unreadable: ${(e as Error).message}`);
+  }
+}
+
+export function writeDecoderMetadata(model: ModelProto, meta: DecoderMetadata): void {
+  const props = (model.metadata_props ?? []).filter((m) => m.key !== DECODER_METADATA_KEY);
+  props.push({ key: DECODER_METADATA_KEY, value: JSON.stringify(meta) });
+  model.metadata_props = props;
 }

@@ -5,6 +5,9 @@
  */
 import type { GraphProto, ModelProto, NodeProto, ValueInfoProto } from "../onnx/types.js";
 import { Graph } from "../ir/graph.js";
+import { needed } from "../ir/needed.js";
+
+export { needed };
 import { makeValueInfo } from "../ir/shapes.js";
 import { shallowClone } from "../ir/clone.js";
 import { EeToolError } from "../errors.js";
@@ -32,7 +35,7 @@ export interface SplitModel {
 /** Element types of every tensor the parts exchange, as far as the graph declares them. */
 export type TypeLookup = (name: string) => number | undefined;
 
-function subModel(source: ModelProto, name: string, nodes: NodeProto[], inputs: string[], outputs: string[], typeOf: TypeLookup): ModelProto {
+export function subModel(source: ModelProto, name: string, nodes: NodeProto[], inputs: string[], outputs: string[], typeOf: TypeLookup): ModelProto {
   const g = source.graph!;
   const used = new Set<string>();
   for (const n of nodes) for (const i of n.input ?? []) used.add(i);
@@ -61,24 +64,6 @@ function subModel(source: ModelProto, name: string, nodes: NodeProto[], inputs: 
   };
   if (source.functions?.length) m.functions = source.functions;
   return m;
-}
-
-/** Nodes needed for `targets`, stopping at `available` tensors. */
-export function needed(view: Graph, targets: string[], available: Set<string>): Set<NodeProto> {
-  const out = new Set<NodeProto>();
-  const stack = [...targets];
-  const seen = new Set<string>();
-  while (stack.length) {
-    const t = stack.pop()!;
-    if (seen.has(t) || available.has(t)) continue;
-    seen.add(t);
-    const p = view.producer(t);
-    if (p && !out.has(p)) {
-      out.add(p);
-      for (const i of view.inputsOf(p)) stack.push(i);
-    }
-  }
-  return out;
 }
 
 interface PartPlan {

@@ -1,0 +1,244 @@
+/**
+ * Greedy generation with token-level early exits and an exact KV cache.
+ *
+ * The decoder runs as segments (stages/decoder-split.ts), one onnxruntime call each; a token leaves
+ * at the first exit whose confidence reaches its threshold. Exact KV mode (as FREE's and Apparate's
+ * synchronized parallel decoding): the layers a token skipped run later, stacked with the next
+ * token that goes deeper, so every key and value in the cache is what the full model computes for
+ * the same tokens. Segment s keeps the residual streams of the positions it has not run yet
+ * (pending); they form a suffix of the sequence, so each call is one contiguous run of positions
+ * after a past of the segment's own length. `flush()` runs what is still pending.
+ */
+import type { ModelProto } from "../onnx/types.js";
+import { loadModel, type OnnxModel } from "../onnx/model.js";
+import { ort, runtimeBytes, type SessionSettings } from "../ort/ort.js";
+import { createRunnable, type RunnableSession } from "../ort/sync.js";
+import { cacheTensor, intTensor, type DecoderLayout } from "../analysis/decoder.js";
+import { readDecoderMetadata, type DecoderMetadata } from "../ramps/metadata.js";
+import { decoderSegments, originalDecoder, type DecoderSegment } from "../stages/decoder-split.js";
+import type { Metric } from "../stages/exit-graph.js";
+import { scoreLogits } from "../profile/samples.js";
+import { confidenceOf } from "../plan/feedback.js";
+import { EeToolError } from "../errors.js";
+
+export interface GeneratedToken {
+  token: number;
+  /** Exit id the token left at; -1: the model's own head. */
+  exit: number;
+  /** Decoder layers this token ran before its logits were read. */
+  layers: number;
+  /** Milliseconds from feeding the previous token to this one (the prompt's prefill for the first). */
+  ms: number;
+}
+
+export interface GenerateOptions {
+  maxNewTokens: number;
+  /** Stop after this token (it is yielded). */
+  eos?: number;
+}
+
+export interface ExitSetting {
+  exit: number;
+  threshold: number;
+}
+
+export interface GeneratorOptions {
+  /** Exits and thresholds, any order; none: the full model through one segment. */
+  exits?: readonly ExitSetting[];
+  metric?: Metric;
+  /** The deepest exit ends the model (HELIOS truncation): tokens still not confident exit there. */
+  truncate?: boolean;
+  settings?: SessionSettings;
+}
+
+interface Runner {
+  seg: DecoderSegment;
+  session: RunnableSession;
+  threshold: number;
+  /** Past names of the layers this segment runs. */
+  own: Set<string>;
+}
+
+export interface CacheSnapshot {
+  /** Per layer: [key, value], [1, heads, length, head_dim]. */
+  layers: Array<[ort.Tensor, ort.Tensor]>;
+}
+
+/** Counters of one generation. */
+export interface GenerationStats {
+  /** Layer passes of every call, summed over positions (catch-up included). */
+  layerPasses: number;
+  calls: number;
+}
+
+export class DecoderGenerator {
+  private ids: number[] = [];
+  private cache = new Map<string, ort.Tensor>();
+  private cacheLen: number[];
+  private pending: Float32Array[][];
+  private zeros = new Float32Array(0);
+  readonly stats: GenerationStats = { layerPasses: 0, calls: 0 };
+
+  private constructor(
+    readonly meta: DecoderMetadata,
+    private readonly proto: ModelProto,
+    private readonly runners: Runner[],
+    private readonly metric: Metric,
+    private readonly width: number,
+  ) {
+    this.cacheLen = runners.map(() => 0);
+    this.pending = runners.map(() => []);
+  }
+
+  /** The early-exit generator of an augmented decoder (insert's output), or the full model with no exits. */
+  static async open(model: OnnxModel | string, options: GeneratorOptions = {}): Promise<DecoderGenerator> {
+    const m = typeof model === "string" ? loadModel(model) : model;
+    const meta = readDecoderMetadata(m.proto);
+    if (!meta) throw new EeToolError("NO_RAMPS", "the model has no ee-tool exit heads", { hint: "Run `ee-tool insert <decoder.onnx> --calib <ids.npy> -o model.ee.onnx` first." });
+    if (meta.layout.cache !== "kv") {
+      throw new EeToolError("UNSUPPORTED", "generation with exits needs a decoder with a KV cache; this export has none", {
+        hint: "Export with past key values (Optimum: --task text-generation-with-past); a no-cache export can be profiled and planned teacher-forced only.",
+      });
+    }
+    const settings: SessionSettings = { spinning: false, ...options.settings };
+    const exits = [...(options.exits ?? [])];
+    const segs = exits.length === 0 && !options.truncate ? [fullSegment(m.proto, meta)] : decoderSegments(m.proto, meta, exits.map((e) => e.exit), options.truncate ?? false);
+    const runners: Runner[] = [];
+    for (const seg of segs) {
+      const threshold = seg.exit ? (exits.find((e) => e.exit === seg.exit!.id)?.threshold ?? Infinity) : Infinity;
+      const own = new Set(meta.layout.layers.slice(seg.firstLayer, seg.lastLayer).flatMap((l) => [l.pastKey, l.pastValue]));
+      runners.push({ seg, session: await createRunnable(runtimeBytes(seg.proto, m.readExternal), settings, seg.outputs), threshold, own });
+    }
+    const width = meta.exits[0]?.width ?? 0;
+    return new DecoderGenerator(meta, m.proto, runners, options.metric ?? "maxprob", width);
+  }
+
+  get layout(): DecoderLayout {
+    return this.meta.layout;
+  }
+
+  get segments(): number {
+    return this.runners.length;
+  }
+
+  async release(): Promise<void> {
+    for (const r of this.runners) await r.session.release();
+  }
+
+  /** Forget the sequence (the sessions stay open). */
+  reset(): void {
+    this.ids = [];
+    this.cache.clear();
+    this.cacheLen = this.runners.map(() => 0);
+    this.pending = this.runners.map(() => []);
+    this.stats.layerPasses = 0;
+    this.stats.calls = 0;
+  }
+
+  private zeroCache(past: number): ort.Tensor {
+    const l = this.meta.layout;
+    const n = (l.heads ?? 1) * past * (l.headDim ?? 1);
+    if (this.zeros.length < n) this.zeros = new Float32Array(Math.max(n, 2 * this.zeros.length));
+    return l.cacheType === 10 ? cacheTensor(l, 1, past) : new ort.Tensor("float32", this.zeros.subarray(0, n), [1, l.heads ?? 1, past, l.headDim ?? 1]);
+  }
+
+  /** Run segment s on everything it has not run yet; returns the logits of the last position. */
+  private async run(s: number): Promise<Float32Array> {
+    const r = this.runners[s]!;
+    const l = this.meta.layout;
+    const past = this.cacheLen[s]!;
+    const n = s === 0 ? this.ids.length - past : this.pending[s]!.length;
+    const feeds: Record<string, ort.Tensor> = {};
+    for (const name of r.seg.inputs) {
+      if (name === l.inputIds) feeds[name] = intTensor(this.proto, name, this.ids.slice(past, past + n), [1, n]);
+      else if (name === l.attentionMask) feeds[name] = intTensor(this.proto, name, new Array<number>(past + n).fill(1), [1, past + n]);
+      else if (name === l.positionIds) feeds[name] = intTensor(this.proto, name, Array.from({ length: n }, (_, i) => past + i), [1, n]);
+      else if (name === r.seg.hiddenIn) {
+        const rows = this.pending[s]!;
+        const data = new Float32Array(n * this.width);
+        rows.forEach((row, i) => data.set(row, i * this.width));
+        feeds[name] = new ort.Tensor("float32", data, [1, n, this.width]);
+      } else if (r.own.has(name)) feeds[name] = this.cache.get(name) ?? this.zeroCache(0);
+      else feeds[name] = this.zeroCache(past);
+    }
+    const out = await r.session.run(feeds, r.seg.outputs);
+    this.stats.calls++;
+    this.stats.layerPasses += n * (r.seg.lastLayer - r.seg.firstLayer);
+    for (const layer of l.layers.slice(r.seg.firstLayer, r.seg.lastLayer)) {
+      this.cache.set(layer.pastKey, out[layer.presentKey]!);
+      this.cache.set(layer.pastValue, out[layer.presentValue]!);
+    }
+    this.cacheLen[s] = past + n;
+    this.pending[s] = [];
+    if (r.seg.hiddenOut) {
+      const h = out[r.seg.hiddenOut]!.data as Float32Array;
+      const next = this.pending[s + 1]!;
+      for (let i = 0; i < n; i++) next.push(h.subarray(i * this.width, (i + 1) * this.width));
+    }
+    const logits = out[r.seg.logits]!.data as Float32Array;
+    const vocab = out[r.seg.logits]!.dims.at(-1)!;
+    return logits.subarray(logits.length - vocab);
+  }
+
+  /** Feed one token (or the prompt); returns the next token and where it exited. */
+  private async advance(tokens: ArrayLike<number>, prefill: boolean): Promise<Omit<GeneratedToken, "ms">> {
+    for (let i = 0; i < tokens.length; i++) this.ids.push(tokens[i]!);
+    for (let s = 0; s < this.runners.length; s++) {
+      const logits = await this.run(s);
+      const r = this.runners[s]!;
+      const last = s === this.runners.length - 1;
+      const score = scoreLogits(logits, logits.length, 0);
+      if (last || (!prefill && confidenceOf(score, this.metric) >= r.threshold)) {
+        return { token: score.pred, exit: r.seg.exit?.id ?? -1, layers: r.seg.lastLayer };
+      }
+    }
+    throw new EeToolError("INTERNAL", "generation ran past the last segment");
+  }
+
+  /** Greedy generation from a prompt, streaming tokens. */
+  async *generate(prompt: ArrayLike<number>, options: GenerateOptions): AsyncGenerator<GeneratedToken> {
+    if (prompt.length === 0) throw new EeToolError("USAGE", "the prompt is empty");
+    this.reset();
+    let t = performance.now();
+    let next = await this.advance(prompt, true);
+    for (let produced = 0; ;) {
+      const now = performance.now();
+      yield { ...next, ms: now - t };
+      produced++;
+      if (produced >= options.maxNewTokens || (options.eos !== undefined && next.token === options.eos)) break;
+      t = performance.now();
+      next = await this.advance([next.token], false);
+    }
+  }
+
+  /** Run the layers still pending for earlier tokens, so the cache covers every fed token. */
+  async flush(): Promise<void> {
+    for (let s = 1; s < this.runners.length; s++) if (this.pending[s]!.length) await this.run(s);
+  }
+
+  /** Tokens fed so far (prompt and generated, without the last generated one). */
+  get tokens(): readonly number[] {
+    return this.ids;
+  }
+
+  /** The cache of every layer this generator holds (call flush() first for an exact comparison). */
+  snapshot(): CacheSnapshot {
+    return {
+      layers: this.meta.layout.layers
+        .filter((l) => this.cache.has(l.pastKey))
+        .map((l) => [this.cache.get(l.pastKey)!, this.cache.get(l.pastValue)!]),
+    };
+  }
+}
+
+/** The original model as one segment: every layer, the model's own logits. */
+function fullSegment(augmented: ModelProto, meta: DecoderMetadata): DecoderSegment {
+  const proto = originalDecoder(augmented, meta);
+  const layers = meta.layout.layers.length;
+  return {
+    index: 0, firstLayer: 0, lastLayer: layers, hiddenIn: null, hiddenOut: null, logits: meta.layout.logits, exit: null,
+    inputs: (proto.graph!.input ?? []).map((i) => i.name ?? ""),
+    outputs: [meta.layout.logits, ...meta.layout.layers.flatMap((l) => [l.presentKey, l.presentValue])],
+    proto,
+  };
+}

@@ -1,0 +1,133 @@
+/**
+ * Splitting a decoder with exit heads into the runtime's segments: segment s runs the layers
+ * between exit s-1 and exit s (the first from the tokens, the last to the model's own logits),
+ * and returns its layers' presents, the residual stream at its end, and the logits of its exit
+ * head for the last position only.
+ *
+ * A segment recomputes the side values it needs (mask, rotary tables) from the graph inputs, so
+ * that it can run on its own sequence: in the exact KV mode a deeper segment runs the tokens that
+ * exited earlier together with the current one, after a shorter past than the first segment's.
+ */
+import type { ModelProto, NodeProto } from "../onnx/types.js";
+import { Graph } from "../ir/graph.js";
+import { needed } from "../ir/needed.js";
+import { NodeEmitter, defaultOpset } from "../ir/builder.js";
+import { shallowClone } from "../ir/clone.js";
+import { DataType } from "../onnx/dtype.js";
+import { EeToolError } from "../errors.js";
+import type { DecoderMetadata, DecoderExitRecord } from "../ramps/metadata.js";
+import { declaredTypes, subModel } from "./split.js";
+
+export interface DecoderSegment {
+  index: number;
+  /** Decoder layers [firstLayer, lastLayer) this segment runs. */
+  firstLayer: number;
+  lastLayer: number;
+  hiddenIn: string | null;
+  /** Residual stream at the end (null for the last segment). */
+  hiddenOut: string | null;
+  /** Logits of the last position: the exit head's, or the model's own for the last segment. */
+  logits: string;
+  /** The exit this segment ends at (null: the model's own head). */
+  exit: DecoderExitRecord | null;
+  inputs: string[];
+  outputs: string[];
+  proto: ModelProto;
+}
+
+function int64(em: NodeEmitter, hint: string, v: number[]): string {
+  return em.constant(hint, DataType.INT64, [v.length], BigInt64Array.from(v, BigInt));
+}
+
+/** Nodes computing `target` from `boundary`, rewired to read only its last position. */
+function lastPositionHead(view: Graph, boundary: string, target: string, prefix: string, opset: number): { replaced: Set<NodeProto>; nodes: NodeProto[]; initializers: ReturnType<NodeEmitter["constant"]>[]; em: NodeEmitter } {
+  const head = needed(view, [target], new Set([boundary]));
+  const em = new NodeEmitter(prefix, opset);
+  const last = em.node("Slice", [boundary, int64(em, "start", [-1]), int64(em, "end", [2 ** 53]), int64(em, "axis", [1])]);
+  const order = view.sortedNodes().filter((n) => head.has(n));
+  const nodes = order.map((n) => ({ ...shallowClone(n), input: (n.input ?? []).map((i) => (i === boundary ? last : i)) }));
+  return { replaced: head, nodes: [...em.nodes, ...nodes], initializers: [], em };
+}
+
+/**
+ * Segments for the exits `use` (ids, any order). With `terminal`, the last of them ends the model:
+ * tokens that reach it exit there (a truncated model), and no layer after it is kept.
+ */
+export function decoderSegments(augmented: ModelProto, meta: DecoderMetadata, use: readonly number[], terminal = false): DecoderSegment[] {
+  const view = new Graph(augmented.graph!);
+  const opset = defaultOpset(augmented.opset_import);
+  const exits = use.map((id) => {
+    const e = meta.exits.find((x) => x.id === id);
+    if (!e) throw new EeToolError("EXIT_NOT_FOUND", `the model has no exit head ${id} (heads: ${meta.exits.map((x) => x.id).join(", ")})`);
+    return e;
+  }).sort((a, b) => a.layers - b.layers);
+  if (terminal && exits.length === 0) throw new EeToolError("INTERNAL", "a truncated decoder needs an exit to end at");
+  const total = meta.layout.layers.length || meta.exits.length + 1;
+  const ends: Array<DecoderExitRecord | null> = terminal ? exits : [...exits, null];
+  const typeOf = declaredTypes(augmented);
+  const graphInputs = new Set(view.inputs.map((i) => i.name ?? ""));
+  const order = view.sortedNodes();
+  const position = new Map(order.map((n, i) => [n, i]));
+  return ends.map((exit, s) => {
+    const prev = s > 0 ? exits[s - 1]! : null;
+    const firstLayer = prev ? prev.layers : 0;
+    const lastLayer = exit ? exit.layers : total;
+    const hiddenIn = prev ? prev.tensor : null;
+    const hiddenOut = exit && s < ends.length - 1 ? exit.tensor : null;
+    const presents = meta.layout.layers.slice(firstLayer, lastLayer).flatMap((l) => [l.presentKey, l.presentValue]);
+    const target = exit ? exit.output : meta.layout.logits;
+    const boundary = exit ? exit.tensor : meta.finalTensor;
+    const available = new Set(hiddenIn ? [hiddenIn] : []);
+    const body = needed(view, [...presents, ...(hiddenOut ? [hiddenOut] : []), boundary], available);
+    const head = lastPositionHead(view, boundary, target, `ee_seg${s}`, opset);
+    const nodes = [...[...body].sort((a, b) => position.get(a)! - position.get(b)!), ...head.nodes];
+    const reads = new Set<string>();
+    for (const n of [...body, ...head.replaced]) for (const i of view.inputsOf(n)) if (graphInputs.has(i)) reads.add(i);
+    const inputs = [...(hiddenIn ? [hiddenIn] : []), ...view.inputs.map((i) => i.name ?? "").filter((n) => reads.has(n))];
+    const outputs = [target, ...presents, ...(hiddenOut ? [hiddenOut] : [])];
+    const proto = subModel(augmented, `segment_${s}`, nodes, inputs, outputs, (t) => typeOf(t) ?? DataType.FLOAT);
+    proto.graph!.initializer = [...(proto.graph!.initializer ?? []), ...head.em.initializers];
+    return { index: s, firstLayer, lastLayer, hiddenIn, hiddenOut, logits: target, exit, inputs, outputs, proto };
+  });
+}
+
+/** The original decoder: the augmented model without its exit heads. */
+export function originalDecoder(augmented: ModelProto, meta: DecoderMetadata): ModelProto {
+  const view = new Graph(augmented.graph!);
+  const outputs = [meta.layout.logits, ...meta.layout.layers.flatMap((l) => [l.presentKey, l.presentValue])];
+  const keep = needed(view, outputs, new Set());
+  const g = shallowClone(augmented.graph!);
+  g.node = view.sortedNodes().filter((n) => keep.has(n));
+  g.output = (augmented.graph!.output ?? []).filter((o) => outputs.includes(o.name ?? ""));
+  const used = new Set<string>();
+  for (const n of g.node) for (const i of view.inputsOf(n)) used.add(i);
+  g.initializer = (augmented.graph!.initializer ?? []).filter((t) => used.has(t.name ?? ""));
+  const m = shallowClone(augmented);
+  m.graph = g;
+  m.metadata_props = (augmented.metadata_props ?? []).filter((p) => !p.key?.startsWith("ee-tool."));
+  return m;
+}
+
+/**
+ * HELIOS-style truncation: a decoder in the same layout that holds only the layers up to `exit`,
+ * whose logits are that exit head's. Past and present of deeper layers are gone.
+ */
+export function truncatedDecoder(augmented: ModelProto, meta: DecoderMetadata, exitId: number): ModelProto {
+  const exit = meta.exits.find((e) => e.id === exitId);
+  if (!exit) throw new EeToolError("EXIT_NOT_FOUND", `the model has no exit head ${exitId}`);
+  const view = new Graph(augmented.graph!);
+  const kept = meta.layout.layers.slice(0, exit.layers);
+  const presents = kept.flatMap((l) => [l.presentKey, l.presentValue]);
+  const nodesSet = needed(view, [exit.output, ...presents], new Set());
+  const logits = meta.layout.logits;
+  const nodes = view.sortedNodes().filter((n) => nodesSet.has(n)).map((n) => ({ ...shallowClone(n), output: (n.output ?? []).map((o) => (o === exit.output ? logits : o)) }));
+  const graphInputs = new Set(view.inputs.map((i) => i.name ?? ""));
+  const reads = new Set<string>();
+  for (const n of nodesSet) for (const i of view.inputsOf(n)) if (graphInputs.has(i)) reads.add(i);
+  const typeOf = declaredTypes(augmented);
+  const proto = subModel(augmented, "truncated", nodes, view.inputs.map((i) => i.name ?? "").filter((n) => reads.has(n)), [logits, ...presents], (t) => typeOf(t) ?? DataType.FLOAT);
+  const logitsInfo = (augmented.graph!.output ?? []).find((o) => o.name === logits);
+  if (logitsInfo) proto.graph!.output![0] = logitsInfo;
+  proto.metadata_props = [{ key: "ee-tool.truncated", value: JSON.stringify({ layers: exit.layers, of: meta.layout.layers.length, exit: exit.id }) }];
+  return proto;
+}
