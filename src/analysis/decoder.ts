@@ -286,3 +286,37 @@ export function requireCacheDims(layout: DecoderLayout): void {
     });
   }
 }
+
+/**
+ * Optimum's merged decoder: one If on a boolean graph input (use_cache_branch) whose branches are
+ * the with-past and the no-past graphs. The with-past branch (the one that concatenates past
+ * inputs) is inlined, and the boolean input dropped: the with-past graph also serves the first
+ * step, with a zero-length past. Returns null for any other model.
+ */
+export function inlineCacheBranch(model: ModelProto): { model: ModelProto; note: string } | null {
+  const g = model.graph!;
+  const boolInputs = new Set((g.input ?? []).filter((i) => typeInfo(i.type).elemType === 9).map((i) => i.name ?? ""));
+  const ifNode = (g.node ?? []).find((n) => n.op_type === "If" && boolInputs.has(n.input?.[0] ?? ""));
+  if (!ifNode) return null;
+  const rank4 = new Set((g.input ?? []).filter((i) => rankOf(typeInfo(i.type).shape) === 4).map((i) => i.name ?? ""));
+  const branches = (ifNode.attribute ?? []).filter((a) => a.g && (a.name === "then_branch" || a.name === "else_branch"));
+  const readsPast = (sub: NonNullable<(typeof branches)[number]["g"]>): boolean => (sub.node ?? []).some((n) => n.op_type === "Concat" && (n.input ?? []).some((i) => rank4.has(i)));
+  const withPast = branches.find((b) => readsPast(b.g!));
+  if (!withPast) return null;
+  const sub = withPast.g!;
+  const names = new Set([...(g.initializer ?? []).map((t) => t.name ?? ""), ...(g.node ?? []).flatMap((n) => n.output ?? [])]);
+  const clash = [...(sub.initializer ?? []), ...(sub.node ?? []).flatMap((n) => (n.output ?? []).map((o) => ({ name: o })))].find((t) => names.has(t.name ?? ""));
+  if (clash) throw new EeToolError("UNSUPPORTED", `merged decoder: the with-past branch redefines '${clash.name}' of the outer graph`);
+  const bridges = (ifNode.output ?? []).map((o, i) => ({ op_type: "Identity", input: [sub.output![i]!.name!], output: [o], name: `ee_inline/${o}` }));
+  const cond = ifNode.input![0]!;
+  const graph = {
+    ...g,
+    node: [...(g.node ?? []).filter((n) => n !== ifNode), ...(sub.node ?? []), ...bridges],
+    initializer: [...(g.initializer ?? []), ...(sub.initializer ?? [])],
+    input: (g.input ?? []).filter((i) => i.name !== cond),
+    value_info: [...(g.value_info ?? []), ...(sub.value_info ?? [])],
+  };
+  const out: ModelProto = { ...model, graph };
+  new Graph(out.graph!).toposort();
+  return { model: out, note: `merged decoder: inlined the ${withPast.name === "then_branch" ? "then" : "else"} branch of If '${ifNode.name ?? ""}' (the with-past graph) and dropped the input '${cond}'` };
+}

@@ -10,6 +10,9 @@ import { writeCiOutputs } from "./ci-output.js";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Plan } from "../plan/plan.js";
+import type { DecoderPlan } from "../plan/decoder.js";
+import { evaluateDecoderPlan } from "../eval/decoder.js";
+import { renderDecoderEval } from "./decoder.js";
 
 const pct = (x: number | null): string => (x === null ? "-" : `${(x * 100).toFixed(2)}%`);
 const ms = (x: number): string => x.toFixed(3);
@@ -48,12 +51,25 @@ export function renderEval(r: EvalReport): string {
   return lines.join("\n");
 }
 
+function readPlanFile(file: string): Plan | DecoderPlan {
+  try {
+    return JSON.parse(fs.readFileSync(file, "utf8")) as Plan | DecoderPlan;
+  } catch (e) {
+    throw new EeToolError(fs.existsSync(file) ? "PROFILE_INVALID" : "FILE_NOT_FOUND", `cannot read plan ${file}: ${(e as Error).message}`);
+  }
+}
+
 export function registerEval(program: Command): void {
   program
     .command("eval")
     .description("Measure a plan on held-out data: accuracy drop, exits and latency of the early-exit runtime against the original model")
     .argument("<plan>", "plan JSON written by ee-tool plan")
-    .requiredOption("--data <inputs>", "held-out inputs (same forms as --calib)")
+    .option("--data <inputs>", "held-out inputs (same forms as --calib); classifier plans")
+    .option("--prompts <ids.npy>", "decoder plans: prompts as token ids [prompts, length]")
+    .option("--max-new-tokens <n>", "decoder plans: tokens to generate per prompt", "64")
+    .option("--text <ids.npy>", "decoder plans: evaluation text windows [sequences, length] for teacher-forced perplexity and the differing share")
+    .option("--eos <id>", "decoder plans: stop a continuation after this token")
+    .option("--truncated", "decoder plans: evaluate the certified truncation (the model loaded only up to that layer) instead of the plan")
     .option("--labels <y.npy>", "labels, for the drop against labels")
     .option("--batch <n>", "batch size (default: the plan's)")
     .option("--ep <provider>", EP_HELP, "cpu")
@@ -65,7 +81,7 @@ export function registerEval(program: Command): void {
     .option("--json", "print the report as JSON on stdout")
     .addHelpText("after", "\nWith $GITHUB_STEP_SUMMARY set, a Markdown summary is appended to it; with $GITHUB_OUTPUT, the outputs verdict, saving and drop.\n" +
       "\nExamples:\n  $ ee-tool eval cnn.plan.json --data fixtures/cnn/eval.npz --labels fixtures/cnn/eval_labels.npy\n  $ ee-tool eval plan.json --data holdout.npz --assert --json > eval.json\n  $ ee-tool eval plan.json --data holdout.npz --assert --junit junit.xml")
-    .action(async (planPath: string, opts: { data: string; labels?: string; batch?: string; ep: string; throughput?: string; threads?: string; assert?: boolean; savingTolerance: string; junit?: string; json?: boolean }) => {
+    .action(async (planPath: string, opts: { data?: string; prompts?: string; maxNewTokens: string; text?: string; eos?: string; truncated?: boolean; labels?: string; batch?: string; ep: string; throughput?: string; threads?: string; assert?: boolean; savingTolerance: string; junit?: string; json?: boolean }) => {
       parseEp(opts.ep); // a bad --ep fails before any work
       const batch = opts.batch === undefined ? undefined : Number(opts.batch);
       if (batch !== undefined && !(Number.isInteger(batch) && batch >= 1)) throw new EeToolError("USAGE", `--batch must be a positive integer, got '${opts.batch}'`);
@@ -76,6 +92,28 @@ export function registerEval(program: Command): void {
       if (throughput?.some((b) => !(Number.isInteger(b) && b >= 1))) throw new EeToolError("USAGE", `--throughput takes positive batch sizes separated by commas, got '${opts.throughput}'`);
       const bars = progressBars();
       const t0 = performance.now();
+      const parsed = readPlanFile(planPath);
+      if ("kind" in parsed && parsed.kind === "decoder") {
+        if (!opts.prompts) throw new EeToolError("USAGE", "a decoder plan is evaluated on prompts: give --prompts <ids.npy> (and --text <ids.npy> for perplexity)");
+        const maxNew = Number(opts.maxNewTokens);
+        if (!(Number.isInteger(maxNew) && maxNew >= 1)) throw new EeToolError("USAGE", `--max-new-tokens must be a positive integer, got '${opts.maxNewTokens}'`);
+        const eos = opts.eos === undefined ? undefined : Number(opts.eos);
+        if (eos !== undefined && !(Number.isInteger(eos) && eos >= 0)) throw new EeToolError("USAGE", `--eos must be a token id, got '${opts.eos}'`);
+        const report = await evaluateDecoderPlan(planPath, parsed, {
+          prompts: opts.prompts, maxNewTokens: maxNew, ...(opts.text ? { text: opts.text } : {}), ...(eos !== undefined ? { eos } : {}),
+          truncated: !!opts.truncated, settings: { ep: opts.ep, ...(threads ? { threads } : {}) },
+          onProgress: (p, d, t) => bars.update(p, d, t),
+        });
+        bars.stop();
+        if (opts.json) out(JSON.stringify(report, null, 2));
+        else info(renderDecoderEval(report));
+        if (opts.assert && !report.assertions.passed) {
+          for (const f of report.assertions.failures) process.stderr.write(`ee-tool: assertion failed: ${f}\n`);
+          process.exitCode = ExitCode.CONSTRAINT;
+        }
+        return;
+      }
+      if (!opts.data) throw new EeToolError("USAGE", "a classifier plan is evaluated on held-out inputs: give --data <inputs>");
       const report = await evaluatePlan(planPath, {
         data: opts.data, ...(opts.labels ? { labels: opts.labels } : {}), ...(batch ? { batch } : {}),
         settings: { ep: opts.ep, ...(threads ? { threads } : {}) }, savingTolerance: tolerance, ...(throughput ? { throughput } : {}),

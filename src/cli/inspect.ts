@@ -9,6 +9,9 @@ import type { ExitAnalysis } from "../analysis/exits.js";
 import { inputSpecs, openCalibration } from "../data/calib.js";
 import { readRampMetadata } from "../ramps/metadata.js";
 import { providerStatus, type ProviderStatus } from "../ort/providers.js";
+import { asDecoder, analyzeDecoder } from "../ramps/decoder-heads.js";
+import { describeDecoder } from "../analysis/decoder.js";
+import { readDecoderMetadata } from "../ramps/metadata.js";
 import { EeToolError } from "../errors.js";
 
 export function renderSummary(s: ModelSummary): string {
@@ -82,6 +85,24 @@ export function registerInspect(program: Command): void {
       const model = loadModel(file);
       const summary = summarizeModel(model);
       let exits: ExitAnalysis | undefined;
+      const dec = asDecoder(model);
+      const layout = readDecoderMetadata(model.proto)?.layout ?? dec.layout;
+      if (layout) {
+        const found = opts.exits ? await analyzeDecoder(dec.model, layout) : undefined;
+        const decoder = { layout, ...(dec.note ? { note: dec.note } : {}), ...(found ? { exits: found.exits.map((e) => ({ afterLayer: e.layer + 1, tensor: e.candidate.tensor, depth: e.candidate.depth })) } : {}) };
+        if (opts.json) out(JSON.stringify({ ...summary, decoder }, null, 2));
+        else {
+          let text = renderSummary(summary) + "\n\n" + (dec.note ? dec.note + "\n" : "") + describeDecoder(layout);
+          if (decoder.exits) {
+            text += "\nexit points (the residual stream after each layer; the last is where the model's own head starts)\n" + table([
+              ["  after layer", "depth", "tensor"],
+              ...decoder.exits.map((e) => [`  ${e.afterLayer}`, `${(e.depth * 100).toFixed(1)}%`, e.tensor]),
+            ]);
+          }
+          out(text);
+        }
+        return;
+      }
       if (opts.exits) {
         const meta = readRampMetadata(model.proto);
         const feeds = opts.calib ? openCalibration(opts.calib, model.proto).probeFeeds() : syntheticFeeds(inputSpecs(model.proto), 2);

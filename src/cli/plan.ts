@@ -8,6 +8,9 @@ import { EeToolError } from "../errors.js";
 import { info, out } from "./io.js";
 import { table } from "./format.js";
 import type { Against, Metric } from "../plan/problem.js";
+import { loadDecoderSamples, planDecoder, readDecoderProfileFile } from "../plan/decoder.js";
+import { writeDecoderPlan } from "../emit/decoder.js";
+import { renderDecoderPlan } from "./decoder.js";
 
 interface PlanCliOptions {
   out: string;
@@ -112,6 +115,20 @@ export function registerPlan(program: Command): void {
       if (!["fitted", "observed"].includes(opts.tuningDrop)) throw new EeToolError("USAGE", `--tuning-drop must be fitted or observed, got '${opts.tuningDrop}'`);
       const emit = opts.emit ? opts.emit.split(",").map((s) => s.trim()) : [];
       for (const k of emit) if (!["stages", "single", "truncated"].includes(k)) throw new EeToolError("USAGE", `--emit takes stages, single, truncated; got '${k}'`);
+      const decoderProfile = readDecoderProfileFile(file);
+      if (decoderProfile) {
+        for (const k of emit) if (k !== "truncated") throw new EeToolError("USAGE", `--emit for a decoder plan takes truncated (the model loaded only up to the certified truncation), got '${k}'`);
+        const plan = planDecoder(decoderProfile, loadDecoderSamples(decoderProfile, file), {
+          maxDrop: num("--max-drop", opts.maxDrop), confidence: num("--confidence", opts.confidence), metric: opts.metric as Metric,
+          tuneFraction: num("--tune-fraction", opts.tuneFraction),
+        });
+        const modelPath = path.resolve(path.dirname(file), decoderProfile.model.file);
+        const written = await writeDecoderPlan(plan, opts.out, modelPath, file, { emit, ...(opts.outDir ? { outDir: opts.outDir } : {}) });
+        if (opts.json) out(JSON.stringify(written, null, 2));
+        else info(renderDecoderPlan(written));
+        info(`wrote ${opts.out}`);
+        return;
+      }
       const result = loadProfile(file);
       const plan = planFromProfile(result, {
         maxDrop: num("--max-drop", opts.maxDrop), against: opts.against as Against, metric: opts.metric as Metric,

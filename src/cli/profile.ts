@@ -9,6 +9,9 @@ import { info, out } from "./io.js";
 import { progressBars } from "./progress.js";
 import { table, EP_HELP } from "./format.js";
 import { additivity } from "../plan/problem.js";
+import { readDecoderMetadata } from "../ramps/metadata.js";
+import { profileDecoder, writeDecoderProfile, DEFAULT_CONTEXTS } from "../profile/decoder.js";
+import { renderDecoderProfile } from "./decoder.js";
 
 /** A ramp's effect on onnxruntime's optimised graph (Profile.ramps[].fusion) in words. */
 export function describeFusion(f: Record<string, number> | null | undefined): string {
@@ -20,10 +23,10 @@ export function describeFusion(f: Record<string, number> | null | undefined): st
   return lost.length ? `breaks a fusion: ${what}` : `changes ${what}`;
 }
 
-function parseBatches(v: string): number[] {
+function parseBatches(v: string, name = "--batch"): number[] {
   const list = v.split(",").map((s) => s.trim());
   const nums = list.map(Number);
-  if (!list.length || nums.some((n) => !Number.isInteger(n) || n < 1)) throw new EeToolError("USAGE", `--batch takes positive integers separated by commas, got '${v}'`);
+  if (!list.length || nums.some((n) => !Number.isInteger(n) || n < 1)) throw new EeToolError("USAGE", `${name} takes positive integers separated by commas, got '${v}'`);
   return [...new Set(nums)];
 }
 
@@ -93,6 +96,7 @@ export function registerProfile(program: Command): void {
     .option("--shard <i/n>", "profile only every n-th slice of 256 samples, starting at slice i (merge shards with ee-tool merge)")
     .option("--budget <ms>", "time budget for the latency measurement of each batch size", "10000")
     .option("--no-latency", "skip latency measurement (per-sample data only)")
+    .option("--contexts <lengths>", `decoders: past lengths at which decode steps are timed (default ${DEFAULT_CONTEXTS.join(",")})`)
     .option("--json", "print the profile JSON on stdout")
     .addHelpText(
       "after",
@@ -100,7 +104,7 @@ export function registerProfile(program: Command): void {
         "  $ ee-tool profile model.ee.onnx --calib data.npz --ep cuda --batch 1,8,32 -o profile.json\n" +
         "  $ ee-tool profile model.ee.onnx --calib data.npz --shard 0/4 --no-latency -o shard0.json",
     )
-    .action(async (file: string, opts: { out: string; calib: string; labels?: string; ep: string; batch?: string; threads?: string; shard?: string; budget: string; latency: boolean; json?: boolean }) => {
+    .action(async (file: string, opts: { out: string; calib: string; labels?: string; ep: string; batch?: string; threads?: string; shard?: string; budget: string; latency: boolean; contexts?: string; json?: boolean }) => {
       parseEp(opts.ep); // a bad --ep fails before any work
       const threads = opts.threads === undefined ? undefined : Number(opts.threads);
       if (threads !== undefined && (!Number.isInteger(threads) || threads < 1)) throw new EeToolError("USAGE", `--threads must be a positive integer, got '${opts.threads}'`);
@@ -110,6 +114,20 @@ export function registerProfile(program: Command): void {
       const shard = opts.shard ? parseShard(opts.shard) : undefined;
       const model = loadModel(file);
       const bars = progressBars();
+      if (readDecoderMetadata(model.proto)) {
+        const contexts = opts.contexts === undefined ? undefined : parseBatches(opts.contexts, "--contexts").sort((a, b) => a - b);
+        const result = await profileDecoder(model, {
+          calib: opts.calib, settings: { ep: opts.ep, ...(threads ? { threads } : {}) }, ...(contexts ? { contexts } : {}),
+          budgetMs: budget, latency: opts.latency,
+          onProgress: (phase, done, total) => bars.update(phase, done, total),
+        });
+        bars.stop();
+        const written = writeDecoderProfile(opts.out, result, file);
+        if (opts.json) out(JSON.stringify({ ...result.profile, samples: { ...result.profile.samples, file: written.sidecar } }, null, 2));
+        else info(renderDecoderProfile(result.profile));
+        info(`wrote ${written.json} and ${written.sidecar}`);
+        return;
+      }
       const result = await profileModel(model, {
         calib: opts.calib,
         ...(opts.labels ? { labels: opts.labels } : {}),

@@ -108,3 +108,46 @@ export function pValueOf(losses: Int8Array, maxDrop: number, signed: boolean): {
 export function minimumCertifiable(maxDrop: number, delta: number): number {
   return Math.ceil(Math.log(delta) / Math.log1p(-maxDrop));
 }
+
+/**
+ * Betting p-value (Waudby-Smith & Ramdas) of H0: mean loss >= alpha, for losses in [0, 1] taken
+ * in the given order (fix the order before looking at the losses). The capital
+ * K_t = prod (1 + lambda_i (alpha - x_i)) is a nonnegative supermartingale under H0, so by Ville's
+ * inequality 1 / max_t K_t is a valid p-value. lambda_i is predictable (from x_1..x_{i-1}: the
+ * plug-in rate sqrt(2 log(1/delta) / (n var)), capped below 1 / (1 - alpha)). For losses whose
+ * spread is small against [0, 1] (the share of differing tokens in a sequence) it is far tighter
+ * than Hoeffding-Bentkus, which must assume the worst variance.
+ */
+export function bettingPValue(losses: ArrayLike<number>, alpha: number, delta: number): number {
+  const n = losses.length;
+  if (n === 0) return 1;
+  if (alpha >= 1) return 0;
+  const cap = 0.9 / (1 - alpha);
+  let logK = 0;
+  let best = 0;
+  let mean = 0.5;
+  let sumSq = 0.25;
+  const logInvDelta = Math.log(1 / delta);
+  for (let i = 0; i < n; i++) {
+    const variance = sumSq / (i + 1);
+    const lambda = Math.min(cap, Math.sqrt((2 * logInvDelta) / (n * Math.max(variance, 1e-8))));
+    const x = Math.min(1, Math.max(0, losses[i]!));
+    logK += Math.log1p(lambda * (alpha - x));
+    if (logK > best) best = logK;
+    sumSq += (x - mean) ** 2;
+    mean = (mean * (i + 1) + x) / (i + 2);
+  }
+  return Math.min(1, Math.exp(-best));
+}
+
+/** Smallest alpha the betting test rejects at level delta: an upper confidence bound on the mean loss. */
+export function bettingUpperBound(losses: ArrayLike<number>, delta: number): number {
+  let lo = 0;
+  let hi = 1;
+  for (let i = 0; i < 40; i++) {
+    const mid = (lo + hi) / 2;
+    if (bettingPValue(losses, mid, delta) <= delta) hi = mid;
+    else lo = mid;
+  }
+  return hi;
+}

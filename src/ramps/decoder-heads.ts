@@ -17,7 +17,7 @@ import { makeValueInfo } from "../ir/shapes.js";
 import { shallowClone } from "../ir/clone.js";
 import { DataType } from "../onnx/dtype.js";
 import { analyzeExits } from "../analysis/analyze.js";
-import { decoderExits, decoderFeeds, requireCacheDims, type DecoderExit, type DecoderLayout } from "../analysis/decoder.js";
+import { decoderExits, decoderFeeds, findDecoderLayout, inlineCacheBranch, requireCacheDims, type DecoderExit, type DecoderLayout } from "../analysis/decoder.js";
 import type { ExitAnalysis } from "../analysis/exits.js";
 import { openTokens, tokenSetHash, type TokenSet } from "../data/tokens.js";
 import { createSession, runSession, runtimeBytes, type SessionSettings, type ort } from "../ort/ort.js";
@@ -387,4 +387,15 @@ export async function insertDecoderHeads(model: OnnxModel, layout: DecoderLayout
     model: { ...model, proto, byteLength: 0 }, metadata, analysis, exits,
     timings: { analyzeMs: t1 - t0, extractMs: t2 - t1, fitMs: t3 - t2 },
   };
+}
+
+/**
+ * A model as a decoder LM, if it is one: Optimum's merged decoder inlined to its with-past graph
+ * (note says so), then the layout found by structure. Null layout: not a decoder.
+ */
+export function asDecoder(model: OnnxModel): { model: OnnxModel; layout: DecoderLayout | null; note?: string } {
+  const merged = inlineCacheBranch(model.proto);
+  const m = merged ? { ...model, proto: merged.model } : model;
+  const layout = findDecoderLayout(m.proto);
+  return { model: m, layout, ...(merged ? { note: merged.note } : {}) };
 }

@@ -201,6 +201,9 @@ export class DecoderGenerator {
     this.reset();
     let t = performance.now();
     let next = await this.advance(prompt, true);
+    // Counters cover the decode steps (the prompt's prefill runs every layer once per position).
+    this.stats.layerPasses = 0;
+    this.stats.calls = 0;
     for (let produced = 0; ;) {
       const now = performance.now();
       yield { ...next, ms: now - t };

@@ -1,0 +1,397 @@
+/**
+ * Plans for decoder LMs: exits and thresholds under a token-level constraint, the share of tokens
+ * whose greedy token differs from the full model's (teacher-forced), certified with the sequence
+ * as the unit.
+ *
+ * Tokens of one sequence are not independent, so each held-back sequence contributes one loss in
+ * [0, 1], its share of differing tokens; H0 for a configuration is "the expected share is above
+ * --max-drop", tested with a betting p-value (certify.ts bettingPValue), along the tuned frontier
+ * from the safest configuration with fixed-sequence testing, as for classifiers.
+ *
+ * Cost: the runtime's schedule is replayed on the profiled tokens (exact KV mode: a deeper segment
+ * runs the positions still pending with the token that needs it), each call priced by the
+ * profile's measured latency of that segment, at that context, carrying that many positions.
+ * The baseline is the full model's measured decode step at the same context.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import type { DecoderProfile, SegmentLatency } from "../profile/decoder.js";
+import { decodeSamples, type SampleData } from "../profile/samples.js";
+import { confidenceOf } from "./feedback.js";
+import type { Metric } from "../stages/exit-graph.js";
+import { bettingPValue, bettingUpperBound } from "./certify.js";
+import { Rng } from "../util/rng.js";
+import { EeToolError } from "../errors.js";
+import { TOOL_VERSION } from "../ramps/insert.js";
+import { PLAN_FORMAT } from "./plan.js";
+
+export interface DecoderCertificate {
+  method: "betting (Waudby-Smith-Ramdas), one loss per sequence";
+  unit: "sequence";
+  n: number;
+  observed: number;
+  pValue: number;
+  /** Upper confidence bound on the expected share of differing tokens. */
+  bound: number;
+  confidence: number;
+  maxDrop: number;
+  tested: number;
+}
+
+export interface DecoderPlanExit {
+  id: number;
+  layers: number;
+  threshold: number;
+  /** Share of tokens leaving here (tuning, certification sequences). */
+  rateTune: number;
+  rateCertify: number;
+}
+
+export interface Prediction {
+  /** Mean per-token decode latency of the plan and of the full model (ms), and the saving. */
+  stepMs: number;
+  fullStepMs: number;
+  saving: number;
+  /** Share of tokens differing from the full model's, on the tuning and certification sequences. */
+  differingTune: number;
+  differingCertify: number;
+  /** Mean decoder layers a token runs before its logits are read, and with the deferred layers. */
+  meanExitLayers: number;
+}
+
+export interface TruncationRow {
+  exit: number;
+  layers: number;
+  /** Share of tokens (certification sequences) that need layers after this exit under the plan. */
+  needDeeper: number;
+  /** Bytes of weights and of KV cache per token that loading only up to here never needs. */
+  weightBytesSaved: number;
+  kvBytesPerTokenSaved: number;
+  /** Tokens still not confident at this exit leave here. */
+  differingTune: number;
+  differingCertify: number;
+  saving: number;
+}
+
+export interface DecoderPlan {
+  format: typeof PLAN_FORMAT;
+  kind: "decoder";
+  tool: string;
+  created: string;
+  model: { file: string; sha256: string };
+  profile: { file: string; ep: string };
+  settings: { maxDrop: number; confidence: number; metric: Metric; tuneFraction: number; seed: number; maxExits: number };
+  kvMode: "exact";
+  layers: number;
+  exits: DecoderPlanExit[];
+  predicted: Prediction;
+  certificate: DecoderCertificate | null;
+  data: { tuneSequences: number; certifySequences: number; tokensPerSequence: number };
+  truncation: {
+    rows: TruncationRow[];
+    /** The shallowest truncation certified (tested from the deepest), or null. */
+    chosen: { exit: number; layers: number; certificate: DecoderCertificate; predicted: Prediction } | null;
+  };
+  /** Tuned (differing share, saving) of the frontier's configurations. */
+  frontier: Array<{ differing: number; saving: number; exits: Array<{ id: number; threshold: number }> }>;
+  artifacts?: Record<string, unknown>;
+}
+
+export interface DecoderPlanOptions {
+  maxDrop: number;
+  confidence: number;
+  metric?: Metric;
+  tuneFraction?: number;
+  seed?: number;
+  maxExits?: number;
+}
+
+export function loadDecoderSamples(profile: DecoderProfile, profileFile: string): SampleData {
+  const sidecar = path.resolve(path.dirname(profileFile), profile.samples.file);
+  return decodeSamples(sidecar, profile.samples.arrays, profile.samples.scored, profile.decoder.exits.length, profile.samples.sha256);
+}
+
+interface Config {
+  exits: number[];
+  thresholds: number[];
+  terminal: boolean;
+}
+
+interface Outcome {
+  /** Per sequence share of differing tokens. */
+  losses: Float64Array;
+  cost: number;
+  full: number;
+  exitCounts: number[];
+  exitLayerSum: number;
+  tokens: number;
+}
+
+/** Linear interpolation over a sorted grid, clamped at its ends. */
+function interp(grid: readonly number[], values: readonly number[], x: number): number {
+  if (x <= grid[0]!) return values[0]!;
+  for (let i = 1; i < grid.length; i++) {
+    if (x <= grid[i]!) {
+      const t = (x - grid[i - 1]!) / (grid[i]! - grid[i - 1]!);
+      return values[i - 1]! + t * (values[i]! - values[i - 1]!);
+    }
+  }
+  const k = grid.length - 1;
+  return values[k]!;
+}
+
+/** Measured cost of a segment at context c carrying n positions (linear in n beyond the grid). */
+function segmentCost(lat: DecoderProfile["latency"] & object, seg: SegmentLatency, c: number, n: number): number {
+  const atN = (ni: number): number => interp(lat.contexts, seg.p50.map((row) => row[ni]!), c);
+  const ns = lat.carried;
+  if (n <= ns[0]!) return atN(0);
+  for (let i = 1; i < ns.length; i++) {
+    if (n <= ns[i]!) {
+      const t = (n - ns[i - 1]!) / (ns[i]! - ns[i - 1]!);
+      return atN(i - 1) + t * (atN(i) - atN(i - 1));
+    }
+  }
+  const k = ns.length - 1;
+  const slope = (atN(k) - atN(k - 1)) / (ns[k]! - ns[k - 1]!);
+  return atN(k) + slope * (n - ns[k]!);
+}
+
+class Simulator {
+  private readonly byId: Map<number, number>;
+  private readonly segCache = new Map<string, SegmentLatency>();
+
+  constructor(readonly profile: DecoderProfile, readonly samples: SampleData, readonly metric: Metric, readonly perSeq: number) {
+    this.byId = new Map(profile.decoder.exits.map((e, i) => [e.id, i]));
+    for (const s of profile.latency?.segments ?? []) this.segCache.set(`${s.from}-${s.to}`, s);
+  }
+
+  private conf(k: number, i: number): number {
+    const r = this.samples.ramps[k]!;
+    return confidenceOf({ maxprob: r.maxprob[i]!, margin: r.margin[i]!, entropy: r.entropy[i]! }, this.metric);
+  }
+
+  confidences(id: number, rows: readonly number[]): Float64Array {
+    const k = this.byId.get(id)!;
+    const out = new Float64Array(rows.length * this.perSeq);
+    rows.forEach((s, j) => {
+      for (let t = 0; t < this.perSeq; t++) out[j * this.perSeq + t] = this.conf(k, s * this.perSeq + t);
+    });
+    return out;
+  }
+
+  /** Replay the exact-KV schedule of a configuration on sequences `rows` (indices into the profiled sequences). */
+  run(c: Config, rows: readonly number[]): Outcome {
+    const lat = this.profile.latency;
+    const ids = c.exits;
+    const ends: Array<number | null> = c.terminal ? ids : [...ids, null];
+    const segs = ends.map((to, s) => {
+      const from = s > 0 ? ids[s - 1]! : null;
+      return lat ? this.segCache.get(`${from}-${to}`) : undefined;
+    });
+    const layersAt = ends.map((to) => (to === null ? this.profile.decoder.layers : this.profile.decoder.exits[this.byId.get(to)!]!.layers));
+    const ks = ids.map((id) => this.byId.get(id)!);
+    const losses = new Float64Array(rows.length);
+    const exitCounts = new Array<number>(ends.length).fill(0);
+    let cost = 0;
+    let full = 0;
+    let layerSum = 0;
+    const S = ends.length;
+    const pending = new Array<number>(S).fill(0);
+    rows.forEach((seq, j) => {
+      pending.fill(0);
+      let differ = 0;
+      for (let t = 0; t < this.perSeq; t++) {
+        const i = seq * this.perSeq + t;
+        let n = 1;
+        let s = 0;
+        for (;;) {
+          if (lat) cost += segmentCost(lat, segs[s]!, t, n);
+          const last = s === S - 1;
+          if (last || this.conf(ks[s]!, i) >= c.thresholds[s]!) {
+            if (!last) pending[s + 1]! += n;
+            exitCounts[s]!++;
+            layerSum += layersAt[s]!;
+            const pred = last && !c.terminal ? this.samples.final[i]! : this.samples.ramps[ks[s]!]!.pred[i]!;
+            if (pred !== this.samples.final[i]) differ++;
+            break;
+          }
+          s++;
+          n = pending[s]! + n;
+          pending[s] = 0;
+        }
+        if (lat) full += interp(lat.contexts, lat.fullStep, t);
+      }
+      losses[j] = differ / this.perSeq;
+    });
+    return { losses, cost, full, exitCounts, exitLayerSum: layerSum, tokens: rows.length * this.perSeq };
+  }
+}
+
+function mean(x: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < x.length; i++) s += x[i]!;
+  return x.length ? s / x.length : 0;
+}
+
+/** Candidate thresholds of one exit: quantiles of its confidence on the tuning tokens. */
+function levels(conf: Float64Array, count: number): number[] {
+  const sorted = Float64Array.from(conf).sort();
+  const out = new Set<number>();
+  for (let i = 0; i < count; i++) {
+    const q = 1 - Math.pow(0.5, 1 + (i * 6) / count);
+    out.add(sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!);
+  }
+  return [...out].sort((a, b) => a - b);
+}
+
+function combinations<T>(items: readonly T[], k: number): T[][] {
+  if (k === 0) return [[]];
+  const out: T[][] = [];
+  items.forEach((x, i) => {
+    for (const rest of combinations(items.slice(i + 1), k - 1)) out.push([x, ...rest]);
+  });
+  return out;
+}
+
+function cross(lists: number[][]): number[][] {
+  return lists.reduce<number[][]>((acc, l) => acc.flatMap((a) => l.map((x) => [...a, x])), [[]]);
+}
+
+function certificateOf(losses: Float64Array, maxDrop: number, confidence: number, tested: number, p: number): DecoderCertificate {
+  return {
+    method: "betting (Waudby-Smith-Ramdas), one loss per sequence", unit: "sequence", n: losses.length, observed: mean(losses),
+    pValue: p, bound: bettingUpperBound(losses, 1 - confidence), confidence, maxDrop, tested,
+  };
+}
+
+function prediction(tune: Outcome, cert: Outcome): Prediction {
+  return {
+    stepMs: cert.cost / Math.max(1, cert.tokens), fullStepMs: cert.full / Math.max(1, cert.tokens),
+    saving: cert.full > 0 ? 1 - cert.cost / cert.full : 0,
+    differingTune: mean(tune.losses), differingCertify: mean(cert.losses),
+    meanExitLayers: cert.exitLayerSum / Math.max(1, cert.tokens),
+  };
+}
+
+export function planDecoder(profile: DecoderProfile, samples: SampleData, options: DecoderPlanOptions): DecoderPlan {
+  if (!profile.latency) {
+    throw new EeToolError("PROFILE_INVALID", "the decoder profile has no latency measurements (it was made with --no-latency)", { hint: "Profile again without --no-latency: the plan prices each exit by its measured cost." });
+  }
+  const metric = options.metric ?? "maxprob";
+  const seed = options.seed ?? 0;
+  const tuneFraction = options.tuneFraction ?? 0.2;
+  const maxExits = options.maxExits ?? 2;
+  const delta = 1 - options.confidence;
+  const perSeq = profile.samples.tokensPerSequence;
+  const nSeq = profile.samples.sequences;
+  const order = Array.from(new Rng(seed + 7).permutation(nSeq));
+  const nTune = Math.max(1, Math.round(nSeq * tuneFraction));
+  const tune = order.slice(0, nTune);
+  const certify = order.slice(nTune);
+  if (options.confidence > 0) {
+    // With zero differing tokens, the betting capital grows by at most 1 / (1 - maxDrop) a sequence.
+    const need = Math.ceil(Math.log(1 / delta) / -Math.log(1 - 0.9 * options.maxDrop));
+    if (certify.length < need) {
+      throw new EeToolError("TOO_FEW_SAMPLES", `${certify.length} held-back sequences cannot certify a ${(options.maxDrop * 100).toFixed(2)}% share of differing tokens at confidence ${options.confidence}: at least ${need} are needed even with none differing`, {
+        hint: "Profile more calibration sequences (one window of text per row), lower --tune-fraction, or relax --max-drop / --confidence.",
+      });
+    }
+  }
+  const sim = new Simulator(profile, samples, metric, perSeq);
+  const ids = profile.decoder.exits.map((e) => e.id);
+  const grid = new Map(ids.map((id) => [id, levels(sim.confidences(id, tune), 24)]));
+
+  // Search on the tuning sequences: every set of up to maxExits exits, every grid of thresholds.
+  const none: Config = { exits: [], thresholds: [], terminal: false };
+  const baseTune = sim.run(none, tune);
+  type Scored = { config: Config; loss: number; saving: number };
+  const scored: Scored[] = [{ config: none, loss: 0, saving: 1 - baseTune.cost / baseTune.full }];
+  for (let k = 1; k <= Math.min(maxExits, ids.length); k++) {
+    for (const subset of combinations(ids, k)) {
+      for (const th of cross(subset.map((id) => grid.get(id)!))) {
+        const c: Config = { exits: subset, thresholds: th, terminal: false };
+        const o = sim.run(c, tune);
+        scored.push({ config: c, loss: mean(o.losses), saving: 1 - o.cost / o.full });
+      }
+    }
+  }
+  // The frontier: for rising tuned loss, strictly rising saving; tested from the safest.
+  scored.sort((a, b) => a.loss - b.loss || b.saving - a.saving);
+  const frontier: Scored[] = [];
+  for (const s of scored) if (!frontier.length || s.saving > frontier[frontier.length - 1]!.saving + 1e-9) frontier.push(s);
+  const candidates = frontier.filter((s) => s.loss <= options.maxDrop && s.config.exits.length > 0);
+
+  let chosen: Config = none;
+  let certificate: DecoderCertificate | null = null;
+  let tested = 0;
+  if (options.confidence > 0) {
+    for (const s of candidates) {
+      tested++;
+      const o = sim.run(s.config, certify);
+      const p = bettingPValue(o.losses, options.maxDrop, delta);
+      if (p > delta) break;
+      chosen = s.config;
+      certificate = certificateOf(o.losses, options.maxDrop, options.confidence, tested, p);
+    }
+  } else if (candidates.length) chosen = candidates[candidates.length - 1]!.config;
+  const tuneOut = sim.run(chosen, tune);
+  const certOut = sim.run(chosen, certify);
+  const exits: DecoderPlanExit[] = chosen.exits.map((id, s) => ({
+    id, layers: profile.decoder.exits.find((e) => e.id === id)!.layers, threshold: chosen.thresholds[s]!,
+    rateTune: tuneOut.exitCounts[s]! / Math.max(1, tuneOut.tokens), rateCertify: certOut.exitCounts[s]! / Math.max(1, certOut.tokens),
+  }));
+
+  // HELIOS: loading only up to each exit; tokens not confident earlier leave there.
+  const rows: TruncationRow[] = [];
+  const truncated: Array<{ id: number; config: Config }> = [];
+  for (const e of profile.decoder.exits) {
+    const below = chosen.exits.map((id, s) => ({ id, th: chosen.thresholds[s]! })).filter((x) => profile.decoder.exits.find((y) => y.id === x.id)!.layers < e.layers);
+    const config: Config = { exits: [...below.map((x) => x.id), e.id], thresholds: [...below.map((x) => x.th), -Infinity], terminal: true };
+    const t = sim.run(config, tune);
+    const c = sim.run(config, certify);
+    let deeper = 0;
+    const exitLayers = [...chosen.exits.map((id) => profile.decoder.exits.find((y) => y.id === id)!.layers), profile.decoder.layers];
+    certOut.exitCounts.forEach((count, s) => {
+      if (exitLayers[s]! > e.layers) deeper += count;
+    });
+    rows.push({
+      exit: e.id, layers: e.layers, needDeeper: deeper / Math.max(1, certOut.tokens),
+      weightBytesSaved: profile.decoder.weightBytesAfter[String(e.id)] ?? 0,
+      kvBytesPerTokenSaved: profile.decoder.kvBytesPerTokenPerLayer * (profile.decoder.layers - e.layers),
+      differingTune: mean(t.losses), differingCertify: mean(c.losses), saving: c.full > 0 ? 1 - c.cost / c.full : 0,
+    });
+    truncated.push({ id: e.id, config });
+  }
+  let chosenTruncation: DecoderPlan["truncation"]["chosen"] = null;
+  if (options.confidence > 0) {
+    let k = 0;
+    for (const tr of [...truncated].reverse()) {
+      k++;
+      const row = rows.find((r) => r.exit === tr.id)!;
+      if (row.differingTune > options.maxDrop) break;
+      const o = sim.run(tr.config, certify);
+      const p = bettingPValue(o.losses, options.maxDrop, delta);
+      if (p > delta) break;
+      chosenTruncation = {
+        exit: tr.id, layers: row.layers, certificate: certificateOf(o.losses, options.maxDrop, options.confidence, k, p),
+        predicted: prediction(sim.run(tr.config, tune), o),
+      };
+    }
+  }
+  return {
+    format: PLAN_FORMAT, kind: "decoder", tool: TOOL_VERSION, created: new Date().toISOString(),
+    model: { file: profile.model.file, sha256: profile.model.sha256 },
+    profile: { file: "", ep: profile.environment.executionProvider },
+    settings: { maxDrop: options.maxDrop, confidence: options.confidence, metric, tuneFraction, seed, maxExits },
+    kvMode: "exact", layers: profile.decoder.layers, exits,
+    predicted: prediction(tuneOut, certOut), certificate,
+    data: { tuneSequences: tune.length, certifySequences: certify.length, tokensPerSequence: perSeq },
+    truncation: { rows, chosen: chosenTruncation },
+    frontier: frontier.map((s) => ({ differing: s.loss, saving: s.saving, exits: s.config.exits.map((id, i) => ({ id, threshold: s.config.thresholds[i]! })) })),
+  };
+}
+
+export function readDecoderProfileFile(file: string): DecoderProfile | null {
+  const p = JSON.parse(fs.readFileSync(file, "utf8")) as { kind?: string };
+  return p.kind === "decoder" ? (p as DecoderProfile) : null;
+}

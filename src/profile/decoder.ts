@@ -1,0 +1,331 @@
+/**
+ * `ee-tool profile` for decoder LMs.
+ *
+ * Tokens: every exit head's greedy token and confidence (max probability, margin, entropy) at every
+ * position of the calibration sequences that did not fit the heads, teacher-forced (the exact KV
+ * mode keeps the cache what the full model computes, so under teacher forcing each token sees
+ * the hidden states the profile sees), with the full model's greedy token and the text's next
+ * token. Stored in the sample sidecar format, one row per token, the rows of a sequence together
+ * (`index` is the sequence, `hash` its content hash).
+ *
+ * Latency: every segment the runtime could run, that is every stretch of layers between two of
+ * the inserted exits (first stretch from the tokens, last to the model's own head), one decode
+ * call after a past of each context length, carrying 1, 2, 4 or 8 positions (deferred layers in
+ * the exact KV mode run the tokens that exited earlier together with the next one). Also the full
+ * model's decode step and its prefill at each context length, and each head alone.
+ */
+import * as path from "node:path";
+import * as os from "node:os";
+import type { OnnxModel } from "../onnx/model.js";
+import type { ModelProto } from "../onnx/types.js";
+import { ort, createSession, runtimeBytes, type SessionSettings } from "../ort/ort.js";
+import { createRunnable, type RunnableSession } from "../ort/sync.js";
+import { decoderFeeds, cacheTensor, type DecoderLayout } from "../analysis/decoder.js";
+import { openTokens, tokenSetHash } from "../data/tokens.js";
+import { readDecoderMetadata, unpackHashes, type DecoderMetadata } from "../ramps/metadata.js";
+import { teacherForced } from "../ramps/decoder-heads.js";
+import { decoderSegments, originalDecoder } from "../stages/decoder-split.js";
+import { Graph } from "../ir/graph.js";
+import { needed } from "../ir/needed.js";
+import { tensorByteSize } from "../onnx/tensor.js";
+import { writeFileAtomic } from "../util/atomic.js";
+import { EeToolError } from "../errors.js";
+import { TOOL_VERSION } from "../ramps/insert.js";
+import { emptySamples, encodeSamples, scoreLogits, type ArraySpec, type SampleData } from "./samples.js";
+import { measure, type LatencyStats } from "./timing.js";
+import { modelHash, PROFILE_FORMAT } from "./profile.js";
+
+export const DEFAULT_CONTEXTS = [32, 128, 512];
+export const CARRIED = [1, 2, 4, 8];
+
+export interface SegmentLatency {
+  /** Exit ids bounding the stretch: from (null: the tokens) to (null: the model's own head). */
+  from: number | null;
+  to: number | null;
+  layers: [number, number];
+  /** p50 ms, [context][carried]. */
+  p50: number[][];
+}
+
+export interface DecoderLatency {
+  contexts: number[];
+  carried: number[];
+  segments: SegmentLatency[];
+  /** The full model's decode step (one token) at each context, p50 ms. */
+  fullStep: number[];
+  /** The full model's prefill of `contexts[i]` tokens, p50 ms. */
+  prefill: number[];
+  /** Each exit head alone on one position (id -> p50 ms), and the model's own head. */
+  heads: Record<string, number>;
+  /** Runs that converged / all. */
+  converged: [number, number];
+}
+
+export interface DecoderProfile {
+  format: typeof PROFILE_FORMAT;
+  kind: "decoder";
+  tool: string;
+  created: string;
+  model: { file: string; sha256: string };
+  decoder: {
+    layers: number;
+    vocab: number;
+    exits: Array<{ id: number; layers: number; depth: number }>;
+    /** Bytes of KV cache one token adds per layer (key and value). */
+    kvBytesPerTokenPerLayer: number;
+    /** Bytes of weights the whole model holds, and those only layers after each exit need. */
+    weightBytes: number;
+    weightBytesAfter: Record<string, number>;
+  };
+  environment: { onnxruntime: string; node: string; platform: string; cpu: string; cores: number; executionProvider: string; threads: number | null };
+  settings: { calibrationHash: string; sequences: number; budgetMs: number };
+  samples: {
+    /** Token rows (sequences x (length - 1)). */
+    scored: number;
+    sequences: number;
+    tokensPerSequence: number;
+    skippedFitted: number;
+    file: string;
+    sha256: string;
+    arrays: ArraySpec[];
+  };
+  summary: {
+    /** Teacher-forced next-token accuracy of the full model, and of each exit against the full model's token. */
+    finalAccuracy: number;
+    exits: Array<{ id: number; layers: number; agreement: number; meanMaxprob: number; accuracy: number }>;
+  };
+  latency: DecoderLatency | null;
+}
+
+export interface DecoderProfileOptions {
+  calib: string;
+  settings?: SessionSettings;
+  contexts?: number[];
+  budgetMs?: number;
+  latency?: boolean;
+  batchSize?: number;
+  onProgress?: (phase: string, done: number, total: number) => void;
+}
+
+export function decoderMetadataOrThrow(model: OnnxModel): DecoderMetadata {
+  const meta = readDecoderMetadata(model.proto);
+  if (!meta) throw new EeToolError("NO_RAMPS", "the decoder has no ee-tool exit heads", { hint: "Run `ee-tool insert <decoder.onnx> --calib <ids.npy> -o model.ee.onnx` first, and profile its output." });
+  return meta;
+}
+
+/** Bytes of weights only the layers after each exit need (what loading up to that exit leaves out). */
+export function weightsAfter(augmented: ModelProto, meta: DecoderMetadata): { total: number; after: Record<string, number> } {
+  const view = new Graph(augmented.graph!);
+  const original = originalDecoder(augmented, meta);
+  const bytesOf = (names: Set<string>): number => {
+    let s = 0;
+    for (const t of augmented.graph!.initializer ?? []) if (names.has(t.name ?? "")) s += tensorByteSize(t);
+    return s;
+  };
+  const initsOf = (targets: string[]): Set<string> => {
+    const s = new Set<string>();
+    for (const n of needed(view, targets, new Set())) for (const i of view.inputsOf(n)) if (view.isInitializer(i)) s.add(i);
+    return s;
+  };
+  const allOutputs = (original.graph!.output ?? []).map((o) => o.name ?? "");
+  const full = initsOf(allOutputs);
+  const total = bytesOf(full);
+  const after: Record<string, number> = {};
+  for (const e of meta.exits) {
+    const kept = initsOf([e.output, ...meta.layout.layers.slice(0, e.layers).flatMap((l) => [l.presentKey, l.presentValue])]);
+    const only = new Set([...full].filter((n) => !kept.has(n)));
+    after[String(e.id)] = bytesOf(only);
+  }
+  return { total, after };
+}
+
+function ms(s: LatencyStats | undefined): number {
+  return s ? s.p50 : NaN;
+}
+
+async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts: number[], settings: SessionSettings, budgetMs: number, onProgress?: DecoderProfileOptions["onProgress"]): Promise<DecoderLatency> {
+  const layout = meta.layout;
+  const ids = meta.exits.map((e) => e.id);
+  const s: SessionSettings = { spinning: false, ...settings };
+  const opened: RunnableSession[] = [];
+  const open = async (proto: ModelProto, outputs: string[]): Promise<RunnableSession> => {
+    const r = await createRunnable(runtimeBytes(proto, model.readExternal), s, outputs);
+    opened.push(r);
+    return r;
+  };
+  const width = meta.exits[0]?.width ?? 0;
+  const items: Array<{ name: string; run: () => Promise<unknown> }> = [];
+  const hidden = (n: number): ort.Tensor => new ort.Tensor("float32", new Float32Array(n * width).map((_, i) => Math.sin(i)), [1, n, width]);
+  const feedsFor = (proto: ModelProto, inputs: string[], n: number, past: number, hiddenIn: string | null): Record<string, ort.Tensor> => {
+    const all = decoderFeeds(proto, layout, new Array<number>(n).fill(1), 1, past, Object.fromEntries(layout.layers.flatMap((l) => [[l.pastKey, cacheTensor(layout, 1, past)], [l.pastValue, cacheTensor(layout, 1, past)]])));
+    const f: Record<string, ort.Tensor> = {};
+    for (const i of inputs) f[i] = i === hiddenIn ? hidden(n) : all[i]!;
+    return f;
+  };
+  // Every stretch between two inserted exits.
+  const bounds: Array<number | null> = [null, ...ids];
+  const segs: SegmentLatency[] = [];
+  for (let a = 0; a < bounds.length; a++) {
+    for (let b = a; b <= ids.length; b++) {
+      const use = [...(a > 0 ? [ids[a - 1]!] : []), ...(b < ids.length ? [ids[b]!] : [])];
+      const parts = decoderSegments(model.proto, meta, use);
+      const seg = parts[a > 0 ? 1 : 0]!;
+      const session = await open(seg.proto, seg.outputs);
+      const entry: SegmentLatency = { from: a > 0 ? ids[a - 1]! : null, to: b < ids.length ? ids[b]! : null, layers: [seg.firstLayer, seg.lastLayer], p50: [] };
+      segs.push(entry);
+      contexts.forEach((c, ci) => CARRIED.forEach((n, ni) => {
+        const feeds = feedsFor(seg.proto, seg.inputs, n, c, seg.hiddenIn);
+        items.push({ name: `seg ${a}-${b} c${ci} n${ni}`, run: () => session.run(feeds, seg.outputs) });
+      }));
+    }
+  }
+  const original = originalDecoder(model.proto, meta);
+  const outs = (original.graph!.output ?? []).map((o) => o.name ?? "");
+  const full = await open(original, outs);
+  contexts.forEach((c, ci) => {
+    const step = decoderFeeds(original, layout, [1], 1, c);
+    items.push({ name: `full c${ci}`, run: () => full.run(step, outs) });
+    const pre = decoderFeeds(original, layout, new Array<number>(c).fill(1), 1, 0);
+    items.push({ name: `prefill c${ci}`, run: () => full.run(pre, outs) });
+  });
+  const heads: Record<string, number> = {};
+  const headItems: Array<[string, string]> = [];
+  for (const e of meta.exits) {
+    const view = new Graph(model.proto.graph!);
+    const nodes = needed(view, [e.output], new Set([e.tensor]));
+    const g = view.sortedNodes().filter((n) => nodes.has(n));
+    const used = new Set(g.flatMap((n) => n.input ?? []));
+    const proto: ModelProto = {
+      ...model.proto, metadata_props: [],
+      graph: {
+        name: "head", node: g, initializer: (model.proto.graph!.initializer ?? []).filter((t) => used.has(t.name ?? "")),
+        input: [{ name: e.tensor, type: { tensor_type: { elem_type: 1, shape: { dim: [{ dim_value: 1 }, { dim_value: 1 }, { dim_value: width }] } } } }],
+        output: [{ name: e.output, type: { tensor_type: { elem_type: 1 } } }],
+      },
+    };
+    const session = await open(proto, [e.output]);
+    const feeds = { [e.tensor]: hidden(1) };
+    items.push({ name: `head ${e.id}`, run: () => session.run(feeds, [e.output]) });
+    headItems.push([String(e.id), `head ${e.id}`]);
+  }
+  try {
+    const stats = await measure(items, { budgetMs, onRound: (d, t) => onProgress?.("timing decode steps", d, t) });
+    let conv = 0;
+    for (const v of stats.values()) if (v.converged) conv++;
+    let k = 0;
+    for (let a = 0; a < bounds.length; a++) {
+      for (let b = a; b <= ids.length; b++) {
+        segs[k]!.p50 = contexts.map((_, ci) => CARRIED.map((_, ni) => ms(stats.get(`seg ${a}-${b} c${ci} n${ni}`))));
+        k++;
+      }
+    }
+    for (const [id, name] of headItems) heads[id] = ms(stats.get(name));
+    return {
+      contexts, carried: CARRIED, segments: segs, heads,
+      fullStep: contexts.map((_, ci) => ms(stats.get(`full c${ci}`))),
+      prefill: contexts.map((_, ci) => ms(stats.get(`prefill c${ci}`))),
+      converged: [conv, stats.size],
+    };
+  } finally {
+    for (const r of opened) await r.release();
+  }
+}
+
+export async function profileDecoder(model: OnnxModel, options: DecoderProfileOptions): Promise<{ profile: DecoderProfile; samples: SampleData }> {
+  const meta = decoderMetadataOrThrow(model);
+  const layout: DecoderLayout = meta.layout;
+  const settings = options.settings ?? {};
+  const tokens = openTokens(options.calib, "calibration tokens", layout.vocab);
+  const fitted = unpackHashes(meta.calibration.fitHashes);
+  const rows: number[] = [];
+  for (let i = 0; i < tokens.sequences; i++) if (!fitted.has(tokens.hash(i))) rows.push(i);
+  const perSeq = tokens.length - 1;
+  if (rows.length < 20) {
+    throw new EeToolError("TOO_FEW_SAMPLES", `${rows.length} calibration sequences did not fit the heads (of ${tokens.sequences}); plan needs at least 20 to tune and certify on`);
+  }
+  const samples = emptySamples(rows.length * perSeq, meta.exits.length);
+  const session = await createSession(runtimeBytes(model.proto, model.readExternal), settings);
+  const outputs = [layout.logits, ...meta.exits.map((e) => e.output)];
+  let at = 0;
+  const vocab = layout.vocab ?? 0;
+  try {
+    await teacherForced(session, model.proto, layout, tokens, rows, options.batchSize ?? 16, outputs, (out, part) => {
+      const v = vocab || out[layout.logits]!.dims[2]!;
+      const final = out[layout.logits]!.data as Float32Array;
+      const exitsOut = meta.exits.map((e) => out[e.output]!.data as Float32Array);
+      part.forEach((seq, b) => {
+        const ids = tokens.row(seq);
+        const hash = Buffer.from(tokens.hash(seq), "hex");
+        for (let t = 0; t < perSeq; t++) {
+          const row = b * tokens.length + t;
+          samples.index[at] = seq;
+          samples.hash.set(hash, at * 8);
+          samples.final[at] = scoreLogits(final, v, row).pred;
+          samples.label[at] = ids[t + 1]!;
+          exitsOut.forEach((x, e) => {
+            const sc = scoreLogits(x, v, row);
+            const r = samples.ramps[e]!;
+            r.pred[at] = sc.pred;
+            r.maxprob[at] = sc.maxprob;
+            r.margin[at] = sc.margin;
+            r.entropy[at] = sc.entropy;
+          });
+          at++;
+        }
+      });
+    }, (d) => options.onProgress?.("scoring tokens", d, rows.length));
+  } finally {
+    await session.release();
+  }
+  const n = samples.count;
+  let finalRight = 0;
+  for (let i = 0; i < n; i++) if (samples.final[i] === samples.label[i]) finalRight++;
+  const summary = {
+    finalAccuracy: finalRight / n,
+    exits: meta.exits.map((e, k) => {
+      const r = samples.ramps[k]!;
+      let agree = 0;
+      let right = 0;
+      let conf = 0;
+      for (let i = 0; i < n; i++) {
+        if (r.pred[i] === samples.final[i]) agree++;
+        if (r.pred[i] === samples.label[i]) right++;
+        conf += r.maxprob[i]!;
+      }
+      return { id: e.id, layers: e.layers, agreement: agree / n, meanMaxprob: conf / n, accuracy: right / n };
+    }),
+  };
+  const contexts = options.contexts ?? DEFAULT_CONTEXTS;
+  const budgetMs = options.budgetMs ?? 20_000;
+  const latency = options.latency === false ? null : await measureLatency(model, meta, contexts, settings, budgetMs, options.onProgress);
+  const w = weightsAfter(model.proto, meta);
+  const elem = layout.cacheType === 10 ? 2 : 4;
+  const profile: DecoderProfile = {
+    format: PROFILE_FORMAT, kind: "decoder", tool: TOOL_VERSION, created: new Date().toISOString(),
+    model: { file: model.path ?? "", sha256: modelHash(model) },
+    decoder: {
+      layers: layout.layers.length, vocab: vocab || 0,
+      exits: meta.exits.map((e) => ({ id: e.id, layers: e.layers, depth: e.depth })),
+      kvBytesPerTokenPerLayer: 2 * (layout.heads ?? 0) * (layout.headDim ?? 0) * elem,
+      weightBytes: w.total, weightBytesAfter: w.after,
+    },
+    environment: {
+      onnxruntime: ort.env.versions?.common ?? "unknown", node: process.version, platform: `${process.platform}-${process.arch}`,
+      cpu: os.cpus()[0]?.model ?? "unknown", cores: os.cpus().length, executionProvider: settings.ep ?? "cpu", threads: settings.threads ?? null,
+    },
+    settings: { calibrationHash: tokenSetHash(tokens), sequences: tokens.sequences, budgetMs },
+    samples: { scored: n, sequences: rows.length, tokensPerSequence: perSeq, skippedFitted: tokens.sequences - rows.length, file: "", sha256: "", arrays: [] },
+    summary, latency,
+  };
+  return { profile, samples };
+}
+
+export function writeDecoderProfile(file: string, result: { profile: DecoderProfile; samples: SampleData }, modelPath?: string): { json: string; sidecar: string } {
+  const encoded = encodeSamples(result.samples);
+  const sidecar = `${file.replace(/\.json$/, "")}.bin`;
+  const model = modelPath ? { ...result.profile.model, file: path.relative(path.dirname(path.resolve(file)), path.resolve(modelPath)) } : result.profile.model;
+  const profile: DecoderProfile = { ...result.profile, model, samples: { ...result.profile.samples, file: path.basename(sidecar), sha256: encoded.sha256, arrays: encoded.arrays } };
+  writeFileAtomic(sidecar, (out) => out.write(encoded.bytes));
+  writeFileAtomic(file, (out) => out.write(Buffer.from(JSON.stringify(profile, null, 1) + "\n")));
+  return { json: file, sidecar };
+}
