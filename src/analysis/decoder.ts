@@ -202,10 +202,6 @@ export interface DecoderExit {
  * among them. Without a cache, every block-end candidate is a layer exit.
  */
 export function decoderExits(model: ModelProto, layout: DecoderLayout, analysis: ExitAnalysis): DecoderExit[] {
-  if (layout.cache === "none") {
-    const pool = analysis.candidates.filter((c) => c.kind === "block");
-    return (pool.length ? pool : analysis.candidates).map((candidate, layer) => ({ layer, candidate }));
-  }
   const g = new Graph(model.graph!);
   const ancestorsOf = (t: string): Set<string> => {
     const seen = new Set<string>();
@@ -219,14 +215,16 @@ export function decoderExits(model: ModelProto, layout: DecoderLayout, analysis:
     }
     return seen;
   };
-  const presentAncestors = layout.layers.map((l) => {
-    const a = ancestorsOf(l.presentKey);
-    for (const x of ancestorsOf(l.presentValue)) a.add(x);
+  // What marks a layer: its cache outputs, or (no cache) its attention's softmax.
+  const markers = layout.cache === "kv" ? layout.layers.map((l) => [l.presentKey, l.presentValue]) : softmaxOutputs(g).map((t) => [t]);
+  const presentAncestors = markers.map((m) => {
+    const a = new Set<string>();
+    for (const t of m) for (const x of ancestorsOf(t)) a.add(x);
     return a;
   });
   const out: DecoderExit[] = [];
-  for (let j = 0; j < layout.layers.length; j++) {
-    const inLayer = analysis.candidates.filter((c) => !presentAncestors[j]!.has(c.tensor) && (j + 1 >= layout.layers.length || presentAncestors[j + 1]!.has(c.tensor)));
+  for (let j = 0; j < markers.length; j++) {
+    const inLayer = analysis.candidates.filter((c) => !presentAncestors[j]!.has(c.tensor) && (j + 1 >= markers.length || presentAncestors[j + 1]!.has(c.tensor)));
     // The deepest block end: after the last layer, points inside the final norm follow it.
     const sorted = inLayer.sort((a, b) => b.depth - a.depth);
     const pick = sorted.find((c) => c.kind === "block") ?? sorted[0];
@@ -235,12 +233,28 @@ export function decoderExits(model: ModelProto, layout: DecoderLayout, analysis:
   return out;
 }
 
+/** Attention softmax outputs in graph order: one per layer of a decoder without a cache. */
+function softmaxOutputs(g: Graph): string[] {
+  return g.sortedNodes().filter((n) => n.op_type === "Softmax").map((n) => n.output![0]!);
+}
+
+/** Decoder layers of a model without a cache: its attention softmaxes. */
+export function attentionLayers(model: ModelProto): number {
+  return softmaxOutputs(new Graph(model.graph!)).length;
+}
+
+/** Whether the model declares an input int32 (token ids, masks and positions are int64 otherwise). */
+export function isInt32Input(model: ModelProto, name: string): boolean {
+  return typeInfo((model.graph!.input ?? []).find((i) => i.name === name)?.type).elemType === 6;
+}
+
 /** Integer tensor of an input's declared type (int64 unless the model declares int32). */
-export function intTensor(model: ModelProto, name: string, values: ArrayLike<number>, dims: readonly number[]): ort.Tensor {
-  const g = new Graph(model.graph!);
-  const t = typeInfo(g.inputs.find((i) => i.name === name)?.type).elemType;
-  if (t === 6) return new ort.Tensor("int32", Int32Array.from(values), dims);
-  return new ort.Tensor("int64", BigInt64Array.from(Array.from(values), (v) => BigInt(v)), dims);
+export function intTensor(model: ModelProto | boolean, name: string, values: ArrayLike<number>, dims: readonly number[]): ort.Tensor {
+  const int32 = typeof model === "boolean" ? model : isInt32Input(model, name);
+  if (int32) return new ort.Tensor("int32", Int32Array.from(values), dims);
+  const out = new BigInt64Array(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = BigInt(values[i]!);
+  return new ort.Tensor("int64", out, dims);
 }
 
 /** An empty cache tensor [batch, heads, past, head_dim] of the cache's type. */

@@ -17,7 +17,7 @@ export function renderDecoderInsert(r: DecoderInsertResult): string {
     `${m.exits.length} exit heads (the model's own norm and LM head after a fitted ${m.exits[0]?.width ?? "?"}x${m.exits[0]?.width ?? "?"} correction), fitted on ${m.calibration.fitSequences} of ${m.calibration.sequences} calibration sequences (${m.calibration.length} tokens each)`,
     table([
       ["exit", "after layer", "depth", "tensor", "params", "held-out agreement", "without correction"],
-      ...m.exits.map((e) => [String(e.id), `${e.layers} of ${m.layout.layers.length || "?"}`, `${(e.depth * 100).toFixed(1)}%`, e.tensor, String(e.parameters), `${pct(e.fit.holdoutAgreement)} (${e.fit.holdoutTokens} tokens)`, pct(e.fit.identityAgreement)]),
+      ...m.exits.map((e) => [String(e.id), `${e.layers} of ${m.layers}`, `${(e.depth * 100).toFixed(1)}%`, e.tensor, String(e.parameters), `${pct(e.fit.holdoutAgreement)} (${e.fit.holdoutTokens} tokens)`, pct(e.fit.identityAgreement)]),
     ]),
     `analysis ${(r.timings.analyzeMs / 1000).toFixed(2)} s, hidden states ${(r.timings.extractMs / 1000).toFixed(2)} s, fitting ${(r.timings.fitMs / 1000).toFixed(2)} s`,
   ].join("\n");
@@ -74,7 +74,7 @@ export function renderDecoderPlan(p: DecoderPlan): string {
 
 export function renderDecoderEval(r: DecoderEvalReport): string {
   const lines = [
-    `${r.prompts} prompts, up to ${r.maxNewTokens} new tokens, greedy, batch 1 on ${r.ep}: ${r.mode === "truncated" ? "the truncated decoder" : "the plan"} (kv mode ${r.kvMode}) against the full model with its KV cache`,
+    `${r.prompts} prompts, up to ${r.maxNewTokens} new tokens, greedy, batch 1 on ${r.ep}: ${r.mode === "truncated" ? "the truncated decoder" : "the plan"} (kv mode ${r.kvMode}) against the full model${r.kvMode === "exact" ? " with its KV cache" : " (no cache: every step recomputes the prefix)"}`,
     table([
       ["", "full model", "early exit", "plan predicted"],
       ["decode latency per token mean (ms)", ms(r.full.mean), ms(r.earlyExit.mean), ""],

@@ -51,7 +51,7 @@ export interface LatencySummary {
 export interface DecoderEvalReport {
   kind: "decoder";
   mode: "plan" | "truncated";
-  kvMode: "exact";
+  kvMode: "exact" | "recompute";
   ep: string;
   prompts: number;
   maxNewTokens: number;
@@ -217,7 +217,7 @@ export async function evaluateDecoderPlan(planPath: string, plan: DecoderPlan, o
   }
   const fullS = summary(fullDecode, fullPrefill);
   const eeS = summary(eeDecode, eePrefill);
-  const layers = meta.layout.layers.length;
+  const layers = meta.layers;
   const exits = [...plan.exits.map((e) => e.id), ...(truncated ? [trunc!.exit] : []), -1]
     .filter((id, i, all) => all.indexOf(id) === i)
     .map((id) => ({ exit: id, layers: id === -1 ? layers : meta.exits.find((e) => e.id === id)!.layers, measured: (exitCounts.get(id) ?? 0) / Math.max(1, generated) }))
@@ -284,7 +284,7 @@ export async function evaluateDecoderPlan(planPath: string, plan: DecoderPlan, o
   if (teacher && teacher.differing > plan.settings.maxDrop) failures.push(`differing tokens ${(teacher.differing * 100).toFixed(2)}% on the evaluation text exceed the plan's maximum ${(plan.settings.maxDrop * 100).toFixed(2)}%`);
   if ((plan.exits.length || truncated) && saving <= 0) failures.push(`the early-exit generator is not faster than the full model (saving ${(saving * 100).toFixed(1)}%)`);
   return {
-    kind: "decoder", mode: truncated ? "truncated" : "plan", kvMode: "exact", ep: settings.ep ?? "cpu",
+    kind: "decoder", mode: truncated ? "truncated" : "plan", kvMode: meta.layout.cache === "kv" ? "exact" : "recompute", ep: settings.ep ?? "cpu",
     prompts: prompts.sequences, maxNewTokens, tokens: generated, full: fullS, earlyExit: eeS, saving,
     layers: { total: layers, meanAtExit: layersAtExit / Math.max(1, generated), meanRun: layerPasses / Math.max(1, generated) },
     exits, agreement: { tokens: agreeTokens / Math.max(1, compared), exactMatch: exact / prompts.sequences, rougeL: rouge / prompts.sequences },

@@ -81,7 +81,8 @@ export interface DecoderPlan {
   model: { file: string; sha256: string };
   profile: { file: string; ep: string };
   settings: { maxDrop: number; confidence: number; metric: Metric; tuneFraction: number; seed: number; maxExits: number };
-  kvMode: "exact";
+  /** exact: deferred layers keep the cache what the full model computes; recompute: a model without a cache. */
+  kvMode: "exact" | "recompute";
   layers: number;
   exits: DecoderPlanExit[];
   predicted: Prediction;
@@ -144,7 +145,7 @@ function interp(grid: readonly number[], values: readonly number[], x: number): 
 function segmentCost(lat: DecoderProfile["latency"] & object, seg: SegmentLatency, c: number, n: number): number {
   const atN = (ni: number): number => interp(lat.contexts, seg.p50.map((row) => row[ni]!), c);
   const ns = lat.carried;
-  if (n <= ns[0]!) return atN(0);
+  if (n <= ns[0]! || ns.length === 1) return atN(0);
   for (let i = 1; i < ns.length; i++) {
     if (n <= ns[i]!) {
       const t = (n - ns[i - 1]!) / (ns[i]! - ns[i - 1]!);
@@ -383,7 +384,7 @@ export function planDecoder(profile: DecoderProfile, samples: SampleData, option
     model: { file: profile.model.file, sha256: profile.model.sha256 },
     profile: { file: "", ep: profile.environment.executionProvider },
     settings: { maxDrop: options.maxDrop, confidence: options.confidence, metric, tuneFraction, seed, maxExits },
-    kvMode: "exact", layers: profile.decoder.layers, exits,
+    kvMode: profile.decoder.cache === "none" ? "recompute" : "exact", layers: profile.decoder.layers, exits,
     predicted: prediction(tuneOut, certOut), certificate,
     data: { tuneSequences: tune.length, certifySequences: certify.length, tokensPerSequence: perSeq },
     truncation: { rows, chosen: chosenTruncation },

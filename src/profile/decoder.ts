@@ -69,6 +69,8 @@ export interface DecoderProfile {
   model: { file: string; sha256: string };
   decoder: {
     layers: number;
+    /** "kv": exact KV mode; "none": an export without a cache, every step recomputes the prefix. */
+    cache: "kv" | "none";
     vocab: number;
     exits: Array<{ id: number; layers: number; depth: number }>;
     /** Bytes of KV cache one token adds per layer (key and value). */
@@ -156,7 +158,12 @@ async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts:
   const width = meta.exits[0]?.width ?? 0;
   const items: Array<{ name: string; run: () => Promise<unknown> }> = [];
   const hidden = (n: number): ort.Tensor => new ort.Tensor("float32", new Float32Array(n * width).map((_, i) => Math.sin(i)), [1, n, width]);
-  const feedsFor = (proto: ModelProto, inputs: string[], n: number, past: number, hiddenIn: string | null): Record<string, ort.Tensor> => {
+  const cached = layout.cache === "kv";
+  const carried = cached ? CARRIED : [1];
+  const feedsFor = (proto: ModelProto, inputs: string[], carry: number, context: number, hiddenIn: string | null): Record<string, ort.Tensor> => {
+    // Without a cache a decode step recomputes every position: context + 1 of them, no past.
+    const n = cached ? carry : context + 1;
+    const past = cached ? context : 0;
     const all = decoderFeeds(proto, layout, new Array<number>(n).fill(1), 1, past, Object.fromEntries(layout.layers.flatMap((l) => [[l.pastKey, cacheTensor(layout, 1, past)], [l.pastValue, cacheTensor(layout, 1, past)]])));
     const f: Record<string, ort.Tensor> = {};
     for (const i of inputs) f[i] = i === hiddenIn ? hidden(n) : all[i]!;
@@ -173,7 +180,7 @@ async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts:
       const session = await open(seg.proto, seg.outputs);
       const entry: SegmentLatency = { from: a > 0 ? ids[a - 1]! : null, to: b < ids.length ? ids[b]! : null, layers: [seg.firstLayer, seg.lastLayer], p50: [] };
       segs.push(entry);
-      contexts.forEach((c, ci) => CARRIED.forEach((n, ni) => {
+      contexts.forEach((c, ci) => carried.forEach((n, ni) => {
         const feeds = feedsFor(seg.proto, seg.inputs, n, c, seg.hiddenIn);
         items.push({ name: `seg ${a}-${b} c${ci} n${ni}`, run: () => session.run(feeds, seg.outputs) });
       }));
@@ -183,7 +190,7 @@ async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts:
   const outs = (original.graph!.output ?? []).map((o) => o.name ?? "");
   const full = await open(original, outs);
   contexts.forEach((c, ci) => {
-    const step = decoderFeeds(original, layout, [1], 1, c);
+    const step = cached ? decoderFeeds(original, layout, [1], 1, c) : decoderFeeds(original, layout, new Array<number>(c + 1).fill(1), 1, 0);
     items.push({ name: `full c${ci}`, run: () => full.run(step, outs) });
     const pre = decoderFeeds(original, layout, new Array<number>(c).fill(1), 1, 0);
     items.push({ name: `prefill c${ci}`, run: () => full.run(pre, outs) });
@@ -215,13 +222,13 @@ async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts:
     let k = 0;
     for (let a = 0; a < bounds.length; a++) {
       for (let b = a; b <= ids.length; b++) {
-        segs[k]!.p50 = contexts.map((_, ci) => CARRIED.map((_, ni) => ms(stats.get(`seg ${a}-${b} c${ci} n${ni}`))));
+        segs[k]!.p50 = contexts.map((_, ci) => carried.map((_, ni) => ms(stats.get(`seg ${a}-${b} c${ci} n${ni}`))));
         k++;
       }
     }
     for (const [id, name] of headItems) heads[id] = ms(stats.get(name));
     return {
-      contexts, carried: CARRIED, segments: segs, heads,
+      contexts, carried, segments: segs, heads,
       fullStep: contexts.map((_, ci) => ms(stats.get(`full c${ci}`))),
       prefill: contexts.map((_, ci) => ms(stats.get(`prefill c${ci}`))),
       converged: [conv, stats.size],
@@ -304,7 +311,7 @@ export async function profileDecoder(model: OnnxModel, options: DecoderProfileOp
     format: PROFILE_FORMAT, kind: "decoder", tool: TOOL_VERSION, created: new Date().toISOString(),
     model: { file: model.path ?? "", sha256: modelHash(model) },
     decoder: {
-      layers: layout.layers.length, vocab: vocab || 0,
+      layers: meta.layers, cache: layout.cache, vocab: vocab || 0,
       exits: meta.exits.map((e) => ({ id: e.id, layers: e.layers, depth: e.depth })),
       kvBytesPerTokenPerLayer: 2 * (layout.heads ?? 0) * (layout.headDim ?? 0) * elem,
       weightBytes: w.total, weightBytesAfter: w.after,

@@ -17,7 +17,7 @@ import { makeValueInfo } from "../ir/shapes.js";
 import { shallowClone } from "../ir/clone.js";
 import { DataType } from "../onnx/dtype.js";
 import { analyzeExits } from "../analysis/analyze.js";
-import { decoderExits, decoderFeeds, findDecoderLayout, inlineCacheBranch, requireCacheDims, type DecoderExit, type DecoderLayout } from "../analysis/decoder.js";
+import { attentionLayers, decoderExits, decoderFeeds, findDecoderLayout, inlineCacheBranch, requireCacheDims, type DecoderExit, type DecoderLayout } from "../analysis/decoder.js";
 import type { ExitAnalysis } from "../analysis/exits.js";
 import { openTokens, tokenSetHash, type TokenSet } from "../data/tokens.js";
 import { createSession, runSession, runtimeBytes, type SessionSettings, type ort } from "../ort/ort.js";
@@ -59,7 +59,7 @@ export async function analyzeDecoder(model: OnnxModel, layout: DecoderLayout, se
   const probe = decoderFeeds(model.proto, layout, new Array<number>(16).fill(0), 2, layout.cache === "kv" ? 3 : 0);
   const analysis = await analyzeExits(model, probe, { output: layout.logits, mainInput: layout.inputIds, everyPoint: true, ...(settings ? { settings } : {}) });
   const exits = decoderExits(model.proto, layout, analysis);
-  const expected = layout.cache === "kv" ? layout.layers.length : exits.length;
+  const expected = layout.cache === "kv" ? layout.layers.length : attentionLayers(model.proto);
   if (exits.length < 2 || exits.length !== expected) {
     throw new EeToolError("NO_EXIT_POINTS", `found the residual stream after ${exits.length} of the decoder's ${expected} layers`, {
       hint: "Each layer's output must be a single tensor that all paths from the tokens to the logits pass through (a pre- or post-norm residual stream).",
@@ -375,7 +375,7 @@ export async function insertDecoderHeads(model: OnnxModel, layout: DecoderLayout
     r.fit.identityAgreement /= Math.max(1, r.fit.holdoutTokens);
   }
   const metadata: DecoderMetadata = {
-    format: 1, tool: TOOL_VERSION, kind: "decoder", layout, finalTensor, exits: records,
+    format: 1, tool: TOOL_VERSION, kind: "decoder", layout, layers: exits.length, finalTensor, exits: records,
     calibration: {
       sequences: tokens.sequences, length: tokens.length, hash: tokenSetHash(tokens), seed, fitSequences: nFit,
       fitHashes: packHashes(fitRows.map((r) => tokens.hash(r))),

@@ -120,6 +120,8 @@ export interface DecoderMetadata {
   tool: string;
   kind: "decoder";
   layout: DecoderLayout;
+  /** Decoder layers (with a KV cache: one per cache pair; without: one per attention softmax). */
+  layers: number;
   /** Residual stream after the last layer: where the model's own norm and head begin. */
   finalTensor: string;
   exits: DecoderExitRecord[];

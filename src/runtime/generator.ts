@@ -7,13 +7,15 @@
  * token that goes deeper, so every key and value in the cache is what the full model computes for
  * the same tokens. Segment s keeps the residual streams of the positions it has not run yet
  * (pending); they form a suffix of the sequence, so each call is one contiguous run of positions
- * after a past of the segment's own length. `flush()` runs what is still pending.
+ * after a past of the segment's own length. `flush()` runs what is still pending. A decoder
+ * exported without a cache recomputes every position in every call (exits still skip the layers
+ * after them; nothing is deferred).
  */
 import type { ModelProto } from "../onnx/types.js";
 import { loadModel, type OnnxModel } from "../onnx/model.js";
 import { ort, runtimeBytes, type SessionSettings } from "../ort/ort.js";
 import { createRunnable, type RunnableSession } from "../ort/sync.js";
-import { cacheTensor, intTensor, type DecoderLayout } from "../analysis/decoder.js";
+import { cacheTensor, intTensor, isInt32Input, type DecoderLayout } from "../analysis/decoder.js";
 import { readDecoderMetadata, type DecoderMetadata } from "../ramps/metadata.js";
 import { decoderSegments, originalDecoder, type DecoderSegment } from "../stages/decoder-split.js";
 import type { Metric } from "../stages/exit-graph.js";
@@ -77,17 +79,20 @@ export class DecoderGenerator {
   private cacheLen: number[];
   private pending: Float32Array[][];
   private zeros = new Float32Array(0);
+  private readonly int32: Record<string, boolean>;
   readonly stats: GenerationStats = { layerPasses: 0, calls: 0 };
 
   private constructor(
     readonly meta: DecoderMetadata,
-    private readonly proto: ModelProto,
+    readonly proto: ModelProto,
     private readonly runners: Runner[],
     private readonly metric: Metric,
     private readonly width: number,
   ) {
     this.cacheLen = runners.map(() => 0);
     this.pending = runners.map(() => []);
+    const l = meta.layout;
+    this.int32 = Object.fromEntries([l.inputIds, l.attentionMask, l.positionIds].filter((n): n is string => !!n).map((n) => [n, isInt32Input(proto, n)]));
   }
 
   /** The early-exit generator of an augmented decoder (insert's output), or the full model with no exits. */
@@ -95,11 +100,6 @@ export class DecoderGenerator {
     const m = typeof model === "string" ? loadModel(model) : model;
     const meta = readDecoderMetadata(m.proto);
     if (!meta) throw new EeToolError("NO_RAMPS", "the model has no ee-tool exit heads", { hint: "Run `ee-tool insert <decoder.onnx> --calib <ids.npy> -o model.ee.onnx` first." });
-    if (meta.layout.cache !== "kv") {
-      throw new EeToolError("UNSUPPORTED", "generation with exits needs a decoder with a KV cache; this export has none", {
-        hint: "Export with past key values (Optimum: --task text-generation-with-past); a no-cache export can be profiled and planned teacher-forced only.",
-      });
-    }
     const settings: SessionSettings = { spinning: false, ...options.settings };
     const exits = [...(options.exits ?? [])];
     const segs = exits.length === 0 && !options.truncate ? [fullSegment(m.proto, meta)] : decoderSegments(m.proto, meta, exits.map((e) => e.exit), options.truncate ?? false);
@@ -135,6 +135,18 @@ export class DecoderGenerator {
     this.stats.calls = 0;
   }
 
+  private onesBuffer: BigInt64Array | Int32Array = new BigInt64Array(0);
+
+  /** An all-ones attention mask [1, n], a view of one growing buffer. */
+  private ones(name: string, n: number): ort.Tensor {
+    const int32 = this.int32[name]!;
+    if (this.onesBuffer.length < n || (this.onesBuffer instanceof Int32Array) !== int32) {
+      const size = Math.max(n, 2 * this.onesBuffer.length, 64);
+      this.onesBuffer = int32 ? new Int32Array(size).fill(1) : new BigInt64Array(size).fill(1n);
+    }
+    return int32 ? new ort.Tensor("int32", (this.onesBuffer as Int32Array).subarray(0, n), [1, n]) : new ort.Tensor("int64", (this.onesBuffer as BigInt64Array).subarray(0, n), [1, n]);
+  }
+
   private zeroCache(past: number): ort.Tensor {
     const l = this.meta.layout;
     const n = (l.heads ?? 1) * past * (l.headDim ?? 1);
@@ -146,13 +158,15 @@ export class DecoderGenerator {
   private async run(s: number): Promise<Float32Array> {
     const r = this.runners[s]!;
     const l = this.meta.layout;
-    const past = this.cacheLen[s]!;
+    // Without a cache every call recomputes all positions.
+    const cached = l.cache === "kv";
+    const past = cached ? this.cacheLen[s]! : 0;
     const n = s === 0 ? this.ids.length - past : this.pending[s]!.length;
     const feeds: Record<string, ort.Tensor> = {};
     for (const name of r.seg.inputs) {
-      if (name === l.inputIds) feeds[name] = intTensor(this.proto, name, this.ids.slice(past, past + n), [1, n]);
-      else if (name === l.attentionMask) feeds[name] = intTensor(this.proto, name, new Array<number>(past + n).fill(1), [1, past + n]);
-      else if (name === l.positionIds) feeds[name] = intTensor(this.proto, name, Array.from({ length: n }, (_, i) => past + i), [1, n]);
+      if (name === l.inputIds) feeds[name] = intTensor(this.int32[name]!, name, this.ids.slice(past, past + n), [1, n]);
+      else if (name === l.attentionMask) feeds[name] = this.ones(name, past + n);
+      else if (name === l.positionIds) feeds[name] = intTensor(this.int32[name]!, name, Array.from({ length: n }, (_, i) => past + i), [1, n]);
       else if (name === r.seg.hiddenIn) {
         const rows = this.pending[s]!;
         const data = new Float32Array(n * this.width);
@@ -168,10 +182,11 @@ export class DecoderGenerator {
       this.cache.set(layer.pastKey, out[layer.presentKey]!);
       this.cache.set(layer.pastValue, out[layer.presentValue]!);
     }
-    this.cacheLen[s] = past + n;
+    if (cached) this.cacheLen[s] = past + n;
     this.pending[s] = [];
     if (r.seg.hiddenOut) {
       const h = out[r.seg.hiddenOut]!.data as Float32Array;
+      if (!cached) this.pending[s + 1] = [];
       const next = this.pending[s + 1]!;
       for (let i = 0; i < n; i++) next.push(h.subarray(i * this.width, (i + 1) * this.width));
     }
@@ -216,6 +231,7 @@ export class DecoderGenerator {
 
   /** Run the layers still pending for earlier tokens, so the cache covers every fed token. */
   async flush(): Promise<void> {
+    if (this.meta.layout.cache !== "kv") return;
     for (let s = 1; s < this.runners.length; s++) if (this.pending[s]!.length) await this.run(s);
   }
 
@@ -237,7 +253,7 @@ export class DecoderGenerator {
 /** The original model as one segment: every layer, the model's own logits. */
 function fullSegment(augmented: ModelProto, meta: DecoderMetadata): DecoderSegment {
   const proto = originalDecoder(augmented, meta);
-  const layers = meta.layout.layers.length;
+  const layers = meta.layers;
   return {
     index: 0, firstLayer: 0, lastLayer: layers, hiddenIn: null, hiddenOut: null, logits: meta.layout.logits, exit: null,
     inputs: (proto.graph!.input ?? []).map((i) => i.name ?? ""),

@@ -62,7 +62,7 @@ export function decoderSegments(augmented: ModelProto, meta: DecoderMetadata, us
     return e;
   }).sort((a, b) => a.layers - b.layers);
   if (terminal && exits.length === 0) throw new EeToolError("INTERNAL", "a truncated decoder needs an exit to end at");
-  const total = meta.layout.layers.length || meta.exits.length + 1;
+  const total = meta.layers;
   const ends: Array<DecoderExitRecord | null> = terminal ? exits : [...exits, null];
   const typeOf = declaredTypes(augmented);
   const graphInputs = new Set(view.inputs.map((i) => i.name ?? ""));
@@ -128,6 +128,6 @@ export function truncatedDecoder(augmented: ModelProto, meta: DecoderMetadata, e
   const proto = subModel(augmented, "truncated", nodes, view.inputs.map((i) => i.name ?? "").filter((n) => reads.has(n)), [logits, ...presents], (t) => typeOf(t) ?? DataType.FLOAT);
   const logitsInfo = (augmented.graph!.output ?? []).find((o) => o.name === logits);
   if (logitsInfo) proto.graph!.output![0] = logitsInfo;
-  proto.metadata_props = [{ key: "ee-tool.truncated", value: JSON.stringify({ layers: exit.layers, of: meta.layout.layers.length, exit: exit.id }) }];
+  proto.metadata_props = [{ key: "ee-tool.truncated", value: JSON.stringify({ layers: exit.layers, of: meta.layers, exit: exit.id }) }];
   return proto;
 }
