@@ -36,6 +36,8 @@ export interface DecoderLayout {
   /** Element type of the cache (ONNX data type). */
   cacheType: number;
   vocab: number | null;
+  /** Positions a learned position embedding holds (its table's rows), null when positions are computed (rotary). */
+  maxPositions: number | null;
 }
 
 const PASS_THROUGH = new Set(["Identity", "Cast"]);
@@ -126,7 +128,7 @@ export function findDecoderLayout(model: ModelProto): DecoderLayout | null {
     }
     return {
       inputIds: ids.name, logits: logits.name, cache: "none", layers: [], heads: null, headDim: null, cacheType: 1,
-      vocab: numberOr(logits.info.shape?.[2]),
+      vocab: numberOr(logits.info.shape?.[2]), maxPositions: positionTable(g, inputs.map((i) => i.name), ids.name),
       ...sideInputs(inputs.map((i) => i.name), ids.name),
     };
   }
@@ -164,9 +166,27 @@ export function findDecoderLayout(model: ModelProto): DecoderLayout | null {
   return {
     inputIds: ids.name, logits: logits.name, cache: "kv", layers,
     heads: numberOr(pastInfo.shape?.[1]), headDim: numberOr(pastInfo.shape?.[3]), cacheType: pastInfo.elemType ?? 1,
-    vocab: numberOr(logits.info.shape?.[2]),
+    vocab: numberOr(logits.info.shape?.[2]), maxPositions: positionTable(g, inputs.map((i) => i.name), ids.name),
     ...sideInputs(inputs.map((i) => i.name), ids.name),
   };
+}
+
+/** Rows of a learned position table: a Gather from an initializer indexed by the position ids. */
+function positionTable(g: Graph, inputs: string[], ids: string): number | null {
+  const pos = inputs.find((n) => n !== ids && /position/i.test(n));
+  if (!pos) return null;
+  const stack: Array<[string, number]> = [[pos, 0]];
+  while (stack.length) {
+    const [t, d] = stack.pop()!;
+    for (const n of g.consumers(t)) {
+      if (n.op_type === "Gather" && n.input?.[1] === t && g.isInitializer(n.input[0]!)) {
+        const dims = g.initializer(n.input[0]!)!.dims ?? [];
+        if (dims.length === 2) return Number(dims[0]);
+      }
+      if (d < 3 && ["Cast", "Identity", "Unsqueeze", "Reshape", "Add", "Sub"].includes(n.op_type ?? "")) stack.push([n.output![0]!, d + 1]);
+    }
+  }
+  return null;
 }
 
 function numberOr(d: Dim | undefined): number | null {

@@ -392,7 +392,12 @@ export function planDecoder(profile: DecoderProfile, samples: SampleData, option
   };
 }
 
+/** The profile in `file` when it is a decoder's; null otherwise (unreadable files too: the classifier loader reports those). */
 export function readDecoderProfileFile(file: string): DecoderProfile | null {
-  const p = JSON.parse(fs.readFileSync(file, "utf8")) as { kind?: string };
-  return p.kind === "decoder" ? (p as DecoderProfile) : null;
+  try {
+    const p = JSON.parse(fs.readFileSync(file, "utf8")) as { kind?: string };
+    return p.kind === "decoder" ? (p as DecoderProfile) : null;
+  } catch {
+    return null;
+  }
 }

@@ -3,7 +3,7 @@ import type { ProfileResult } from "../profile/profile.js";
 import { planFromProfile, type Plan } from "../plan/plan.js";
 import { barChart, esc, lineChart } from "./svg.js";
 
-const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8"];
+export const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8"];
 const pct = (x: number): string => `${(x * 100).toFixed(2)}%`;
 
 export function renderReport(result: ProfileResult, plan?: Plan): string {
@@ -45,6 +45,11 @@ export function renderReport(result: ProfileResult, plan?: Plan): string {
     color: COLORS[i % COLORS.length]!,
   }));
   sections.push(`<h2>Agreement with the model against the max-probability threshold</h2>` + lineChart(series, { xLabel: "threshold", yLabel: "agreement among samples above it (%)", zeroBased: false, xRange: [0, 1], id: "agreement" }));
+  return htmlPage(sections);
+}
+
+/** The report's page: sections inside one self-contained HTML document. */
+export function htmlPage(sections: string[]): string {
   return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>ee-tool report</title>
 <style>body{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto;color:#222}table{border-collapse:collapse}th,td{text-align:left;padding:4px 10px;border-bottom:1px solid #ddd}td.n{text-align:right;font-variant-numeric:tabular-nums}tr.plan{background:#fdecea;font-weight:600}code{background:#f3f3f3;padding:1px 4px}h2{margin-top:1.6em}p.note{color:#555;font-size:0.92em}</style>
 </head><body>${sections.join("\n")}</body></html>

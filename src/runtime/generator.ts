@@ -213,6 +213,12 @@ export class DecoderGenerator {
   /** Greedy generation from a prompt, streaming tokens. */
   async *generate(prompt: ArrayLike<number>, options: GenerateOptions): AsyncGenerator<GeneratedToken> {
     if (prompt.length === 0) throw new EeToolError("USAGE", "the prompt is empty");
+    const limit = this.meta.layout.maxPositions;
+    if (limit !== null && prompt.length + options.maxNewTokens > limit) {
+      throw new EeToolError("USAGE", `a prompt of ${prompt.length} tokens and ${options.maxNewTokens} new ones need ${prompt.length + options.maxNewTokens} positions; the model has ${limit}`, {
+        hint: `Shorten the prompts or generate at most ${Math.max(0, limit - prompt.length)} tokens (--max-new-tokens).`,
+      });
+    }
     this.reset();
     let t = performance.now();
     let next = await this.advance(prompt, true);

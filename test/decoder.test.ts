@@ -1,0 +1,301 @@
+/**
+ * Decoder LMs: the fixture's export against PyTorch, layout detection by structure, the exact KV
+ * cache, the certification's p-value, and the whole CLI (insert, profile, plan, eval) on the
+ * SOTU decoder.
+ */
+import { beforeAll, describe, expect, it } from "vitest";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { LM, LM_DIR, runCli, tmpDir } from "./helpers/fixtures.js";
+import { loadModel, saveModel, type OnnxModel } from "../src/onnx/model.js";
+import type { GraphProto, ModelProto, NodeProto } from "../src/onnx/types.js";
+import { AttributeType } from "../src/onnx/types.js";
+import { openNpz } from "../src/data/npz.js";
+import { typedArray } from "../src/data/calib.js";
+import { openTokens } from "../src/data/tokens.js";
+import { decoderFeeds, findDecoderLayout, inlineCacheBranch } from "../src/analysis/decoder.js";
+import { asDecoder, insertDecoderHeads } from "../src/ramps/decoder-heads.js";
+import { DecoderGenerator, type GeneratedToken } from "../src/runtime/generator.js";
+import { originalDecoder } from "../src/stages/decoder-split.js";
+import { createSession, runtimeBytes, type ort } from "../src/ort/ort.js";
+import { bettingPValue, bettingUpperBound } from "../src/plan/certify.js";
+import { rougeL } from "../src/eval/decoder.js";
+import { Rng } from "../src/util/rng.js";
+import { EeToolError } from "../src/errors.js";
+import type { DecoderPlan } from "../src/plan/decoder.js";
+import type { DecoderEvalReport } from "../src/eval/decoder.js";
+
+const CALIB = path.join(LM_DIR, "calib.npy");
+const PROMPTS = path.join(LM_DIR, "prompts.npy");
+const EVAL = path.join(LM_DIR, "eval.npy");
+
+function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  expect(a.length).toBe(b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+async function collect(g: DecoderGenerator, prompt: ArrayLike<number>, n: number): Promise<GeneratedToken[]> {
+  const out: GeneratedToken[] = [];
+  for await (const t of g.generate(prompt, { maxNewTokens: n })) out.push(t);
+  return out;
+}
+
+describe("betting certification and ROUGE-L", () => {
+  it("rejects a mean clearly below the maximum and never one at it more often than delta", () => {
+    const rng = new Rng(3);
+    const small = Float64Array.from({ length: 400 }, () => 0.01 * rng.next());
+    expect(bettingPValue(small, 0.02, 0.05)).toBeLessThan(0.05);
+    expect(bettingUpperBound(small, 0.05)).toBeLessThan(0.02);
+    expect(bettingUpperBound(small, 0.05)).toBeGreaterThan(0.005);
+    // Too few sequences: even zero losses cannot certify 2%.
+    expect(bettingPValue(new Float64Array(50), 0.02, 0.05)).toBeGreaterThan(0.05);
+    // Type I error at the boundary: losses with mean exactly alpha.
+    let rejected = 0;
+    for (let trial = 0; trial < 300; trial++) {
+      const x = Float64Array.from({ length: 200 }, () => (rng.next() < 0.1 ? 0.2 : 0));
+      if (bettingPValue(x, 0.02, 0.05) <= 0.05) rejected++;
+    }
+    expect(rejected / 300).toBeLessThanOrEqual(0.05);
+  });
+
+  it("ROUGE-L is the LCS F-measure", () => {
+    expect(rougeL([1, 2, 3, 4], [1, 2, 3, 4])).toBe(1);
+    expect(rougeL([1, 2, 3, 4], [5, 6])).toBe(0);
+    // LCS [1, 3, 4] of lengths 4 and 5: P = 3/4, R = 3/5.
+    expect(rougeL([1, 2, 3, 4], [1, 3, 7, 4, 8])).toBeCloseTo((2 * 0.75 * 0.6) / 1.35, 10);
+  });
+});
+
+describe("decoder fixture and layout", () => {
+  it("the export reproduces PyTorch's logits with past caches of several lengths", async () => {
+    const model = loadModel(LM);
+    const layout = findDecoderLayout(model.proto)!;
+    const ref = openNpz(path.join(LM_DIR, "parity.npz"));
+    const ids = Array.from(typedArray("int64", ref.get("input_ids")!.rows(0, 1)) as BigInt64Array, Number);
+    const logits = typedArray("float32", ref.get("logits")!.rows(0, 1)) as Float32Array;
+    const vocab = layout.vocab!;
+    const session = await createSession(runtimeBytes(model.proto));
+    for (const past of [0, 5, 37]) {
+      const caches: Record<string, ort.Tensor> = {};
+      if (past > 0) {
+        const pre = await session.run(decoderFeeds(model.proto, layout, ids.slice(0, past), 1, 0));
+        for (const l of layout.layers) {
+          caches[l.pastKey] = pre[l.presentKey]!;
+          caches[l.pastValue] = pre[l.presentValue]!;
+        }
+      }
+      const out = await session.run(decoderFeeds(model.proto, layout, ids.slice(past), 1, past, caches));
+      const got = out[layout.logits]!.data as Float32Array;
+      expect(maxAbsDiff(got, logits.subarray(past * vocab))).toBeLessThan(1e-3);
+    }
+    await session.release();
+  });
+
+  it("finds the KV pairs by structure when the names say nothing", () => {
+    const model = loadModel(LM);
+    const named = findDecoderLayout(model.proto)!;
+    expect(named.cache).toBe("kv");
+    expect(named.layers.length).toBe(6);
+    // Rename every past input and present output to opaque names, and reverse the input order.
+    const g = model.proto.graph!;
+    const rename = new Map<string, string>();
+    named.layers.forEach((l, i) => {
+      for (const [k, v] of [[l.pastKey, `cache_in_${2 * i}`], [l.pastValue, `cache_in_${2 * i + 1}`], [l.presentKey, `cache_out_${2 * i}`], [l.presentValue, `cache_out_${2 * i + 1}`]] as const) rename.set(k, v);
+    });
+    const r = (t: string): string => rename.get(t) ?? t;
+    for (const n of g.node ?? []) {
+      n.input = (n.input ?? []).map(r);
+      n.output = (n.output ?? []).map(r);
+    }
+    for (const vi of [...(g.input ?? []), ...(g.output ?? [])]) vi.name = r(vi.name ?? "");
+    g.input = [...(g.input ?? [])].reverse();
+    const opaque = findDecoderLayout(model.proto)!;
+    expect(opaque.layers.map((l) => [l.pastKey, l.pastValue, l.presentKey, l.presentValue])).toEqual(named.layers.map((l) => [r(l.pastKey), r(l.pastValue), r(l.presentKey), r(l.presentValue)]));
+  });
+
+  it("refuses a decoder whose presents are missing, and KV inputs that do not pair up, in one line", () => {
+    const model = loadModel(LM);
+    const layout = findDecoderLayout(model.proto)!;
+    const presents = new Set(layout.layers.flatMap((l) => [l.presentKey, l.presentValue]));
+    const noPresents: ModelProto = { ...model.proto, graph: { ...model.proto.graph!, output: model.proto.graph!.output!.filter((o) => !presents.has(o.name ?? "")) } };
+    expect(() => findDecoderLayout(noPresents)).toThrowError(/past key\/value inputs but no present outputs/);
+    const oneMissing: ModelProto = { ...model.proto, graph: { ...model.proto.graph!, output: model.proto.graph!.output!.filter((o) => o.name !== layout.layers[2]!.presentValue) } };
+    try {
+      findDecoderLayout(oneMissing);
+      expect.unreachable();
+    } catch (e) {
+      expect(e).toBeInstanceOf(EeToolError);
+      expect((e as EeToolError).message).toMatch(/does not pair up: 12 rank-4 inputs, 11 of them/);
+      expect((e as EeToolError).message).not.toContain("\n");
+    }
+  });
+});
+
+describe("exact KV cache", () => {
+  let ee: OnnxModel;
+  let dir: string;
+  beforeAll(async () => {
+    dir = tmpDir("ee-lm-");
+    const model = loadModel(LM);
+    const r = await insertDecoderHeads(model, findDecoderLayout(model.proto)!, { calib: CALIB, exits: "2,4" });
+    saveModel(r.model, path.join(dir, "lm.ee.onnx"));
+    ee = loadModel(path.join(dir, "lm.ee.onnx"));
+  });
+
+  it("with thresholds that never fire, generates exactly the full model's greedy tokens", async () => {
+    const prompt = Array.from(loadTokens(PROMPTS, 0));
+    const full = await DecoderGenerator.open(ee);
+    const never = await DecoderGenerator.open(ee, { exits: [{ exit: 0, threshold: Infinity }, { exit: 1, threshold: Infinity }] });
+    const a = await collect(full, prompt, 40);
+    const b = await collect(never, prompt, 40);
+    expect(b.map((t) => t.token)).toEqual(a.map((t) => t.token));
+    expect(b.every((t) => t.exit === -1)).toBe(true);
+    await full.release();
+    await never.release();
+  });
+
+  it("after generating with exits, the cache equals the full model's recomputed on the same tokens", async () => {
+    const prompt = Array.from(loadTokens(PROMPTS, 1));
+    const g = await DecoderGenerator.open(ee, { exits: [{ exit: 0, threshold: 0.6 }, { exit: 1, threshold: 0.5 }] });
+    const out = await collect(g, prompt, 48);
+    const exits = new Set(out.slice(1).map((t) => t.exit));
+    expect(exits.has(0)).toBe(true); // tokens did exit early, so layers were deferred
+    expect(exits.has(-1)).toBe(true);
+    expect(g.stats.calls).toBeGreaterThan(47);
+    await g.flush();
+    const meta = g.meta;
+    const original = originalDecoder(ee.proto, meta);
+    const s = await createSession(runtimeBytes(original));
+    const ref = await s.run(decoderFeeds(original, meta.layout, g.tokens, 1, 0));
+    const snap = g.snapshot();
+    expect(snap.layers.length).toBe(6);
+    meta.layout.layers.forEach((l, i) => {
+      expect(snap.layers[i]![0].dims).toEqual(ref[l.presentKey]!.dims);
+      expect(maxAbsDiff(snap.layers[i]![0].data as Float32Array, ref[l.presentKey]!.data as Float32Array)).toBeLessThan(1e-4);
+      expect(maxAbsDiff(snap.layers[i]![1].data as Float32Array, ref[l.presentValue]!.data as Float32Array)).toBeLessThan(1e-4);
+    });
+    await s.release();
+    await g.release();
+  });
+
+  it("takes Optimum's merged decoder (If on use_cache_branch) through its with-past branch", async () => {
+    const model = loadModel(LM);
+    const merged = mergedDecoder(model.proto);
+    const file = path.join(dir, "merged.onnx");
+    saveModel({ ...model, proto: merged }, file);
+    const loaded = loadModel(file);
+    expect(findDecoderLayout(loaded.proto)?.layers.length ?? 0).toBe(0);
+    const d = asDecoder(loaded);
+    expect(d.note).toMatch(/merged decoder: inlined the then branch/);
+    expect(d.layout?.layers.length).toBe(6);
+    expect(inlineCacheBranch(model.proto)).toBeNull();
+    // The inlined model computes what the original does.
+    const a = await createSession(runtimeBytes(model.proto));
+    const b = await createSession(runtimeBytes(d.model.proto));
+    const ids = Array.from(loadTokens(PROMPTS, 2));
+    const fa = await a.run(decoderFeeds(model.proto, d.layout!, ids, 1, 0));
+    const fb = await b.run(decoderFeeds(d.model.proto, d.layout!, ids, 1, 0));
+    expect(maxAbsDiff(fa[d.layout!.logits]!.data as Float32Array, fb[d.layout!.logits]!.data as Float32Array)).toBe(0);
+    await a.release();
+    await b.release();
+  });
+});
+
+function loadTokens(file: string, row: number): Int32Array {
+  return openTokens(file).row(row);
+}
+
+/** Optimum's merged layout: an If on a bool input, the with-past graph in then_branch. */
+function mergedDecoder(proto: ModelProto): ModelProto {
+  const g = proto.graph!;
+  const branch = (name: string): GraphProto => ({
+    name,
+    node: (g.node ?? []).map((n): NodeProto => ({ ...n, name: `${name}/${n.name ?? ""}`, input: [...(n.input ?? [])], output: (n.output ?? []).map((o) => `${name}/${o}`) }))
+      .map((n, _, all) => {
+        const produced = new Set(all.flatMap((x) => x.output ?? []));
+        return { ...n, input: (n.input ?? []).map((i) => (produced.has(`${name}/${i}`) ? `${name}/${i}` : i)) };
+      }),
+    output: (g.output ?? []).map((o) => ({ ...o, name: `${name}/${o.name}` })),
+  });
+  const ifNode: NodeProto = {
+    op_type: "If", name: "optimum::if", input: ["use_cache_branch"], output: (g.output ?? []).map((o) => o.name ?? ""),
+    attribute: [
+      { name: "then_branch", type: AttributeType.GRAPH, g: branch("with_past") },
+      { name: "else_branch", type: AttributeType.GRAPH, g: branch("no_past") },
+    ],
+  };
+  return {
+    ...proto,
+    graph: {
+      ...g, node: [ifNode],
+      input: [...(g.input ?? []), { name: "use_cache_branch", type: { tensor_type: { elem_type: 9, shape: { dim: [{ dim_value: 1 }] } } } }],
+    },
+  };
+}
+
+describe("ee-tool on the SOTU decoder", () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = tmpDir("ee-lm-cli-");
+  });
+
+  it("insert, profile, plan (with a truncated decoder) and eval keep the promise on held-out text", () => {
+    const ee = path.join(dir, "lm.ee.onnx");
+    const ins = runCli(["insert", LM, "--calib", CALIB, "-o", ee]);
+    expect(ins.code, ins.stderr).toBe(0);
+    expect(ins.stderr).toMatch(/decoder LM: tokens 'input_ids' \(\+ attention_mask, position_ids\) -> 'logits'.*KV cache of 6 layers/);
+    expect(ins.stderr).toMatch(/5 exit heads/);
+    const prof = path.join(dir, "lm.profile.json");
+    const p = runCli(["profile", ee, "--calib", CALIB, "--contexts", "32,128", "--budget", "4000", "-o", prof]);
+    expect(p.code, p.stderr).toBe(0);
+    const profile = JSON.parse(fs.readFileSync(prof, "utf8")) as { kind: string; samples: { sequences: number; skippedFitted: number }; latency: { segments: unknown[]; fullStep: number[] } };
+    expect(profile.kind).toBe("decoder");
+    expect(profile.samples.skippedFitted).toBeGreaterThan(0);
+    expect(profile.latency.segments.length).toBe(21);
+    expect(profile.latency.fullStep.every((x) => x > 0)).toBe(true);
+    const planFile = path.join(dir, "lm.plan.json");
+    const pl = runCli(["plan", prof, "--max-drop", "0.05", "--emit", "truncated", "-o", planFile]);
+    expect(pl.code, pl.stderr).toBe(0);
+    const plan = JSON.parse(fs.readFileSync(planFile, "utf8")) as DecoderPlan & { artifacts: { truncated: { file: string; layers: number } } };
+    expect(plan.kind).toBe("decoder");
+    expect(plan.kvMode).toBe("exact");
+    expect(plan.exits.length).toBeGreaterThan(0);
+    expect(plan.certificate!.unit).toBe("sequence");
+    expect(plan.certificate!.bound).toBeLessThanOrEqual(0.05);
+    expect(plan.predicted.saving).toBeGreaterThan(0);
+    const truncated = path.resolve(dir, plan.artifacts.truncated.file);
+    expect(fs.existsSync(truncated)).toBe(true);
+    // The truncated decoder is an ordinary decoder of fewer layers.
+    const tl = findDecoderLayout(loadModel(truncated).proto)!;
+    expect(tl.layers.length).toBe(plan.artifacts.truncated.layers);
+    expect(tl.layers.length).toBeLessThan(6);
+
+    const ev = runCli(["eval", planFile, "--prompts", PROMPTS, "--max-new-tokens", "24", "--text", EVAL, "--json"]);
+    expect(ev.code, ev.stderr).toBe(0);
+    const r = JSON.parse(ev.stdout) as DecoderEvalReport;
+    expect(r.tokens).toBeGreaterThan(100);
+    expect(r.teacherForced!.differing).toBeLessThanOrEqual(0.05);
+    expect(r.teacherForced!.perplexityFull).toBeGreaterThan(1);
+    expect(r.teacherForced!.perplexityEarlyExit).toBeGreaterThanOrEqual(r.teacherForced!.perplexityFull * 0.98);
+    expect(r.agreement.tokens).toBeGreaterThan(0.5);
+    expect(r.layers.meanAtExit).toBeLessThan(6);
+    expect(r.exits.reduce((s, e) => s + e.measured, 0)).toBeCloseTo(1, 6);
+    const tr = runCli(["eval", planFile, "--prompts", PROMPTS, "--max-new-tokens", "8", "--truncated", "--json"]);
+    expect(tr.code, tr.stderr).toBe(0);
+    const t = JSON.parse(tr.stdout) as DecoderEvalReport;
+    expect(t.mode).toBe("truncated");
+    expect(t.memory!.weightBytesTruncated).toBeLessThan(t.memory!.weightBytesFull);
+  });
+
+  it("fails in one line on prompts that are not token ids", () => {
+    const bad = path.join(dir, "bad.npy");
+    fs.writeFileSync(bad, "not numpy");
+    const r = runCli(["insert", LM, "--calib", bad, "-o", path.join(dir, "x.onnx")]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr.split("\n").filter(Boolean).length).toBeLessThanOrEqual(2);
+    expect(r.stderr).toMatch(/ee-tool: error \[CALIB_INVALID\]/);
+    expect(fs.existsSync(path.join(dir, "x.onnx"))).toBe(false);
+  });
+});
