@@ -40,4 +40,16 @@ export { loadRunConfig, RUN_CONFIG_SCHEMA, type RunConfig, type LatencyCache } f
 export { runPipeline, STEPS, type RunOptions, type RunResult, type StepEvent, type StepName } from "./pipeline/run.js";
 export { machineFingerprint, stepKey, type MachineFingerprint, type StepRecord } from "./pipeline/cache.js";
 export { validate as validateJsonSchema, type Schema } from "./util/schema.js";
+export { findDecoderLayout, describeDecoder, decoderFeeds, inlineCacheBranch, type DecoderLayout, type KvLayer } from "./analysis/decoder.js";
+export { openTokens, type TokenSet } from "./data/tokens.js";
+export { asDecoder, analyzeDecoder, insertDecoderHeads, type DecoderInsertOptions, type DecoderInsertResult } from "./ramps/decoder-heads.js";
+export { readDecoderMetadata, type DecoderMetadata, type DecoderExitRecord } from "./ramps/metadata.js";
+export { decoderSegments, originalDecoder, truncatedDecoder, type DecoderSegment } from "./stages/decoder-split.js";
+export { profileDecoder, writeDecoderProfile, type DecoderProfile, type DecoderProfileOptions, type DecoderLatency } from "./profile/decoder.js";
+export { planDecoder, loadDecoderSamples, type DecoderPlan, type DecoderPlanOptions, type DecoderCertificate } from "./plan/decoder.js";
+export { bettingPValue, bettingUpperBound } from "./plan/certify.js";
+export { writeDecoderPlan } from "./emit/decoder.js";
+export { DecoderGenerator, type GeneratedToken, type GenerateOptions, type GeneratorOptions, type ExitSetting } from "./runtime/generator.js";
+export { evaluateDecoderPlan, rougeL, type DecoderEvalReport, type DecoderEvalOptions } from "./eval/decoder.js";
+export { renderDecoderReport } from "./report/decoder.js";
 export { main as runCli } from "./cli/main.js";
