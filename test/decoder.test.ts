@@ -6,7 +6,8 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { LM, LM_DIR, runCli, tmpDir } from "./helpers/fixtures.js";
+import { LM, LM_DIR, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
+import { validate, type Schema } from "../src/util/schema.js";
 import { loadModel, saveModel, type OnnxModel } from "../src/onnx/model.js";
 import type { GraphProto, ModelProto, NodeProto } from "../src/onnx/types.js";
 import { AttributeType } from "../src/onnx/types.js";
@@ -260,6 +261,7 @@ describe("ee-tool on the SOTU decoder", () => {
     expect(pl.code, pl.stderr).toBe(0);
     const plan = JSON.parse(fs.readFileSync(planFile, "utf8")) as DecoderPlan & { artifacts: { truncated: { file: string; layers: number } } };
     expect(plan.kind).toBe("decoder");
+    expect(validate(plan, JSON.parse(fs.readFileSync(path.join(ROOT, "docs/decoder-plan.schema.json"), "utf8")) as Schema)).toEqual([]);
     expect(plan.kvMode).toBe("exact");
     expect(plan.exits.length).toBeGreaterThan(0);
     expect(plan.certificate!.unit).toBe("sequence");

@@ -77,7 +77,6 @@ export interface DecoderPlan {
   format: typeof PLAN_FORMAT;
   kind: "decoder";
   tool: string;
-  created: string;
   model: { file: string; sha256: string };
   profile: { file: string; ep: string };
   settings: { maxDrop: number; confidence: number; metric: Metric; tuneFraction: number; seed: number; maxExits: number };
@@ -380,7 +379,7 @@ export function planDecoder(profile: DecoderProfile, samples: SampleData, option
     }
   }
   return {
-    format: PLAN_FORMAT, kind: "decoder", tool: TOOL_VERSION, created: new Date().toISOString(),
+    format: PLAN_FORMAT, kind: "decoder", tool: TOOL_VERSION,
     model: { file: profile.model.file, sha256: profile.model.sha256 },
     profile: { file: "", ep: profile.environment.executionProvider },
     settings: { maxDrop: options.maxDrop, confidence: options.confidence, metric, tuneFraction, seed, maxExits },
