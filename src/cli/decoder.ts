@@ -16,8 +16,8 @@ export function renderDecoderInsert(r: DecoderInsertResult): string {
     describeDecoder(m.layout),
     `${m.exits.length} exit heads (the model's own norm and LM head after a fitted ${m.exits[0]?.width ?? "?"}x${m.exits[0]?.width ?? "?"} correction), fitted on ${m.calibration.fitSequences} of ${m.calibration.sequences} calibration sequences (${m.calibration.length} tokens each)`,
     table([
-      ["exit", "after layer", "depth", "tensor", "params", "held-out agreement", "without correction"],
-      ...m.exits.map((e) => [String(e.id), `${e.layers} of ${m.layers}`, `${(e.depth * 100).toFixed(1)}%`, e.tensor, String(e.parameters), `${pct(e.fit.holdoutAgreement)} (${e.fit.holdoutTokens} tokens)`, pct(e.fit.identityAgreement)]),
+      ["exit", "after layer", "depth", "tensor", "params", "held-out agreement", "without correction", "kept"],
+      ...m.exits.map((e) => [String(e.id), `${e.layers} of ${m.layers}`, `${(e.depth * 100).toFixed(1)}%`, e.tensor, String(e.parameters), `${pct(e.fit.holdoutAgreement)} (${e.fit.holdoutTokens} tokens)`, pct(e.fit.identityAgreement), e.fit.corrected ? "corrected" : "identity"]),
     ]),
     `analysis ${(r.timings.analyzeMs / 1000).toFixed(2)} s, hidden states ${(r.timings.extractMs / 1000).toFixed(2)} s, fitting ${(r.timings.fitMs / 1000).toFixed(2)} s`,
   ].join("\n");

@@ -121,6 +121,12 @@ function graphCopy(p: ModelProto): ModelProto {
   };
 }
 
+function identityCorrection(d: number): Correction {
+  const weight = new Float32Array(d * d);
+  for (let i = 0; i < d; i++) weight[i * d + i] = 1;
+  return { weight, bias: new Float32Array(d) };
+}
+
 interface Correction {
   weight: Float32Array;
   bias: Float32Array;
@@ -344,36 +350,43 @@ export async function insertDecoderHeads(model: OnnxModel, layout: DecoderLayout
       records.push({
         id: i, layers: e.layer + 1, tensor: e.candidate.tensor, width, depth: e.candidate.depth, output, weight: w, bias: b,
         parameters: width * width + width,
-        fit: { ridge, tokens: regressRows.length * tokens.length, holdoutAgreement: 0, identityAgreement: 0, holdoutTokens: 0 },
+        fit: { ridge, tokens: regressRows.length * tokens.length, holdoutAgreement: 0, identityAgreement: 0, holdoutTokens: 0, corrected: true },
       });
     });
     gg.toposort();
     return { records, identity };
   };
-  const { records } = build(proto, false);
-
-  // Agreement on the held-back fitting sequences, with and without the correction.
+  // Agreement on the held-back fitting sequences, with and without the correction; an exit keeps
+  // its correction only where it agrees at least as well.
   const evalProto = graphCopy(model.proto);
-  const { identity } = build(evalProto, true);
+  const trial = build(evalProto, true);
+  const agree = trial.records.map(() => ({ fitted: 0, identity: 0 }));
+  let holdTokens = 0;
   const evalSession = await createSession(runtimeBytes(evalProto, model.readExternal), settings);
   const vocab = layout.vocab ?? 0;
   try {
-    await teacherForced(evalSession, evalProto, layout, tokens, holdRows, batch, [layout.logits, ...records.map((r) => r.output), ...identity], (out, rows) => {
+    await teacherForced(evalSession, evalProto, layout, tokens, holdRows, batch, [layout.logits, ...trial.records.map((r) => r.output), ...trial.identity], (out, rows) => {
       const full = out[layout.logits]!.data as Float32Array;
       const v = vocab || out[layout.logits]!.dims[2]!;
-      records.forEach((r, i) => {
-        r.fit.holdoutAgreement += agreementCount(out[r.output]!.data as Float32Array, full, rows.length, tokens.length, v);
-        r.fit.identityAgreement += agreementCount(out[identity[i]!]!.data as Float32Array, full, rows.length, tokens.length, v);
-        r.fit.holdoutTokens += rows.length * (tokens.length - 1);
+      trial.records.forEach((r, i) => {
+        agree[i]!.fitted += agreementCount(out[r.output]!.data as Float32Array, full, rows.length, tokens.length, v);
+        agree[i]!.identity += agreementCount(out[trial.identity[i]!]!.data as Float32Array, full, rows.length, tokens.length, v);
       });
+      holdTokens += rows.length * (tokens.length - 1);
     });
   } finally {
     await evalSession.release();
   }
-  for (const r of records) {
-    r.fit.holdoutAgreement /= Math.max(1, r.fit.holdoutTokens);
-    r.fit.identityAgreement /= Math.max(1, r.fit.holdoutTokens);
-  }
+  agree.forEach((a, i) => {
+    if (a.identity > a.fitted) corrections[i] = identityCorrection(width);
+  });
+  const { records } = build(proto, false);
+  records.forEach((r, i) => {
+    r.fit.holdoutAgreement = agree[i]!.fitted / Math.max(1, holdTokens);
+    r.fit.identityAgreement = agree[i]!.identity / Math.max(1, holdTokens);
+    r.fit.holdoutTokens = holdTokens;
+    r.fit.corrected = agree[i]!.identity <= agree[i]!.fitted;
+  });
   const metadata: DecoderMetadata = {
     format: 1, tool: TOOL_VERSION, kind: "decoder", layout, layers: exits.length, finalTensor, exits: records,
     calibration: {

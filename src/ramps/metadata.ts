@@ -112,6 +112,8 @@ export interface DecoderExitRecord {
     holdoutAgreement: number;
     identityAgreement: number;
     holdoutTokens: number;
+    /** False where the uncorrected head agreed better on the held-back sequences, and the correction is the identity. */
+    corrected: boolean;
   };
 }
 
