@@ -82,6 +82,13 @@ export function renderProfile(p: Profile): string {
   return lines.join("\n");
 }
 
+/** The profile as JSON on stdout (--json) or its summary on stderr, then the files written. */
+function printWritten(profile: { samples: object }, written: { json: string; sidecar: string }, render: () => string, json: boolean): void {
+  if (json) out(JSON.stringify({ ...profile, samples: { ...profile.samples, file: written.sidecar } }, null, 2));
+  else info(render());
+  info(`wrote ${written.json} and ${written.sidecar}`);
+}
+
 export function registerProfile(program: Command): void {
   program
     .command("profile")
@@ -122,10 +129,7 @@ export function registerProfile(program: Command): void {
           onProgress: (phase, done, total) => bars.update(phase, done, total),
         });
         bars.stop();
-        const written = writeDecoderProfile(opts.out, result, file);
-        if (opts.json) out(JSON.stringify({ ...result.profile, samples: { ...result.profile.samples, file: written.sidecar } }, null, 2));
-        else info(renderDecoderProfile(result.profile));
-        info(`wrote ${written.json} and ${written.sidecar}`);
+        printWritten(result.profile, writeDecoderProfile(opts.out, result, file), () => renderDecoderProfile(result.profile), !!opts.json);
         return;
       }
       const result = await profileModel(model, {
@@ -139,10 +143,7 @@ export function registerProfile(program: Command): void {
         onProgress: (phase, done, total) => bars.update(phase, done, total),
       });
       bars.stop();
-      const written = writeProfile(opts.out, result, file);
-      if (opts.json) out(JSON.stringify({ ...result.profile, samples: { ...result.profile.samples, file: written.sidecar } }, null, 2));
-      else info(renderProfile(result.profile));
-      info(`wrote ${written.json} and ${written.sidecar}`);
+      printWritten(result.profile, writeProfile(opts.out, result, file), () => renderProfile(result.profile), !!opts.json);
     });
 
   program

@@ -14,7 +14,6 @@
  * the exact KV mode run the tokens that exited earlier together with the next one). Also the full
  * model's decode step and its prefill at each context length, and each head alone.
  */
-import * as path from "node:path";
 import * as os from "node:os";
 import type { OnnxModel } from "../onnx/model.js";
 import type { ModelProto } from "../onnx/types.js";
@@ -28,12 +27,11 @@ import { decoderSegments, originalDecoder } from "../stages/decoder-split.js";
 import { Graph } from "../ir/graph.js";
 import { needed } from "../ir/needed.js";
 import { tensorByteSize } from "../onnx/tensor.js";
-import { writeFileAtomic } from "../util/atomic.js";
 import { EeToolError } from "../errors.js";
 import { TOOL_VERSION } from "../ramps/insert.js";
-import { emptySamples, encodeSamples, scoreLogits, type ArraySpec, type SampleData } from "./samples.js";
+import { emptySamples, scoreLogits, type ArraySpec, type SampleData } from "./samples.js";
 import { measure, type LatencyStats } from "./timing.js";
-import { modelHash, PROFILE_FORMAT } from "./profile.js";
+import { modelHash, PROFILE_FORMAT, writeWithSidecar } from "./profile.js";
 
 export const DEFAULT_CONTEXTS = [32, 128, 512];
 export const CARRIED = [1, 2, 4, 8];
@@ -328,11 +326,5 @@ export async function profileDecoder(model: OnnxModel, options: DecoderProfileOp
 }
 
 export function writeDecoderProfile(file: string, result: { profile: DecoderProfile; samples: SampleData }, modelPath?: string): { json: string; sidecar: string } {
-  const encoded = encodeSamples(result.samples);
-  const sidecar = `${file.replace(/\.json$/, "")}.bin`;
-  const model = modelPath ? { ...result.profile.model, file: path.relative(path.dirname(path.resolve(file)), path.resolve(modelPath)) } : result.profile.model;
-  const profile: DecoderProfile = { ...result.profile, model, samples: { ...result.profile.samples, file: path.basename(sidecar), sha256: encoded.sha256, arrays: encoded.arrays } };
-  writeFileAtomic(sidecar, (out) => out.write(encoded.bytes));
-  writeFileAtomic(file, (out) => out.write(Buffer.from(JSON.stringify(profile, null, 1) + "\n")));
-  return { json: file, sidecar };
+  return writeWithSidecar(file, result.profile, result.samples, modelPath);
 }

@@ -521,12 +521,20 @@ function fusionChanges(bare: RuntimeModel, alone: RuntimeModel[]): Map<number, R
 
 /** Write a profile and its binary sidecar (`<name>.bin`), both atomically. */
 export function writeProfile(file: string, result: ProfileResult, modelPath?: string): { json: string; sidecar: string } {
-  const encoded = encodeSamples(result.samples);
+  return writeWithSidecar(file, result.profile, result.samples, modelPath);
+}
+
+/**
+ * Write a profile (classifier or decoder) and its per-sample sidecar (`<name>.bin`), both
+ * atomically; the model path is stored relative to the profile.
+ */
+export function writeWithSidecar<P extends { model: { file: string }; samples: { file: string; sha256: string; arrays: ArraySpec[] } }>(file: string, profile: P, samples: SampleData, modelPath?: string): { json: string; sidecar: string } {
+  const encoded = encodeSamples(samples);
   const sidecar = `${file.replace(/\.json$/, "")}.bin`;
-  const model = modelPath ? { ...result.profile.model, file: path.relative(path.dirname(path.resolve(file)), path.resolve(modelPath)) } : result.profile.model;
-  const profile: Profile = { ...result.profile, model, samples: { ...result.profile.samples, file: path.basename(sidecar), sha256: encoded.sha256, arrays: encoded.arrays } };
-  writeFileAtomic(sidecar, (out) => out.write(encoded.bytes));
-  writeFileAtomic(file, (out) => out.write(Buffer.from(JSON.stringify(profile, null, 1) + "\n")));
+  const model = modelPath ? { ...profile.model, file: path.relative(path.dirname(path.resolve(file)), path.resolve(modelPath)) } : profile.model;
+  const out: P = { ...profile, model, samples: { ...profile.samples, file: path.basename(sidecar), sha256: encoded.sha256, arrays: encoded.arrays } };
+  writeFileAtomic(sidecar, (w) => w.write(encoded.bytes));
+  writeFileAtomic(file, (w) => w.write(Buffer.from(JSON.stringify(out, null, 1) + "\n")));
   return { json: file, sidecar };
 }
 
