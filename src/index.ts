@@ -49,7 +49,7 @@ export { profileDecoder, writeDecoderProfile, type DecoderProfile, type DecoderP
 export { planDecoder, loadDecoderSamples, type DecoderPlan, type DecoderPlanOptions, type DecoderCertificate } from "./plan/decoder.js";
 export { bettingPValue, bettingUpperBound } from "./plan/certify.js";
 export { writeDecoderPlan } from "./emit/decoder.js";
-export { DecoderGenerator, type GeneratedToken, type GenerateOptions, type GeneratorOptions, type ExitSetting } from "./runtime/generator.js";
+export { EarlyExitGenerator, type GeneratedToken, type GenerateOptions, type GeneratorOptions, type ExitSetting } from "./runtime/generator.js";
 export { evaluateDecoderPlan, rougeL, type DecoderEvalReport, type DecoderEvalOptions } from "./eval/decoder.js";
 export { renderDecoderReport } from "./report/decoder.js";
 export { main as runCli } from "./cli/main.js";

@@ -16,7 +16,7 @@ import { typedArray } from "../src/data/calib.js";
 import { openTokens } from "../src/data/tokens.js";
 import { decoderFeeds, findDecoderLayout, inlineCacheBranch } from "../src/analysis/decoder.js";
 import { asDecoder, insertDecoderHeads } from "../src/ramps/decoder-heads.js";
-import { DecoderGenerator, type GeneratedToken } from "../src/runtime/generator.js";
+import { EarlyExitGenerator, type GeneratedToken } from "../src/runtime/generator.js";
 import { originalDecoder } from "../src/stages/decoder-split.js";
 import { createSession, runtimeBytes, type ort } from "../src/ort/ort.js";
 import { bettingPValue, bettingUpperBound } from "../src/plan/certify.js";
@@ -37,7 +37,7 @@ function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return m;
 }
 
-async function collect(g: DecoderGenerator, prompt: ArrayLike<number>, n: number): Promise<GeneratedToken[]> {
+async function collect(g: EarlyExitGenerator, prompt: ArrayLike<number>, n: number): Promise<GeneratedToken[]> {
   const out: GeneratedToken[] = [];
   for await (const t of g.generate(prompt, { maxNewTokens: n })) out.push(t);
   return out;
@@ -147,8 +147,8 @@ describe("exact KV cache", () => {
 
   it("with thresholds that never fire, generates exactly the full model's greedy tokens", async () => {
     const prompt = Array.from(loadTokens(PROMPTS, 0));
-    const full = await DecoderGenerator.open(ee);
-    const never = await DecoderGenerator.open(ee, { exits: [{ exit: 0, threshold: Infinity }, { exit: 1, threshold: Infinity }] });
+    const full = await EarlyExitGenerator.open(ee);
+    const never = await EarlyExitGenerator.open(ee, { exits: [{ exit: 0, threshold: Infinity }, { exit: 1, threshold: Infinity }] });
     const a = await collect(full, prompt, 40);
     const b = await collect(never, prompt, 40);
     expect(b.map((t) => t.token)).toEqual(a.map((t) => t.token));
@@ -159,7 +159,7 @@ describe("exact KV cache", () => {
 
   it("after generating with exits, the cache equals the full model's recomputed on the same tokens", async () => {
     const prompt = Array.from(loadTokens(PROMPTS, 1));
-    const g = await DecoderGenerator.open(ee, { exits: [{ exit: 0, threshold: 0.6 }, { exit: 1, threshold: 0.5 }] });
+    const g = await EarlyExitGenerator.open(ee, { exits: [{ exit: 0, threshold: 0.6 }, { exit: 1, threshold: 0.5 }] });
     const out = await collect(g, prompt, 48);
     const exits = new Set(out.slice(1).map((t) => t.exit));
     expect(exits.has(0)).toBe(true); // tokens did exit early, so layers were deferred

@@ -21,7 +21,7 @@ import { scoreLogits } from "../profile/samples.js";
 import { confidenceOf } from "../plan/feedback.js";
 import { checkModelHash } from "../plan/write.js";
 import type { DecoderPlan } from "../plan/decoder.js";
-import { DecoderGenerator, type GeneratedToken } from "../runtime/generator.js";
+import { EarlyExitGenerator, type GeneratedToken } from "../runtime/generator.js";
 import { EeToolError } from "../errors.js";
 import { decoderFeeds, type DecoderLayout } from "../analysis/decoder.js";
 import { tensorByteSize } from "../onnx/tensor.js";
@@ -103,7 +103,7 @@ export function rougeL(a: readonly number[], b: readonly number[]): number {
   return (2 * p * r) / (p + r);
 }
 
-async function collect(g: DecoderGenerator, prompt: Int32Array, maxNewTokens: number, eos?: number): Promise<GeneratedToken[]> {
+async function collect(g: EarlyExitGenerator, prompt: Int32Array, maxNewTokens: number, eos?: number): Promise<GeneratedToken[]> {
   const out: GeneratedToken[] = [];
   for await (const t of g.generate(prompt, { maxNewTokens, ...(eos !== undefined ? { eos } : {}) })) out.push(t);
   return out;
@@ -161,8 +161,8 @@ export async function evaluateDecoderPlan(planPath: string, plan: DecoderPlan, o
     : plan.exits.map((e) => ({ exit: e.id, threshold: e.threshold }));
   const prompts = openTokens(options.prompts, "prompts", meta.layout.vocab);
   const maxNewTokens = options.maxNewTokens ?? 64;
-  const full = await DecoderGenerator.open(model, { settings });
-  const early = await DecoderGenerator.open(model, { exits: exitSettings, truncate: truncated, metric: plan.settings.metric, settings });
+  const full = await EarlyExitGenerator.open(model, { settings });
+  const early = await EarlyExitGenerator.open(model, { exits: exitSettings, truncate: truncated, metric: plan.settings.metric, settings });
   const fullDecode: number[] = [];
   const fullPrefill: number[] = [];
   const eeDecode: number[] = [];

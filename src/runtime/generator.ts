@@ -73,7 +73,7 @@ export interface GenerationStats {
   calls: number;
 }
 
-export class DecoderGenerator {
+export class EarlyExitGenerator {
   private ids: number[] = [];
   private cache = new Map<string, ort.Tensor>();
   private cacheLen: number[];
@@ -96,7 +96,7 @@ export class DecoderGenerator {
   }
 
   /** The early-exit generator of an augmented decoder (insert's output), or the full model with no exits. */
-  static async open(model: OnnxModel | string, options: GeneratorOptions = {}): Promise<DecoderGenerator> {
+  static async open(model: OnnxModel | string, options: GeneratorOptions = {}): Promise<EarlyExitGenerator> {
     const m = typeof model === "string" ? loadModel(model) : model;
     const meta = readDecoderMetadata(m.proto);
     if (!meta) throw new EeToolError("NO_RAMPS", "the model has no ee-tool exit heads", { hint: "Run `ee-tool insert <decoder.onnx> --calib <ids.npy> -o model.ee.onnx` first." });
@@ -110,7 +110,7 @@ export class DecoderGenerator {
       runners.push({ seg, session: await createRunnable(runtimeBytes(seg.proto, m.readExternal), settings, seg.outputs), threshold, own });
     }
     const width = meta.exits[0]?.width ?? 0;
-    return new DecoderGenerator(meta, m.proto, runners, options.metric ?? "maxprob", width);
+    return new EarlyExitGenerator(meta, m.proto, runners, options.metric ?? "maxprob", width);
   }
 
   get layout(): DecoderLayout {
