@@ -22,6 +22,9 @@ import { createSession, runtimeBytes, type ort } from "../src/ort/ort.js";
 import { bettingPValue, bettingUpperBound } from "../src/plan/certify.js";
 import { rougeL } from "../src/eval/decoder.js";
 import { Rng } from "../src/util/rng.js";
+import { NodeEmitter, attr } from "../src/ir/builder.js";
+import { DataType } from "../src/onnx/dtype.js";
+import { readDecoderMetadata } from "../src/ramps/metadata.js";
 import { EeToolError } from "../src/errors.js";
 import type { DecoderPlan } from "../src/plan/decoder.js";
 import type { DecoderEvalReport } from "../src/eval/decoder.js";
@@ -181,6 +184,27 @@ describe("exact KV cache", () => {
     await g.release();
   });
 
+  it("takes a plain export without a cache: layers by their attention, generation recomputes the prefix", async () => {
+    const model = loadModel(LM);
+    const file = path.join(dir, "nocache.onnx");
+    saveModel({ ...model, proto: withoutCache(model.proto) }, file);
+    const plain = loadModel(file);
+    const layout = findDecoderLayout(plain.proto)!;
+    expect(layout.cache).toBe("none");
+    const r = await insertDecoderHeads(plain, layout, { calib: CALIB, exits: "4" });
+    expect(r.metadata.layers).toBe(6);
+    // The same residual stream as the KV export's exit after layer 4, found through the softmaxes.
+    expect(r.metadata.exits.map((e) => e.tensor)).toEqual([readDecoderMetadata(ee.proto)!.exits[1]!.tensor]);
+    const prompt = Array.from(loadTokens(PROMPTS, 3));
+    const withCache = await EarlyExitGenerator.open(ee);
+    const recompute = await EarlyExitGenerator.open(r.model, { exits: [{ exit: 0, threshold: Infinity }] });
+    const a = await collect(withCache, prompt, 16);
+    const b = await collect(recompute, prompt, 16);
+    expect(b.map((t) => t.token)).toEqual(a.map((t) => t.token));
+    await withCache.release();
+    await recompute.release();
+  });
+
   it("takes Optimum's merged decoder (If on use_cache_branch) through its with-past branch", async () => {
     const model = loadModel(LM);
     const merged = mergedDecoder(model.proto);
@@ -203,6 +227,30 @@ describe("exact KV cache", () => {
     await b.release();
   });
 });
+
+/**
+ * The fixture as a plain export without a cache: every past input becomes an empty tensor built
+ * in the graph ([batch, heads, 0, head_dim]), and the present outputs are dropped.
+ */
+function withoutCache(proto: ModelProto): ModelProto {
+  const layout = findDecoderLayout(proto)!;
+  const em = new NodeEmitter("nocache", 17);
+  const batch = em.unsqueeze(em.node("Gather", [em.node("Shape", [layout.inputIds]), em.constant("zero", DataType.INT64, [], BigInt64Array.from([0n]))], [attr("axis", 0)]), [0]);
+  const rest = em.constant("dims", DataType.INT64, [3], BigInt64Array.from([BigInt(layout.heads!), 0n, BigInt(layout.headDim!)]));
+  const shape = em.node("Concat", [batch, rest], [attr("axis", 0)]);
+  const pasts = layout.layers.flatMap((l) => [l.pastKey, l.pastValue]);
+  for (const p of pasts) em.node("ConstantOfShape", [shape], [], p);
+  const presents = new Set(layout.layers.flatMap((l) => [l.presentKey, l.presentValue]));
+  const g = proto.graph!;
+  const out: ModelProto = {
+    ...proto,
+    graph: {
+      ...g, node: [...em.nodes, ...(g.node ?? [])], initializer: [...(g.initializer ?? []), ...em.initializers],
+      input: (g.input ?? []).filter((i) => !pasts.includes(i.name ?? "")), output: (g.output ?? []).filter((o) => !presents.has(o.name ?? "")),
+    },
+  };
+  return out;
+}
 
 function loadTokens(file: string, row: number): Int32Array {
   return openTokens(file).row(row);
