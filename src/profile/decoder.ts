@@ -148,8 +148,8 @@ async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts:
   const ids = meta.exits.map((e) => e.id);
   const s: SessionSettings = { spinning: false, ...settings };
   const opened: RunnableSession[] = [];
-  const open = async (proto: ModelProto, outputs: string[]): Promise<RunnableSession> => {
-    const r = await createRunnable(runtimeBytes(proto, model.readExternal), s, outputs);
+  const open = async (proto: ModelProto, outputs: string[], own: SessionSettings = s): Promise<RunnableSession> => {
+    const r = await createRunnable(runtimeBytes(proto, model.readExternal), own, outputs);
     opened.push(r);
     return r;
   };
@@ -186,7 +186,8 @@ async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts:
   }
   const original = originalDecoder(model.proto, meta);
   const outs = (original.graph!.output ?? []).map((o) => o.name ?? "");
-  const full = await open(original, outs);
+  // The full model runs alone in one session, with onnxruntime's default spinning (as EarlyExitGenerator runs it).
+  const full = await open(original, outs, settings);
   contexts.forEach((c, ci) => {
     const step = cached ? decoderFeeds(original, layout, [1], 1, c) : decoderFeeds(original, layout, new Array<number>(c + 1).fill(1), 1, 0);
     items.push({ name: `full c${ci}`, run: () => full.run(step, outs) });

@@ -100,9 +100,11 @@ export class EarlyExitGenerator {
     const m = typeof model === "string" ? loadModel(model) : model;
     const meta = readDecoderMetadata(m.proto);
     if (!meta) throw new EeToolError("NO_RAMPS", "the model has no ee-tool exit heads", { hint: "Run `ee-tool insert <decoder.onnx> --calib <ids.npy> -o model.ee.onnx` first." });
-    const settings: SessionSettings = { spinning: false, ...options.settings };
     const exits = [...(options.exits ?? [])];
     const segs = exits.length === 0 && !options.truncate ? [fullSegment(m.proto, meta)] : decoderSegments(m.proto, meta, exits.map((e) => e.exit), options.truncate ?? false);
+    // Idle threads of one session spinning would steal the cores the next segment's session
+    // needs; a single session keeps onnxruntime's default.
+    const settings: SessionSettings = { ...(segs.length > 1 ? { spinning: false } : {}), ...options.settings };
     const runners: Runner[] = [];
     for (const seg of segs) {
       const threshold = seg.exit ? (exits.find((e) => e.exit === seg.exit!.id)?.threshold ?? Infinity) : Infinity;
