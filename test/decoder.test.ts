@@ -339,6 +339,13 @@ describe("ee-tool on the SOTU decoder", () => {
     expect(t.memory!.weightBytesTruncated).toBeLessThan(t.memory!.weightBytesFull);
   });
 
+  it("inspect finds the layout and the per-layer exit points of a decoder with a past cache", () => {
+    const r = runCli(["inspect", LM]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/decoder LM: tokens 'input_ids'.*KV cache of 6 layers \(4 heads x 32/);
+    expect(r.stdout.match(/^ {2}\d+ +\d+\.\d%/gm)?.length).toBe(6);
+  });
+
   it("fails in one line on prompts that are not token ids", () => {
     const bad = path.join(dir, "bad.npy");
     fs.writeFileSync(bad, "not numpy");
