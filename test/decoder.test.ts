@@ -301,6 +301,7 @@ describe("ee-tool on the SOTU decoder", () => {
     expect(p.code, p.stderr).toBe(0);
     const profile = JSON.parse(fs.readFileSync(prof, "utf8")) as { kind: string; samples: { sequences: number; skippedFitted: number }; latency: { segments: unknown[]; fullStep: number[] } };
     expect(profile.kind).toBe("decoder");
+    expect(validate(profile, JSON.parse(fs.readFileSync(path.join(ROOT, "docs/decoder-profile.schema.json"), "utf8")) as Schema)).toEqual([]);
     expect(profile.samples.skippedFitted).toBeGreaterThan(0);
     expect(profile.latency.segments.length).toBe(21);
     expect(profile.latency.fullStep.every((x) => x > 0)).toBe(true);
