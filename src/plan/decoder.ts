@@ -344,10 +344,23 @@ export function planDecoder(profile: DecoderProfile, samples: SampleData, option
   // HELIOS: loading only up to each exit; tokens not confident earlier leave there.
   const rows: TruncationRow[] = [];
   const truncated: Array<{ id: number; config: Config }> = [];
+  const layersOf = (id: number): number => profile.decoder.exits.find((y) => y.id === id)!.layers;
   for (const e of profile.decoder.exits) {
-    const below = chosen.exits.map((id, s) => ({ id, th: chosen.thresholds[s]! })).filter((x) => profile.decoder.exits.find((y) => y.id === x.id)!.layers < e.layers);
-    const config: Config = { exits: [...below.map((x) => x.id), e.id], thresholds: [...below.map((x) => x.th), -Infinity], terminal: true };
-    const t = sim.run(config, tune);
+    // Tokens reaching this exit leave there; at most one earlier exit, its threshold tuned so the
+    // truncation's own differing share stays within the budget (the fastest that does).
+    let config: Config = { exits: [e.id], thresholds: [-Infinity], terminal: true };
+    let best = sim.run(config, tune);
+    for (const id of ids.filter((x) => layersOf(x) < e.layers)) {
+      for (const th of grid.get(id)!) {
+        const c: Config = { exits: [id, e.id], thresholds: [th, -Infinity], terminal: true };
+        const o = sim.run(c, tune);
+        if (mean(o.losses) <= options.maxDrop && o.cost < best.cost) {
+          config = c;
+          best = o;
+        }
+      }
+    }
+    const t = best;
     const c = sim.run(config, certify);
     let deeper = 0;
     const exitLayers = [...chosen.exits.map((id) => profile.decoder.exits.find((y) => y.id === id)!.layers), profile.decoder.layers];
