@@ -156,26 +156,52 @@ function segmentCost(lat: DecoderProfile["latency"] & object, seg: SegmentLatenc
   return atN(k) + slope * (n - ns[k]!);
 }
 
+/** Positions a call may carry that the cost tables hold; beyond, the cost is extrapolated. */
+const TABLE_CARRY = 64;
+
 class Simulator {
   private readonly byId: Map<number, number>;
   private readonly segCache = new Map<string, SegmentLatency>();
+  /** Each exit's confidence under the metric, per token row. */
+  private readonly confs: Float64Array[];
+  /** Per segment: cost at context t carrying n, [t * (TABLE_CARRY + 1) + n]. */
+  private readonly tables = new Map<SegmentLatency, Float64Array>();
+  private readonly fullAt: Float64Array;
 
   constructor(readonly profile: DecoderProfile, readonly samples: SampleData, readonly metric: Metric, readonly perSeq: number) {
     this.byId = new Map(profile.decoder.exits.map((e, i) => [e.id, i]));
-    for (const s of profile.latency?.segments ?? []) this.segCache.set(`${s.from}-${s.to}`, s);
+    const lat = profile.latency;
+    for (const seg of lat?.segments ?? []) this.segCache.set(`${seg.from}-${seg.to}`, seg);
+    this.confs = samples.ramps.map((r) => {
+      const out = new Float64Array(samples.count);
+      for (let i = 0; i < samples.count; i++) out[i] = confidenceOf({ maxprob: r.maxprob[i]!, margin: r.margin[i]!, entropy: r.entropy[i]! }, metric);
+      return out;
+    });
+    this.fullAt = new Float64Array(perSeq + 1);
+    if (lat) {
+      for (let t = 0; t <= perSeq; t++) this.fullAt[t] = interp(lat.contexts, lat.fullStep, t);
+      for (const seg of lat.segments) {
+        const table = new Float64Array((perSeq + 1) * (TABLE_CARRY + 1));
+        for (let t = 0; t <= perSeq; t++) for (let n = 1; n <= TABLE_CARRY; n++) table[t * (TABLE_CARRY + 1) + n] = segmentCost(lat, seg, t, n);
+        this.tables.set(seg, table);
+      }
+    }
+  }
+
+  private cost(seg: SegmentLatency, t: number, n: number): number {
+    if (n <= TABLE_CARRY && t <= this.perSeq) return this.tables.get(seg)![t * (TABLE_CARRY + 1) + n]!;
+    return segmentCost(this.profile.latency!, seg, t, n);
   }
 
   private conf(k: number, i: number): number {
-    const r = this.samples.ramps[k]!;
-    return confidenceOf({ maxprob: r.maxprob[i]!, margin: r.margin[i]!, entropy: r.entropy[i]! }, this.metric);
+    return this.confs[k]![i]!;
   }
 
+  /** Confidences of exit `id` on the tokens of sequences `rows`. */
   confidences(id: number, rows: readonly number[]): Float64Array {
     const k = this.byId.get(id)!;
     const out = new Float64Array(rows.length * this.perSeq);
-    rows.forEach((s, j) => {
-      for (let t = 0; t < this.perSeq; t++) out[j * this.perSeq + t] = this.conf(k, s * this.perSeq + t);
-    });
+    rows.forEach((s, j) => out.set(this.confs[k]!.subarray(s * this.perSeq, (s + 1) * this.perSeq), j * this.perSeq));
     return out;
   }
 
@@ -205,7 +231,7 @@ class Simulator {
         let n = 1;
         let s = 0;
         for (;;) {
-          if (lat) cost += segmentCost(lat, segs[s]!, t, n);
+          if (lat) cost += this.cost(segs[s]!, t, n);
           const last = s === S - 1;
           if (last || this.conf(ks[s]!, i) >= c.thresholds[s]!) {
             if (!last) pending[s + 1]! += n;
@@ -219,7 +245,7 @@ class Simulator {
           n = pending[s]! + n;
           pending[s] = 0;
         }
-        if (lat) full += interp(lat.contexts, lat.fullStep, t);
+        if (lat) full += this.fullAt[t]!;
       }
       losses[j] = differ / this.perSeq;
     });
