@@ -14,6 +14,7 @@ import { AttributeType } from "../src/onnx/types.js";
 import { openNpz } from "../src/data/npz.js";
 import { typedArray } from "../src/data/calib.js";
 import { openTokens } from "../src/data/tokens.js";
+import { encodeNpy } from "../src/data/npy.js";
 import { decoderFeeds, findDecoderLayout, inlineCacheBranch } from "../src/analysis/decoder.js";
 import { asDecoder, insertDecoderHeads } from "../src/ramps/decoder-heads.js";
 import { EarlyExitGenerator, type GeneratedToken } from "../src/runtime/generator.js";
@@ -252,6 +253,15 @@ function withoutCache(proto: ModelProto): ModelProto {
   return out;
 }
 
+/** The first `rows` sequences of a token file, written to `out` (int64 .npy). */
+function sliceTokens(file: string, rows: number, out: string): string {
+  const t = openTokens(file);
+  const ids = new BigInt64Array(rows * t.length);
+  for (let i = 0; i < rows; i++) t.row(i).forEach((v, j) => (ids[i * t.length + j] = BigInt(v)));
+  fs.writeFileSync(out, encodeNpy("int64", [rows, t.length], new Uint8Array(ids.buffer)));
+  return out;
+}
+
 function loadTokens(file: string, row: number): Int32Array {
   return openTokens(file).row(row);
 }
@@ -297,7 +307,7 @@ describe("ee-tool on the SOTU decoder", () => {
     expect(ins.stderr).toMatch(/decoder LM: tokens 'input_ids' \(\+ attention_mask, position_ids\) -> 'logits'.*KV cache of 6 layers/);
     expect(ins.stderr).toMatch(/5 exit heads/);
     const prof = path.join(dir, "lm.profile.json");
-    const p = runCli(["profile", ee, "--calib", CALIB, "--contexts", "32,128", "--budget", "4000", "-o", prof]);
+    const p = runCli(["profile", ee, "--calib", CALIB, "--contexts", "32,128", "--budget", "2000", "-o", prof]);
     expect(p.code, p.stderr).toBe(0);
     const profile = JSON.parse(fs.readFileSync(prof, "utf8")) as { kind: string; samples: { sequences: number; skippedFitted: number }; latency: { segments: unknown[]; fullStep: number[] } };
     expect(profile.kind).toBe("decoder");
@@ -328,17 +338,20 @@ describe("ee-tool on the SOTU decoder", () => {
     expect(tl.layers.length).toBe(lplan.artifacts.truncated.layers);
     expect(tl.layers.length).toBeLessThan(6);
 
-    const ev = runCli(["eval", planFile, "--prompts", PROMPTS, "--max-new-tokens", "24", "--text", EVAL, "--json"]);
+    // A slice of the prompts and evaluation windows keeps the suite short (bench/lm-e2e.mjs runs them all).
+    const prompts = sliceTokens(PROMPTS, 12, path.join(dir, "prompts.npy"));
+    const text = sliceTokens(EVAL, 64, path.join(dir, "eval.npy"));
+    const ev = runCli(["eval", planFile, "--prompts", prompts, "--max-new-tokens", "24", "--text", text, "--json"]);
     expect(ev.code, ev.stderr).toBe(0);
     const r = JSON.parse(ev.stdout) as DecoderEvalReport;
-    expect(r.tokens).toBeGreaterThan(100);
+    expect(r.tokens).toBe(12 * 23);
     expect(r.teacherForced!.differing).toBeLessThanOrEqual(0.05);
     expect(r.teacherForced!.perplexityFull).toBeGreaterThan(1);
     expect(r.teacherForced!.perplexityEarlyExit).toBeGreaterThanOrEqual(r.teacherForced!.perplexityFull * 0.98);
     expect(r.agreement.tokens).toBeGreaterThan(0.5);
     expect(r.layers.meanAtExit).toBeLessThan(6);
     expect(r.exits.reduce((s, e) => s + e.measured, 0)).toBeCloseTo(1, 6);
-    const tr = runCli(["eval", loose, "--prompts", PROMPTS, "--max-new-tokens", "8", "--truncated", "--json"]);
+    const tr = runCli(["eval", loose, "--prompts", prompts, "--max-new-tokens", "8", "--truncated", "--json"]);
     expect(tr.code, tr.stderr).toBe(0);
     const t = JSON.parse(tr.stdout) as DecoderEvalReport;
     expect(t.mode).toBe("truncated");
