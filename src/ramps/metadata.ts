@@ -58,22 +58,31 @@ export interface RampMetadata {
   };
 }
 
-export function readRampMetadata(model: ModelProto): RampMetadata | undefined {
-  const entry = model.metadata_props?.find((m) => m.key === METADATA_KEY);
+/** A JSON document stored in the model's metadata_props under `key`, checked by `valid`. */
+function readJsonProp<T>(model: ModelProto, key: string, valid: (v: T) => boolean): T | undefined {
+  const entry = model.metadata_props?.find((m) => m.key === key);
   if (!entry?.value) return undefined;
   try {
-    const meta = JSON.parse(entry.value) as RampMetadata;
-    if (meta.format !== 1 || !Array.isArray(meta.ramps)) throw new Error("unknown format");
+    const meta = JSON.parse(entry.value) as T;
+    if (!valid(meta)) throw new Error("unknown format");
     return meta;
   } catch (e) {
-    throw new EeToolError("MODEL_INVALID", `the model's ${METADATA_KEY} metadata is unreadable: ${(e as Error).message}`);
+    throw new EeToolError("MODEL_INVALID", `the model's ${key} metadata is unreadable: ${(e as Error).message}`);
   }
 }
 
-export function writeRampMetadata(model: ModelProto, meta: RampMetadata): void {
-  const props = (model.metadata_props ?? []).filter((m) => m.key !== METADATA_KEY);
-  props.push({ key: METADATA_KEY, value: JSON.stringify(meta) });
+function writeJsonProp(model: ModelProto, key: string, value: unknown): void {
+  const props = (model.metadata_props ?? []).filter((m) => m.key !== key);
+  props.push({ key, value: JSON.stringify(value) });
   model.metadata_props = props;
+}
+
+export function readRampMetadata(model: ModelProto): RampMetadata | undefined {
+  return readJsonProp<RampMetadata>(model, METADATA_KEY, (m) => m.format === 1 && Array.isArray(m.ramps));
+}
+
+export function writeRampMetadata(model: ModelProto, meta: RampMetadata): void {
+  writeJsonProp(model, METADATA_KEY, meta);
 }
 
 /** Pack sorted 16-hex-digit sample hashes into base64. */
@@ -139,19 +148,9 @@ export interface DecoderMetadata {
 }
 
 export function readDecoderMetadata(model: ModelProto): DecoderMetadata | undefined {
-  const entry = model.metadata_props?.find((m) => m.key === DECODER_METADATA_KEY);
-  if (!entry?.value) return undefined;
-  try {
-    const meta = JSON.parse(entry.value) as DecoderMetadata;
-    if (meta.format !== 1 || meta.kind !== "decoder" || !Array.isArray(meta.exits)) throw new Error("unknown format");
-    return meta;
-  } catch (e) {
-    throw new EeToolError("MODEL_INVALID", `the model's ${DECODER_METADATA_KEY} metadata is unreadable: ${(e as Error).message}`);
-  }
+  return readJsonProp<DecoderMetadata>(model, DECODER_METADATA_KEY, (m) => m.format === 1 && m.kind === "decoder" && Array.isArray(m.exits));
 }
 
 export function writeDecoderMetadata(model: ModelProto, meta: DecoderMetadata): void {
-  const props = (model.metadata_props ?? []).filter((m) => m.key !== DECODER_METADATA_KEY);
-  props.push({ key: DECODER_METADATA_KEY, value: JSON.stringify(meta) });
-  model.metadata_props = props;
+  writeJsonProp(model, DECODER_METADATA_KEY, meta);
 }
