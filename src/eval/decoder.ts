@@ -301,9 +301,3 @@ function logProb(x: Float32Array, v: number, row: number, target: number): numbe
   for (let j = 0; j < v; j++) sum += Math.exp(x[row * v + j]! - max);
   return x[row * v + target]! - max - Math.log(sum);
 }
-
-/** A plan file's kind: decoder plans carry kind "decoder". */
-export function readPlanKind(planPath: string): "decoder" | "classifier" {
-  const p = JSON.parse(fs.readFileSync(planPath, "utf8")) as { kind?: string };
-  return p.kind === "decoder" ? "decoder" : "classifier";
-}

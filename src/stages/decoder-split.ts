@@ -40,13 +40,13 @@ function int64(em: NodeEmitter, hint: string, v: number[]): string {
 }
 
 /** Nodes computing `target` from `boundary`, rewired to read only its last position. */
-function lastPositionHead(view: Graph, boundary: string, target: string, prefix: string, opset: number): { replaced: Set<NodeProto>; nodes: NodeProto[]; initializers: ReturnType<NodeEmitter["constant"]>[]; em: NodeEmitter } {
+function lastPositionHead(view: Graph, boundary: string, target: string, prefix: string, opset: number): { replaced: Set<NodeProto>; nodes: NodeProto[]; em: NodeEmitter } {
   const head = needed(view, [target], new Set([boundary]));
   const em = new NodeEmitter(prefix, opset);
   const last = em.node("Slice", [boundary, int64(em, "start", [-1]), int64(em, "end", [2 ** 53]), int64(em, "axis", [1])]);
   const order = view.sortedNodes().filter((n) => head.has(n));
   const nodes = order.map((n) => ({ ...shallowClone(n), input: (n.input ?? []).map((i) => (i === boundary ? last : i)) }));
-  return { replaced: head, nodes: [...em.nodes, ...nodes], initializers: [], em };
+  return { replaced: head, nodes: [...em.nodes, ...nodes], em };
 }
 
 /**

@@ -6,13 +6,13 @@
 import type { GraphProto, ModelProto, NodeProto, ValueInfoProto } from "../onnx/types.js";
 import { Graph } from "../ir/graph.js";
 import { needed } from "../ir/needed.js";
-
-export { needed };
 import { makeValueInfo } from "../ir/shapes.js";
 import { shallowClone } from "../ir/clone.js";
 import { EeToolError } from "../errors.js";
 import { readRampMetadata, type RampMetadata } from "../ramps/metadata.js";
 import { DataType } from "../onnx/dtype.js";
+
+export { needed };
 
 export interface StagePart {
   /** "stage" k covers the backbone from cut k-1 to cut k; "ramp" k is ramp k alone; "prefix" k is stages 0..k. */
