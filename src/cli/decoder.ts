@@ -77,12 +77,12 @@ export function renderDecoderEval(r: DecoderEvalReport): string {
     `${r.prompts} prompts, up to ${r.maxNewTokens} new tokens, greedy, batch 1 on ${r.ep}: ${r.mode === "truncated" ? "the truncated decoder" : "the plan"} (kv mode ${r.kvMode}) against the full model${r.kvMode === "exact" ? " with its KV cache" : " (no cache: every step recomputes the prefix)"}`,
     table([
       ["", "full model", "early exit", "plan predicted"],
-      ["decode latency per token mean (ms)", ms(r.full.mean), ms(r.earlyExit.mean), ""],
+      ["decode latency per token mean (ms)", ms(r.full.mean), ms(r.earlyExit.mean), `${ms(r.predicted.fullStepMs)} -> ${ms(r.predicted.stepMs)}`],
       ["p50 / p99 (ms)", `${ms(r.full.p50)} / ${ms(r.full.p99)}`, `${ms(r.earlyExit.p50)} / ${ms(r.earlyExit.p99)}`, ""],
       ["tokens per second", r.full.tokensPerSecond.toFixed(0), r.earlyExit.tokensPerSecond.toFixed(0), ""],
       ["prefill (ms)", ms(r.full.prefillMs), ms(r.earlyExit.prefillMs), ""],
       ["saving (mean per-token latency)", "", pct(r.saving), pct(r.predicted.saving)],
-      ["layers per token: at exit / run (with deferred)", String(r.layers.total), `${r.layers.meanAtExit.toFixed(2)} / ${r.layers.meanRun.toFixed(2)}`, ""],
+      ["layers per token: at exit / run (with deferred)", String(r.layers.total), `${r.layers.meanAtExit.toFixed(2)} / ${r.layers.meanRun.toFixed(2)}`, `${r.predicted.meanExitLayers.toFixed(2)} at exit`],
       ["generated tokens equal to the full model's", "", pct(r.agreement.tokens), ""],
       ["continuations identical / ROUGE-L", "", `${pct(r.agreement.exactMatch)} / ${r.agreement.rougeL.toFixed(3)}`, ""],
       ...(r.teacherForced ? [
@@ -94,7 +94,7 @@ export function renderDecoderEval(r: DecoderEvalReport): string {
         ["resident memory of a session (measured)", `${r.memory.rssFullMB.toFixed(1)} MB`, `${r.memory.rssTruncatedMB.toFixed(1)} MB`, ""],
       ] : []),
     ]),
-    "exits: " + r.exits.map((e) => `${e.exit === -1 ? "model" : `exit ${e.exit}`} (layer ${e.layers}) ${pct(e.measured)}`).join(", "),
+    "exits (generated tokens; plan, teacher-forced): " + r.exits.map((e) => `${e.exit === -1 ? "model" : `exit ${e.exit}`} (layer ${e.layers}) ${pct(e.measured)}${r.predicted.exitRates[String(e.exit)] !== undefined ? ` (${pct(r.predicted.exitRates[String(e.exit)])})` : ""}`).join(", "),
   ];
   return lines.join("\n");
 }

@@ -65,7 +65,8 @@ export interface DecoderEvalReport {
   agreement: { tokens: number; exactMatch: number; rougeL: number };
   teacherForced: { sequences: number; tokens: number; perplexityFull: number; perplexityEarlyExit: number; differing: number } | null;
   memory: { weightBytesFull: number; weightBytesTruncated: number; rssFullMB: number; rssTruncatedMB: number } | null;
-  predicted: { saving: number; differing: number; bound: number | null; maxDrop: number };
+  /** The plan's predictions (decode latencies at the profiled contexts, teacher-forced shares). */
+  predicted: { saving: number; differing: number; bound: number | null; maxDrop: number; stepMs: number; fullStepMs: number; meanExitLayers: number; exitRates: Record<string, number> };
   assertions: { passed: boolean; failures: string[] };
 }
 
@@ -289,7 +290,11 @@ export async function evaluateDecoderPlan(planPath: string, plan: DecoderPlan, o
     layers: { total: layers, meanAtExit: layersAtExit / Math.max(1, generated), meanRun: layerPasses / Math.max(1, generated) },
     exits, agreement: { tokens: agreeTokens / Math.max(1, compared), exactMatch: exact / prompts.sequences, rougeL: rouge / prompts.sequences },
     teacherForced: teacher, memory,
-    predicted: { saving: predicted.saving, differing: predicted.differingCertify, bound: cert?.bound ?? null, maxDrop: plan.settings.maxDrop },
+    predicted: {
+      saving: predicted.saving, differing: predicted.differingCertify, bound: cert?.bound ?? null, maxDrop: plan.settings.maxDrop,
+      stepMs: predicted.stepMs, fullStepMs: predicted.fullStepMs, meanExitLayers: predicted.meanExitLayers,
+      exitRates: truncated ? {} : Object.fromEntries(plan.exits.map((e) => [String(e.id), e.rateCertify])),
+    },
     assertions: { passed: failures.length === 0, failures },
   };
 }
