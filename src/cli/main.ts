@@ -20,7 +20,7 @@ export function buildProgram(): Command {
   const program = new Command();
   program
     .name("ee-tool")
-    .description("Turn an ONNX classifier into an early-exit model")
+    .description("Turn an ONNX classifier or decoder LM into an early-exit model")
     .version(pkg.version)
     .option("--debug", "print stack traces for errors")
     .option("-q, --quiet", "no progress or messages on stderr")

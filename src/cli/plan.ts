@@ -89,7 +89,7 @@ export function registerPlan(program: Command): void {
     .description("Choose exits and thresholds under an accuracy constraint, certified on held-back samples; optionally emit runnable models")
     .argument("<profile>", "profile JSON written by ee-tool profile (its model must sit where the profile says)")
     .requiredOption("-o, --out <plan.json>", "plan to write")
-    .option("--max-drop <d>", "maximum accuracy drop, as a fraction (0.01 = 1 percentage point)", "0.01")
+    .option("--max-drop <d>", "maximum accuracy drop, as a fraction (0.01 = 1 percentage point); for a decoder, the share of tokens whose greedy token differs from the model's", "0.01")
     .option("--against <what>", "model (agreement with the original's predictions) or labels", "model")
     .option("--metric <m>", "confidence measure: maxprob, margin or entropy", "maxprob")
     .option("--batch <n>", "batch size whose profiled latency is the cost model", "1")
@@ -100,7 +100,7 @@ export function registerPlan(program: Command): void {
     .option("--tuning-drop <how>", "what the search sees of a configuration's drop on the tuning samples: fitted (each ramp's loss as a smooth function of its confidence) or observed (counts)", "fitted")
     .option("--frontier", "include the Pareto frontier of (drop, latency) configurations")
     .option("--points [drops]", `also certify operating points at these drops (comma-separated; default ${DEFAULT_POINT_LEVELS.join(",")}), switched per request in one model through its ee_thresholds input`)
-    .option("--emit <kinds>", "write artifacts: stages, single, truncated (comma-separated)")
+    .option("--emit <kinds>", "write artifacts: stages, single, truncated (comma-separated); for a decoder: truncated (the model loaded only up to the certified truncation)")
     .option("--out-dir <dir>", "directory for --emit artifacts (default: next to the plan)")
     .option("--json", "print the plan JSON on stdout")
     .addHelpText(
