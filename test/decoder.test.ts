@@ -331,12 +331,17 @@ describe("ee-tool on the SOTU decoder", () => {
     const loose = path.join(dir, "lm.loose.json");
     const lp = runCli(["plan", prof, "--max-drop", "0.25", "--emit", "truncated", "-o", loose]);
     expect(lp.code, lp.stderr).toBe(0);
-    const lplan = JSON.parse(fs.readFileSync(loose, "utf8")) as DecoderPlan & { artifacts: { truncated: { file: string; layers: number } } };
+    const lplan = JSON.parse(fs.readFileSync(loose, "utf8")) as DecoderPlan & { artifacts: { truncated: { file: string; layers: number; earlier: Array<{ output: string; threshold: number }> } } };
     expect(lplan.truncation.chosen!.certificate.bound).toBeLessThanOrEqual(0.25);
     const truncated = path.resolve(dir, lplan.artifacts.truncated.file);
-    const tl = findDecoderLayout(loadModel(truncated).proto)!;
+    const small = loadModel(truncated).proto;
+    const tl = findDecoderLayout(small)!;
     expect(tl.layers.length).toBe(lplan.artifacts.truncated.layers);
     expect(tl.layers.length).toBeLessThan(6);
+    // The certified configuration's earlier exits travel in the file as extra outputs.
+    const earlier = lplan.truncation.chosen!.earlier;
+    expect(lplan.artifacts.truncated.earlier.map((e) => e.threshold)).toEqual(earlier.map((e) => e.threshold));
+    for (const e of lplan.artifacts.truncated.earlier) expect((small.graph!.output ?? []).map((o) => o.name)).toContain(e.output);
 
     // A slice of the prompts and evaluation windows keeps the suite short (bench/lm-e2e.mjs runs them all).
     const prompts = sliceTokens(PROMPTS, 12, path.join(dir, "prompts.npy"));
@@ -355,6 +360,9 @@ describe("ee-tool on the SOTU decoder", () => {
     expect(tr.code, tr.stderr).toBe(0);
     const t = JSON.parse(tr.stdout) as DecoderEvalReport;
     expect(t.mode).toBe("truncated");
+    // Eval runs exactly the certified configuration: its exits, nothing after the truncation.
+    expect(t.exits.map((e) => e.exit)).toEqual([...earlier.map((e) => e.id), lplan.truncation.chosen!.exit]);
+    expect(t.layers.meanRun).toBeLessThanOrEqual(lplan.truncation.chosen!.layers + 1e-9);
     expect(t.memory!.weightBytesTruncated).toBeLessThan(t.memory!.weightBytesFull);
   });
 

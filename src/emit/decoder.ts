@@ -29,11 +29,17 @@ export async function writeDecoderPlan(plan: DecoderPlan, file: string, modelPat
     }
     const model = loadModel(modelPath);
     const meta = readDecoderMetadata(model.proto)!;
-    const proto = truncatedDecoder(model.proto, meta, t.exit);
+    const proto = truncatedDecoder(model.proto, meta, t.exit, t.earlier.map((e) => e.id));
     const target = path.join(dir, `truncated-${t.layers}of${plan.layers}.onnx`);
     const saved = saveModel({ ...model, proto }, target);
     const weightBytes = (proto.graph!.initializer ?? []).reduce((s, x) => s + tensorByteSize(x), 0);
-    out = { ...out, artifacts: { truncated: { file: path.relative(planDir, saved.path), layers: t.layers, of: plan.layers, exit: t.exit, weightBytes } } };
+    out = { ...out, artifacts: {
+      truncated: {
+        file: path.relative(planDir, saved.path), layers: t.layers, of: plan.layers, exit: t.exit, weightBytes,
+        // A token leaves at the first of these outputs whose confidence (plan.settings.metric) reaches its threshold, else at `logits`.
+        earlier: t.earlier.map((e) => ({ output: meta.exits.find((x) => x.id === e.id)!.output, threshold: e.threshold })),
+      },
+    } };
   }
   writeBytesAtomic(file, JSON.stringify(out, null, 1) + "\n");
   return out;

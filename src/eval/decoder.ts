@@ -158,7 +158,7 @@ export async function evaluateDecoderPlan(planPath: string, plan: DecoderPlan, o
   const trunc = plan.truncation.chosen;
   if (truncated && !trunc) throw new EeToolError("CONSTRAINT_INFEASIBLE", "the plan has no certified truncation to evaluate", { hint: "Plan with a looser --max-drop, or evaluate the plan itself (without --truncated)." });
   const exitSettings = truncated
-    ? [...plan.exits.filter((e) => e.layers < trunc!.layers).map((e) => ({ exit: e.id, threshold: e.threshold })), { exit: trunc!.exit, threshold: -Infinity }]
+    ? [...trunc!.earlier.map((e) => ({ exit: e.id, threshold: e.threshold })), { exit: trunc!.exit, threshold: -Infinity }]
     : plan.exits.map((e) => ({ exit: e.id, threshold: e.threshold }));
   const prompts = openTokens(options.prompts, "prompts", meta.layout.vocab);
   const maxNewTokens = options.maxNewTokens ?? 64;
@@ -219,7 +219,7 @@ export async function evaluateDecoderPlan(planPath: string, plan: DecoderPlan, o
   const fullS = summary(fullDecode, fullPrefill);
   const eeS = summary(eeDecode, eePrefill);
   const layers = meta.layers;
-  const exits = [...plan.exits.map((e) => e.id), ...(truncated ? [trunc!.exit] : []), -1]
+  const exits = [...exitSettings.map((e) => e.exit), -1]
     .filter((id, i, all) => all.indexOf(id) === i)
     .map((id) => ({ exit: id, layers: id === -1 ? layers : meta.exits.find((e) => e.id === id)!.layers, measured: (exitCounts.get(id) ?? 0) / Math.max(1, generated) }))
     .filter((e) => !(truncated && e.exit === -1));
@@ -271,7 +271,7 @@ export async function evaluateDecoderPlan(planPath: string, plan: DecoderPlan, o
 
   let memory: DecoderEvalReport["memory"] = null;
   if (truncated) {
-    const small = truncatedDecoder(model.proto, meta, trunc!.exit);
+    const small = truncatedDecoder(model.proto, meta, trunc!.exit, trunc!.earlier.map((e) => e.id));
     const orig = originalDecoder(model.proto, meta);
     memory = {
       weightBytesFull: weightBytes(orig), weightBytesTruncated: weightBytes(small),

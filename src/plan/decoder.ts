@@ -90,7 +90,14 @@ export interface DecoderPlan {
   truncation: {
     rows: TruncationRow[];
     /** The shallowest truncation certified (tested from the deepest), or null. */
-    chosen: { exit: number; layers: number; certificate: DecoderCertificate; predicted: Prediction } | null;
+    chosen: {
+      exit: number;
+      layers: number;
+      /** The certified configuration: earlier exits with their thresholds (at most one), then `exit`, where every token left leaves. */
+      earlier: Array<{ id: number; threshold: number }>;
+      certificate: DecoderCertificate;
+      predicted: Prediction;
+    } | null;
   };
   /** Tuned (differing share, saving) of the frontier's configurations. */
   frontier: Array<{ differing: number; saving: number; exits: Array<{ id: number; threshold: number }> }>;
@@ -412,7 +419,9 @@ export function planDecoder(profile: DecoderProfile, samples: SampleData, option
       const p = bettingPValue(o.losses, options.maxDrop, delta);
       if (p > delta) break;
       chosenTruncation = {
-        exit: tr.id, layers: row.layers, certificate: certificateOf(o.losses, options.maxDrop, options.confidence, k, p),
+        exit: tr.id, layers: row.layers,
+        earlier: tr.config.exits.slice(0, -1).map((id, i) => ({ id, threshold: tr.config.thresholds[i]! })),
+        certificate: certificateOf(o.losses, options.maxDrop, options.confidence, k, p),
         predicted: prediction(sim.run(tr.config, tune), o),
       };
     }

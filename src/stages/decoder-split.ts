@@ -13,6 +13,7 @@ import { Graph } from "../ir/graph.js";
 import { needed } from "../ir/needed.js";
 import { NodeEmitter, defaultOpset } from "../ir/builder.js";
 import { shallowClone } from "../ir/clone.js";
+import { makeValueInfo } from "../ir/shapes.js";
 import { DataType } from "../onnx/dtype.js";
 import { EeToolError } from "../errors.js";
 import type { DecoderMetadata, DecoderExitRecord } from "../ramps/metadata.js";
@@ -110,15 +111,22 @@ export function originalDecoder(augmented: ModelProto, meta: DecoderMetadata): M
 
 /**
  * HELIOS-style truncation: a decoder in the same layout that holds only the layers up to `exit`,
- * whose logits are that exit head's. Past and present of deeper layers are gone.
+ * whose logits are that exit head's. Past and present of deeper layers are gone. The heads of
+ * `earlier` exits stay as extra outputs (their names, ee_exit_<layers>), for a runtime that lets
+ * confident tokens leave before.
  */
-export function truncatedDecoder(augmented: ModelProto, meta: DecoderMetadata, exitId: number): ModelProto {
-  const exit = meta.exits.find((e) => e.id === exitId);
-  if (!exit) throw new EeToolError("EXIT_NOT_FOUND", `the model has no exit head ${exitId}`);
+export function truncatedDecoder(augmented: ModelProto, meta: DecoderMetadata, exitId: number, earlier: readonly number[] = []): ModelProto {
+  const find = (id: number): DecoderExitRecord => {
+    const e = meta.exits.find((x) => x.id === id);
+    if (!e) throw new EeToolError("EXIT_NOT_FOUND", `the model has no exit head ${id}`);
+    return e;
+  };
+  const exit = find(exitId);
+  const heads = earlier.map(find).map((e) => e.output);
   const view = new Graph(augmented.graph!);
   const kept = meta.layout.layers.slice(0, exit.layers);
   const presents = kept.flatMap((l) => [l.presentKey, l.presentValue]);
-  const nodesSet = needed(view, [exit.output, ...presents], new Set());
+  const nodesSet = needed(view, [exit.output, ...presents, ...heads], new Set());
   const logits = meta.layout.logits;
   const nodes = view.sortedNodes().filter((n) => nodesSet.has(n)).map((n) => ({ ...shallowClone(n), output: (n.output ?? []).map((o) => (o === exit.output ? logits : o)) }));
   const graphInputs = new Set(view.inputs.map((i) => i.name ?? ""));
@@ -126,8 +134,9 @@ export function truncatedDecoder(augmented: ModelProto, meta: DecoderMetadata, e
   for (const n of nodesSet) for (const i of view.inputsOf(n)) if (graphInputs.has(i)) reads.add(i);
   const typeOf = declaredTypes(augmented);
   const proto = subModel(augmented, "truncated", nodes, view.inputs.map((i) => i.name ?? "").filter((n) => reads.has(n)), [logits, ...presents], (t) => typeOf(t) ?? DataType.FLOAT);
+  proto.graph!.output!.push(...heads.map((h) => makeValueInfo(h, DataType.FLOAT)));
   const logitsInfo = (augmented.graph!.output ?? []).find((o) => o.name === logits);
   if (logitsInfo) proto.graph!.output![0] = logitsInfo;
-  proto.metadata_props = [{ key: "ee-tool.truncated", value: JSON.stringify({ layers: exit.layers, of: meta.layers, exit: exit.id }) }];
+  proto.metadata_props = [{ key: "ee-tool.truncated", value: JSON.stringify({ layers: exit.layers, of: meta.layers, exit: exit.id, earlier: heads }) }];
   return proto;
 }
