@@ -6,7 +6,7 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { LM, LM_DIR, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
+import { GPT_DIR, LM, LM_DIR, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
 import { validate, type Schema } from "../src/util/schema.js";
 import { loadModel, saveModel, type OnnxModel } from "../src/onnx/model.js";
 import type { GraphProto, ModelProto, NodeProto } from "../src/onnx/types.js";
@@ -16,6 +16,7 @@ import { typedArray } from "../src/data/calib.js";
 import { openTokens } from "../src/data/tokens.js";
 import { encodeNpy } from "../src/data/npy.js";
 import { decoderFeeds, findDecoderLayout, inlineCacheBranch } from "../src/analysis/decoder.js";
+import { profileContexts } from "../src/profile/decoder.js";
 import { asDecoder, insertDecoderHeads } from "../src/ramps/decoder-heads.js";
 import { EarlyExitGenerator, type GeneratedToken } from "../src/runtime/generator.js";
 import { originalDecoder } from "../src/stages/decoder-split.js";
@@ -45,6 +46,30 @@ async function collect(g: EarlyExitGenerator, prompt: ArrayLike<number>, n: numb
   const out: GeneratedToken[] = [];
   for await (const t of g.generate(prompt, { maxNewTokens: n })) out.push(t);
   return out;
+}
+
+/** Generate n tokens with exits that fire, then check every layer's cache against the full model's recomputed on the same tokens. */
+async function expectExactCache(ee: OnnxModel, exits: Array<{ exit: number; threshold: number }>, prompt: number[], n: number): Promise<void> {
+  const g = await EarlyExitGenerator.open(ee, { exits });
+  const out = await collect(g, prompt, n);
+  const fired = new Set(out.slice(1).map((t) => t.exit));
+  expect(fired.has(exits[0]!.exit)).toBe(true); // tokens did exit early, so layers were deferred
+  expect(fired.has(-1)).toBe(true);
+  expect(g.stats.calls).toBeGreaterThan(n - 1);
+  await g.flush();
+  const meta = g.meta;
+  const original = originalDecoder(ee.proto, meta);
+  const s = await createSession(runtimeBytes(original));
+  const ref = await s.run(decoderFeeds(original, meta.layout, g.tokens, 1, 0));
+  const snap = g.snapshot();
+  expect(snap.layers.length).toBe(meta.layout.layers.length);
+  meta.layout.layers.forEach((l, i) => {
+    expect(snap.layers[i]![0].dims).toEqual(ref[l.presentKey]!.dims);
+    expect(maxAbsDiff(snap.layers[i]![0].data as Float32Array, ref[l.presentKey]!.data as Float32Array)).toBeLessThan(1e-4);
+    expect(maxAbsDiff(snap.layers[i]![1].data as Float32Array, ref[l.presentValue]!.data as Float32Array)).toBeLessThan(1e-4);
+  });
+  await s.release();
+  await g.release();
 }
 
 describe("betting certification and ROUGE-L", () => {
@@ -162,27 +187,7 @@ describe("exact KV cache", () => {
   });
 
   it("after generating with exits, the cache equals the full model's recomputed on the same tokens", async () => {
-    const prompt = Array.from(loadTokens(PROMPTS, 1));
-    const g = await EarlyExitGenerator.open(ee, { exits: [{ exit: 0, threshold: 0.6 }, { exit: 1, threshold: 0.5 }] });
-    const out = await collect(g, prompt, 48);
-    const exits = new Set(out.slice(1).map((t) => t.exit));
-    expect(exits.has(0)).toBe(true); // tokens did exit early, so layers were deferred
-    expect(exits.has(-1)).toBe(true);
-    expect(g.stats.calls).toBeGreaterThan(47);
-    await g.flush();
-    const meta = g.meta;
-    const original = originalDecoder(ee.proto, meta);
-    const s = await createSession(runtimeBytes(original));
-    const ref = await s.run(decoderFeeds(original, meta.layout, g.tokens, 1, 0));
-    const snap = g.snapshot();
-    expect(snap.layers.length).toBe(6);
-    meta.layout.layers.forEach((l, i) => {
-      expect(snap.layers[i]![0].dims).toEqual(ref[l.presentKey]!.dims);
-      expect(maxAbsDiff(snap.layers[i]![0].data as Float32Array, ref[l.presentKey]!.data as Float32Array)).toBeLessThan(1e-4);
-      expect(maxAbsDiff(snap.layers[i]![1].data as Float32Array, ref[l.presentValue]!.data as Float32Array)).toBeLessThan(1e-4);
-    });
-    await s.release();
-    await g.release();
+    await expectExactCache(ee, [{ exit: 0, threshold: 0.6 }, { exit: 1, threshold: 0.5 }], Array.from(loadTokens(PROMPTS, 1)), 48);
   });
 
   it("takes a plain export without a cache: layers by their attention, generation recomputes the prefix", async () => {
@@ -381,5 +386,63 @@ describe("ee-tool on the SOTU decoder", () => {
     expect(r.stderr.split("\n").filter(Boolean).length).toBeLessThanOrEqual(2);
     expect(r.stderr).toMatch(/ee-tool: error \[CALIB_INVALID\]/);
     expect(fs.existsSync(path.join(dir, "x.onnx"))).toBe(false);
+  });
+});
+
+describe("ee-tool on a GPT-2-style export (other names, depth, norm, positions)", () => {
+  const model = path.join(GPT_DIR, "model.onnx");
+  const calib = path.join(GPT_DIR, "calib.npy");
+
+  it("finds its layout by structure, the learned position table included", () => {
+    const layout = findDecoderLayout(loadModel(model).proto)!;
+    expect(layout.inputIds).toBe("tokens");
+    expect(layout.logits).toBe("scores");
+    expect(layout.attentionMask).toBeUndefined();
+    expect(layout.layers.map((l) => [l.pastKey, l.pastValue, l.presentValue])[3]).toEqual(["cache_in_3_k", "cache_in_3_v", "cache_out_3_v"]);
+    expect([layout.heads, layout.headDim]).toEqual([3, 32]);
+    // wpe is Gathered at positions the graph makes from the past's length (no position input).
+    expect(layout.maxPositions).toBe(256);
+  });
+
+  it("profile times only contexts its 256 positions allow, and refuses longer ones in one line", () => {
+    expect(profileContexts(undefined, 256, 8)).toEqual([32, 128, 248]);
+    expect(profileContexts(undefined, null, 8)).toEqual([32, 128, 512]);
+    expect(profileContexts(undefined, 4096, 8)).toEqual([32, 128, 512]);
+    expect(() => profileContexts([32, 250], 256, 8)).toThrowError(/--contexts 250: the model has 256 positions/);
+  });
+
+  it("insert, profile, plan and eval run on it, the cache stays exact, and the promise holds on held-out text", async () => {
+    const dir = tmpDir("ee-gpt-cli-");
+    const ee = path.join(dir, "gpt.ee.onnx");
+    const ins = runCli(["insert", model, "--calib", calib, "-o", ee]);
+    expect(ins.code, ins.stderr).toBe(0);
+    expect(ins.stderr).toMatch(/decoder LM: tokens 'tokens' -> 'scores'.*KV cache of 4 layers \(3 heads x 32/);
+    expect(ins.stderr).toMatch(/3 exit heads/);
+    const prof = path.join(dir, "gpt.profile.json");
+    const bad = runCli(["profile", ee, "--calib", calib, "--contexts", "512", "-o", prof]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/ee-tool: error \[USAGE\]: --contexts 512: the model has 256 positions/);
+    expect(fs.existsSync(prof)).toBe(false);
+    const p = runCli(["profile", ee, "--calib", calib, "--budget", "1500", "-o", prof]);
+    expect(p.code, p.stderr).toBe(0);
+    const profile = JSON.parse(fs.readFileSync(prof, "utf8")) as { latency: { contexts: number[]; segments: unknown[] } };
+    expect(profile.latency.contexts).toEqual([32, 128, 248]);
+    expect(profile.latency.segments.length).toBe(10);
+    const planFile = path.join(dir, "gpt.plan.json");
+    const pl = runCli(["plan", prof, "--max-drop", "0.05", "-o", planFile]);
+    expect(pl.code, pl.stderr).toBe(0);
+    const plan = JSON.parse(fs.readFileSync(planFile, "utf8")) as DecoderPlan;
+    // Whether an exit pays here depends on this machine's measured costs: either a certified plan
+    // that predicts a saving, or the full model, said so.
+    if (plan.exits.length) {
+      expect(plan.certificate!.bound).toBeLessThanOrEqual(0.05);
+      expect(plan.predicted.saving).toBeGreaterThan(0);
+    } else expect(pl.stderr).toMatch(/the plan keeps the full model/);
+    await expectExactCache(loadModel(ee), [{ exit: 0, threshold: 0.5 }, { exit: 1, threshold: 0.4 }], Array.from(loadTokens(path.join(GPT_DIR, "prompts.npy"), 2)), 40);
+    const ev = runCli(["eval", planFile, "--prompts", path.join(GPT_DIR, "prompts.npy"), "--max-new-tokens", "24", "--text", path.join(GPT_DIR, "eval.npy"), "--json"]);
+    expect(ev.code, ev.stderr).toBe(0);
+    const r = JSON.parse(ev.stdout) as DecoderEvalReport;
+    expect(r.teacherForced!.differing).toBeLessThanOrEqual(0.05);
+    expect(r.exits.reduce((s, e) => s + e.measured, 0)).toBeCloseTo(1, 6);
   });
 });

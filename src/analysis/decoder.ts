@@ -171,11 +171,21 @@ export function findDecoderLayout(model: ModelProto): DecoderLayout | null {
   };
 }
 
-/** Rows of a learned position table: a Gather from an initializer indexed by the position ids. */
+/**
+ * Rows of a learned position table: a Gather from a 2-D initializer indexed by the position ids,
+ * or (GPT-2 style exports that make the positions inside the graph) the 2-D table of the same
+ * width whose Gather is added to the token embedding's.
+ */
 function positionTable(g: Graph, inputs: string[], ids: string): number | null {
   const pos = inputs.find((n) => n !== ids && /position/i.test(n));
-  if (!pos) return null;
-  const stack: Array<[string, number]> = [[pos, 0]];
+  return (pos ? tableAlong(g, pos, 3) : null) ?? addedTable(g, ids);
+}
+
+const TABLE_INDEX_OPS = ["Cast", "Identity", "Unsqueeze", "Reshape", "Add", "Sub", "Expand", "Squeeze"];
+
+/** The first 2-D initializer Gathered with indices derived (within `hops` shape-keeping ops) from tensor t. */
+function tableAlong(g: Graph, t0: string, hops: number): number | null {
+  const stack: Array<[string, number]> = [[t0, 0]];
   while (stack.length) {
     const [t, d] = stack.pop()!;
     for (const n of g.consumers(t)) {
@@ -183,7 +193,39 @@ function positionTable(g: Graph, inputs: string[], ids: string): number | null {
         const dims = g.initializer(n.input[0]!)!.dims ?? [];
         if (dims.length === 2) return Number(dims[0]);
       }
-      if (d < 3 && ["Cast", "Identity", "Unsqueeze", "Reshape", "Add", "Sub"].includes(n.op_type ?? "")) stack.push([n.output![0]!, d + 1]);
+      if (d < hops && TABLE_INDEX_OPS.includes(n.op_type ?? "")) stack.push([n.output![0]!, d + 1]);
+    }
+  }
+  return null;
+}
+
+function addedTable(g: Graph, ids: string): number | null {
+  // The token embedding: the Gather of a 2-D table by the token ids.
+  let embedding: { out: string; width: number; table: string } | null = null;
+  const stack: Array<[string, number]> = [[ids, 0]];
+  while (stack.length && !embedding) {
+    const [t, d] = stack.pop()!;
+    for (const n of g.consumers(t)) {
+      if (n.op_type === "Gather" && n.input?.[1] === t && g.isInitializer(n.input[0]!) && (g.initializer(n.input[0]!)!.dims ?? []).length === 2) {
+        embedding = { out: n.output![0]!, width: Number(g.initializer(n.input[0]!)!.dims![1]), table: n.input[0]! };
+        break;
+      }
+      if (d < 2 && ["Cast", "Identity"].includes(n.op_type ?? "")) stack.push([n.output![0]!, d + 1]);
+    }
+  }
+  if (!embedding) return null;
+  for (const add of g.consumers(embedding.out)) {
+    if (add.op_type !== "Add") continue;
+    // The other addend, back through shape-keeping ops, to a Gather of another table of that width.
+    let t: string | undefined = add.input?.find((x) => x !== embedding!.out);
+    for (let hop = 0; t && hop < 4; hop++) {
+      const p = g.producer(t);
+      if (!p) break;
+      if (p.op_type === "Gather" && g.isInitializer(p.input![0]!) && p.input![0] !== embedding.table) {
+        const dims = g.initializer(p.input![0]!)!.dims ?? [];
+        return dims.length === 2 && Number(dims[1]) === embedding.width ? Number(dims[0]) : null;
+      }
+      t = TABLE_INDEX_OPS.includes(p.op_type ?? "") ? p.input?.[0] : undefined;
     }
   }
   return null;

@@ -30,8 +30,8 @@ import { tensorByteSize } from "../onnx/tensor.js";
 import { EeToolError } from "../errors.js";
 import { TOOL_VERSION } from "../ramps/insert.js";
 import { emptySamples, scoreLogits, type ArraySpec, type SampleData } from "./samples.js";
-import { measure, type LatencyStats } from "./timing.js";
-import { modelHash, PROFILE_FORMAT, writeWithSidecar } from "./profile.js";
+import { measure, type LatencyStats, type TimedItem } from "./timing.js";
+import { freshFeeds, modelHash, PROFILE_FORMAT, writeWithSidecar } from "./profile.js";
 
 export const DEFAULT_CONTEXTS = [32, 128, 512];
 export const CARRIED = [1, 2, 4, 8];
@@ -107,6 +107,27 @@ export interface DecoderProfileOptions {
   onProgress?: (phase: string, done: number, total: number) => void;
 }
 
+/**
+ * Past lengths to time at: the requested ones, which must leave room for the most carried
+ * positions within a learned position table; by default DEFAULT_CONTEXTS, those that fit, and the
+ * longest that fits when some do not.
+ */
+export function profileContexts(requested: readonly number[] | undefined, maxPositions: number | null, carried: number): number[] {
+  const room = maxPositions === null ? Infinity : maxPositions - carried;
+  if (requested) {
+    const over = requested.filter((c) => c > room);
+    if (over.length) {
+      throw new EeToolError("USAGE", `--contexts ${over.join(",")}: the model has ${maxPositions} positions, and a timed step after a past of c tokens carries up to ${carried}`, {
+        hint: `Use contexts of at most ${room}.`,
+      });
+    }
+    return [...requested];
+  }
+  if (room < 1) throw new EeToolError("USAGE", `the model has ${maxPositions} positions: too few to time a decode step carrying ${carried}`);
+  const fit = DEFAULT_CONTEXTS.filter((c) => c <= room);
+  return fit.length === DEFAULT_CONTEXTS.length ? fit : [...fit, room];
+}
+
 export function decoderMetadataOrThrow(model: OnnxModel): DecoderMetadata {
   const meta = readDecoderMetadata(model.proto);
   if (!meta) throw new EeToolError("NO_RAMPS", "the decoder has no ee-tool exit heads", { hint: "Run `ee-tool insert <decoder.onnx> --calib <ids.npy> -o model.ee.onnx` first, and profile its output." });
@@ -154,7 +175,13 @@ async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts:
     return r;
   };
   const width = meta.exits[0]?.width ?? 0;
-  const items: Array<{ name: string; run: () => Promise<unknown> }> = [];
+  // Every timed call gets fresh copies of its inputs, as a decode step feeds the previous step's
+  // presents: a tensor onnxruntime-node has not seen costs it more per call than a reused one, and
+  // a decode step feeds two per layer.
+  const items: TimedItem[] = [];
+  const timed = (name: string, session: RunnableSession, feeds: Record<string, ort.Tensor>, outputs: readonly string[]): TimedItem => ({
+    name, prepare: () => freshFeeds(feeds), run: (f) => session.run(f as Record<string, ort.Tensor>, outputs),
+  });
   const hidden = (n: number): ort.Tensor => new ort.Tensor("float32", new Float32Array(n * width).map((_, i) => Math.sin(i)), [1, n, width]);
   const cached = layout.cache === "kv";
   const carried = cached ? CARRIED : [1];
@@ -180,7 +207,7 @@ async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts:
       segs.push(entry);
       contexts.forEach((c, ci) => carried.forEach((n, ni) => {
         const feeds = feedsFor(seg.proto, seg.inputs, n, c, seg.hiddenIn);
-        items.push({ name: `seg ${a}-${b} c${ci} n${ni}`, run: () => session.run(feeds, seg.outputs) });
+        items.push(timed(`seg ${a}-${b} c${ci} n${ni}`, session, feeds, seg.outputs));
       }));
     }
   }
@@ -190,9 +217,9 @@ async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts:
   const full = await open(original, outs, settings);
   contexts.forEach((c, ci) => {
     const step = cached ? decoderFeeds(original, layout, [1], 1, c) : decoderFeeds(original, layout, new Array<number>(c + 1).fill(1), 1, 0);
-    items.push({ name: `full c${ci}`, run: () => full.run(step, outs) });
+    items.push(timed(`full c${ci}`, full, step, outs));
     const pre = decoderFeeds(original, layout, new Array<number>(c).fill(1), 1, 0);
-    items.push({ name: `prefill c${ci}`, run: () => full.run(pre, outs) });
+    items.push(timed(`prefill c${ci}`, full, pre, outs));
   });
   const heads: Record<string, number> = {};
   const headItems: Array<[string, string]> = [];
@@ -211,7 +238,7 @@ async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts:
     };
     const session = await open(proto, [e.output]);
     const feeds = { [e.tensor]: hidden(1) };
-    items.push({ name: `head ${e.id}`, run: () => session.run(feeds, [e.output]) });
+    items.push(timed(`head ${e.id}`, session, feeds, [e.output]));
     headItems.push([String(e.id), `head ${e.id}`]);
   }
   try {
@@ -241,6 +268,8 @@ export async function profileDecoder(model: OnnxModel, options: DecoderProfileOp
   const meta = decoderMetadataOrThrow(model);
   const layout: DecoderLayout = meta.layout;
   const settings = options.settings ?? {};
+  // Checked before the scoring pass, so that a context the model cannot take fails at once.
+  const contexts = profileContexts(options.contexts, layout.maxPositions, layout.cache === "kv" ? CARRIED.at(-1)! : 1);
   const tokens = openTokens(options.calib, "calibration tokens", layout.vocab);
   const fitted = unpackHashes(meta.calibration.fitHashes);
   const rows: number[] = [];
@@ -301,7 +330,6 @@ export async function profileDecoder(model: OnnxModel, options: DecoderProfileOp
       return { id: e.id, layers: e.layers, agreement: agree / n, meanMaxprob: conf / n, accuracy: right / n };
     }),
   };
-  const contexts = options.contexts ?? DEFAULT_CONTEXTS;
   const budgetMs = options.budgetMs ?? 20_000;
   const latency = options.latency === false ? null : await measureLatency(model, meta, contexts, settings, budgetMs, options.onProgress);
   const w = weightsAfter(model.proto, meta);

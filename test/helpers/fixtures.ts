@@ -7,10 +7,12 @@ export const ROOT = path.resolve(import.meta.dirname, "../..");
 export const CNN = path.join(ROOT, "fixtures/cnn/model.onnx");
 export const TEXT = path.join(ROOT, "fixtures/text/model.onnx");
 export const VIT = path.join(ROOT, "fixtures/vit/model.onnx");
-export const FIXTURE_MODELS = [CNN, TEXT, VIT, path.join(ROOT, "fixtures/lm/model.onnx")];
+export const FIXTURE_MODELS = [CNN, TEXT, VIT, path.join(ROOT, "fixtures/lm/model.onnx"), path.join(ROOT, "fixtures/gpt/model.onnx")];
 /** The decoder LM fixture (fixtures/lm): token ids in, logits and a KV cache out. */
 export const LM_DIR = path.join(ROOT, "fixtures/lm");
 export const LM = path.join(LM_DIR, "model.onnx");
+/** The second decoder fixture (fixtures/gpt): GPT-2 style, opaque cache names, positions made in the graph. */
+export const GPT_DIR = path.join(ROOT, "fixtures/gpt");
 
 export function tmpDir(prefix = "ee-test-"): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
