@@ -49,7 +49,13 @@ export function renderDecoderProfile(p: DecoderProfile): string {
 
 export function renderDecoderPlan(p: DecoderPlan): string {
   const lines: string[] = [];
-  if (p.exits.length === 0) lines.push("no exit configuration could be certified under this constraint: the plan keeps the full model");
+  if (p.exits.length === 0) {
+    // The frontier holds only configurations faster than the full model on the tuning sequences.
+    const faster = p.frontier.some((f) => f.exits.length > 0 && f.differing <= p.settings.maxDrop);
+    lines.push(faster
+      ? "no exit configuration could be certified under this constraint: the plan keeps the full model"
+      : "no exit configuration is faster than the full model within this constraint (measured costs, tuning sequences): the plan keeps the full model");
+  }
   lines.push(`plan: ${p.exits.length} exits (kv mode ${p.kvMode}), at most ${pct(p.settings.maxDrop)} of tokens differing from the full model's greedy token, metric ${p.settings.metric}`);
   lines.push(table([
     ["exit", "after layer", "threshold", "exit rate (tune)", "exit rate (certify)"],

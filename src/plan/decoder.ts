@@ -256,6 +256,8 @@ class Simulator {
       }
       losses[j] = differ / this.perSeq;
     });
+    // Without exits the runtime runs the original model: the full step's cost, not a segment's.
+    if (ids.length === 0 && !c.terminal) cost = full;
     return { losses, cost, full, exitCounts, exitLayerSum: layerSum, tokens: rows.length * this.perSeq };
   }
 }
