@@ -332,6 +332,18 @@ describe("ee-tool on the SOTU decoder", () => {
     expect(plan.certificate!.bound).toBeLessThanOrEqual(0.05);
     expect(plan.predicted.saving).toBeGreaterThan(0);
     expect(plan.truncation.rows.length).toBe(5);
+    // Where every segment costs more than its exits save, no exit is chosen: the plan keeps the
+    // full model (priced at its own step) rather than one predicted slower.
+    const dear = JSON.parse(fs.readFileSync(prof, "utf8")) as { latency: { segments: Array<{ p50: number[][] }> } };
+    for (const seg of dear.latency.segments) seg.p50 = seg.p50.map((row) => row.map((x) => x * 4));
+    const dearFile = path.join(dir, "lm.dear.profile.json");
+    fs.writeFileSync(dearFile, JSON.stringify(dear));
+    const dp = runCli(["plan", dearFile, "--max-drop", "0.05", "-o", path.join(dir, "lm.dear.plan.json")]);
+    expect(dp.code, dp.stderr).toBe(0);
+    const dearPlan = JSON.parse(fs.readFileSync(path.join(dir, "lm.dear.plan.json"), "utf8")) as DecoderPlan;
+    expect(dearPlan.exits).toEqual([]);
+    expect(dearPlan.predicted.saving).toBe(0);
+    expect(dp.stderr).toMatch(/no exit configuration is faster than the full model within this constraint/);
     // A looser budget certifies a truncation; --emit writes it as an ordinary decoder of fewer layers.
     const loose = path.join(dir, "lm.loose.json");
     const lp = runCli(["plan", prof, "--max-drop", "0.25", "--emit", "truncated", "-o", loose]);
