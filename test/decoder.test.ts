@@ -428,8 +428,17 @@ describe("ee-tool on a GPT-2-style export (other names, depth, norm, positions)"
     const ee = path.join(dir, "gpt.ee.onnx");
     const ins = runCli(["insert", model, "--calib", calib, "-o", ee]);
     expect(ins.code, ins.stderr).toBe(0);
-    expect(ins.stderr).toMatch(/decoder LM: tokens 'tokens' -> 'scores'.*KV cache of 4 layers \(3 heads x 32/);
+    expect(ins.stderr).toMatch(/decoder LM: tokens 'tokens' -> 'scores'.*KV cache of 4 layers \(3 heads x 32.*; 256 positions \(a learned table\)/);
     expect(ins.stderr).toMatch(/3 exit heads/);
+    // Windows longer than the position table: one line, nothing written.
+    const long = path.join(dir, "long.npy");
+    const t = openTokens(calib);
+    const ids = new BigInt64Array(8 * 320).map((_, i) => BigInt(t.row(i % 8)[i % t.length]!));
+    fs.writeFileSync(long, encodeNpy("int64", [8, 320], new Uint8Array(ids.buffer)));
+    const li = runCli(["insert", model, "--calib", long, "-o", path.join(dir, "long.ee.onnx")]);
+    expect(li.code).not.toBe(0);
+    expect(li.stderr).toMatch(/ee-tool: error \[CALIB_MISMATCH\]: calibration tokens .*long\.npy has sequences of 320 tokens; the model has 256 positions/);
+    expect(fs.existsSync(path.join(dir, "long.ee.onnx"))).toBe(false);
     const prof = path.join(dir, "gpt.profile.json");
     const bad = runCli(["profile", ee, "--calib", calib, "--contexts", "512", "-o", prof]);
     expect(bad.code).not.toBe(0);

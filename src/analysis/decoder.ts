@@ -247,7 +247,8 @@ export function describeDecoder(l: DecoderLayout): string {
   const cache = l.cache === "kv"
     ? `KV cache of ${l.layers.length} layers (${l.heads ?? "?"} heads x ${l.headDim ?? "?"}; '${l.layers[0]!.pastKey}' -> '${l.layers[0]!.presentKey}', ...)`
     : "no KV cache (every step recomputes the prefix)";
-  return `decoder LM: tokens '${l.inputIds}'${side ? ` (+ ${side})` : ""} -> '${l.logits}' [batch, seq, ${l.vocab ?? "vocab"}], ${cache}`;
+  const positions = l.maxPositions !== null ? `; ${l.maxPositions} positions (a learned table)` : "";
+  return `decoder LM: tokens '${l.inputIds}'${side ? ` (+ ${side})` : ""} -> '${l.logits}' [batch, seq, ${l.vocab ?? "vocab"}], ${cache}${positions}`;
 }
 
 export interface DecoderExit {

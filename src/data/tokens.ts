@@ -19,7 +19,7 @@ export interface TokenSet {
   hash(i: number): string;
 }
 
-export function openTokens(file: string, what = "token data", vocab?: number | null): TokenSet {
+export function openTokens(file: string, what = "token data", vocab?: number | null, maxPositions?: number | null): TokenSet {
   if (!fs.existsSync(file)) throw new EeToolError("FILE_NOT_FOUND", `${what} not found: ${file}`);
   if (!file.endsWith(".npy")) {
     throw new EeToolError("CALIB_INVALID", `${what} for a decoder must be an .npy of token ids [sequences, length], got ${file}`, {
@@ -36,6 +36,11 @@ export function openTokens(file: string, what = "token data", vocab?: number | n
     throw new EeToolError("CALIB_MISMATCH", `${what} ${file} holds ${a.type}; token ids must be integers`);
   }
   const [n, len] = a.shape as [number, number];
+  if (maxPositions && len > maxPositions) {
+    throw new EeToolError("CALIB_MISMATCH", `${what} ${file} has sequences of ${len} tokens; the model has ${maxPositions} positions`, {
+      hint: `Cut the windows to at most ${maxPositions} tokens.`,
+    });
+  }
   const all = Int32Array.from(typedArray(a.type, a.rows(0, n)) as ArrayLike<number | bigint>, (v) => Number(v));
   for (let i = 0; i < all.length; i++) {
     const v = all[i]!;

@@ -160,7 +160,7 @@ export async function evaluateDecoderPlan(planPath: string, plan: DecoderPlan, o
   const exitSettings = truncated
     ? [...trunc!.earlier.map((e) => ({ exit: e.id, threshold: e.threshold })), { exit: trunc!.exit, threshold: -Infinity }]
     : plan.exits.map((e) => ({ exit: e.id, threshold: e.threshold }));
-  const prompts = openTokens(options.prompts, "prompts", meta.layout.vocab);
+  const prompts = openTokens(options.prompts, "prompts", meta.layout.vocab, meta.layout.maxPositions);
   const maxNewTokens = options.maxNewTokens ?? 64;
   const full = await EarlyExitGenerator.open(model, { settings });
   const early = await EarlyExitGenerator.open(model, { exits: exitSettings, truncate: truncated, metric: plan.settings.metric, settings });
@@ -227,7 +227,7 @@ export async function evaluateDecoderPlan(planPath: string, plan: DecoderPlan, o
   // Teacher-forced perplexity and differing share on evaluation text.
   let teacher: DecoderEvalReport["teacherForced"] = null;
   if (options.text) {
-    const text = openTokens(options.text, "evaluation text", meta.layout.vocab);
+    const text = openTokens(options.text, "evaluation text", meta.layout.vocab, meta.layout.maxPositions);
     const session = await createSession(runtimeBytes(model.proto, model.readExternal), settings);
     const order = exitSettings.map((s) => ({ ...s, rec: meta.exits.find((e) => e.id === s.exit)! })).sort((x, y) => x.rec.layers - y.rec.layers);
     let nllFull = 0;

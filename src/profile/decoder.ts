@@ -270,7 +270,7 @@ export async function profileDecoder(model: OnnxModel, options: DecoderProfileOp
   const settings = options.settings ?? {};
   // Checked before the scoring pass, so that a context the model cannot take fails at once.
   const contexts = profileContexts(options.contexts, layout.maxPositions, layout.cache === "kv" ? CARRIED.at(-1)! : 1);
-  const tokens = openTokens(options.calib, "calibration tokens", layout.vocab);
+  const tokens = openTokens(options.calib, "calibration tokens", layout.vocab, layout.maxPositions);
   const fitted = unpackHashes(meta.calibration.fitHashes);
   const rows: number[] = [];
   for (let i = 0; i < tokens.sequences; i++) if (!fitted.has(tokens.hash(i))) rows.push(i);

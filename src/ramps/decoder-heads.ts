@@ -290,7 +290,7 @@ export async function insertDecoderHeads(model: OnnxModel, layout: DecoderLayout
   const finalTensor = exits[exits.length - 1]!.candidate.tensor;
   const view = new Graph(model.proto.graph!);
   const head = headNodes(view, finalTensor, layout.logits);
-  const tokens = openTokens(options.calib, "calibration tokens", layout.vocab);
+  const tokens = openTokens(options.calib, "calibration tokens", layout.vocab, layout.maxPositions);
 
   const fraction = options.fitFraction ?? 0.4;
   const order = new Rng(seed).permutation(tokens.sequences);
