@@ -15,7 +15,7 @@ import { openNpz } from "../src/data/npz.js";
 import { typedArray } from "../src/data/calib.js";
 import { openTokens } from "../src/data/tokens.js";
 import { encodeNpy } from "../src/data/npy.js";
-import { decoderFeeds, findDecoderLayout, inlineCacheBranch } from "../src/analysis/decoder.js";
+import { declaredBatch, decoderFeeds, findDecoderLayout, inlineCacheBranch } from "../src/analysis/decoder.js";
 import { profileContexts } from "../src/profile/decoder.js";
 import { asDecoder, insertDecoderHeads } from "../src/ramps/decoder-heads.js";
 import { EarlyExitGenerator, type GeneratedToken } from "../src/runtime/generator.js";
@@ -209,6 +209,29 @@ describe("exact KV cache", () => {
     expect(b.map((t) => t.token)).toEqual(a.map((t) => t.token));
     await withCache.release();
     await recompute.release();
+  });
+
+  it("takes an export whose inputs fix the batch at 1: every pass feeds one window", async () => {
+    const model = loadModel(LM);
+    const proto = structuredClone(model.proto);
+    for (const i of proto.graph!.input ?? []) {
+      const d = i.type?.tensor_type?.shape?.dim?.[0];
+      if (!d) continue;
+      d.dim_value = 1;
+      delete d.dim_param;
+    }
+    const file = path.join(dir, "batch1.onnx");
+    saveModel({ ...model, proto }, file);
+    const one = loadModel(file);
+    expect(declaredBatch(one.proto, findDecoderLayout(one.proto)!)).toBe(1);
+    const r = await insertDecoderHeads(one, findDecoderLayout(one.proto)!, { calib: sliceTokens(CALIB, 60, path.join(dir, "calib60.npy")), exits: "4" });
+    expect(r.metadata.exits.map((e) => e.tensor)).toEqual([readDecoderMetadata(ee.proto)!.exits[1]!.tensor]);
+    const prompt = Array.from(loadTokens(PROMPTS, 4));
+    const ref = await EarlyExitGenerator.open(ee);
+    const fixed = await EarlyExitGenerator.open(r.model, { exits: [{ exit: 0, threshold: Infinity }] });
+    expect((await collect(fixed, prompt, 12)).map((t) => t.token)).toEqual((await collect(ref, prompt, 12)).map((t) => t.token));
+    await ref.release();
+    await fixed.release();
   });
 
   it("takes Optimum's merged decoder (If on use_cache_branch) through its with-past branch", async () => {

@@ -355,6 +355,13 @@ export function decoderFeeds(
   return feeds;
 }
 
+/** The batch the token input declares when it is a number (an export with a fixed batch), else null. */
+export function declaredBatch(model: ModelProto, layout: DecoderLayout): number | null {
+  const input = (model.graph!.input ?? []).find((i) => i.name === layout.inputIds);
+  const d = typeInfo(input?.type).shape?.[0];
+  return typeof d === "number" ? d : null;
+}
+
 /** The heads and head size of the cache, which the runtime must know to build empty caches. */
 export function requireCacheDims(layout: DecoderLayout): void {
   if (layout.cache === "kv" && (layout.heads === null || layout.headDim === null)) {

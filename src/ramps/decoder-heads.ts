@@ -17,7 +17,7 @@ import { makeValueInfo } from "../ir/shapes.js";
 import { shallowClone } from "../ir/clone.js";
 import { DataType } from "../onnx/dtype.js";
 import { analyzeExits } from "../analysis/analyze.js";
-import { attentionLayers, decoderExits, decoderFeeds, findDecoderLayout, inlineCacheBranch, requireCacheDims, type DecoderExit, type DecoderLayout } from "../analysis/decoder.js";
+import { attentionLayers, declaredBatch, decoderExits, decoderFeeds, findDecoderLayout, inlineCacheBranch, requireCacheDims, type DecoderExit, type DecoderLayout } from "../analysis/decoder.js";
 import type { ExitAnalysis } from "../analysis/exits.js";
 import { openTokens, tokenSetHash, type TokenSet } from "../data/tokens.js";
 import { createSession, runSession, runtimeBytes, type SessionSettings, type ort } from "../ort/ort.js";
@@ -56,7 +56,8 @@ const HOLDOUT = 0.2;
 /** The decoder's exit points: one per layer, the last one where the model's own head starts. */
 export async function analyzeDecoder(model: OnnxModel, layout: DecoderLayout, settings?: SessionSettings): Promise<{ analysis: ExitAnalysis; exits: DecoderExit[] }> {
   requireCacheDims(layout);
-  const probe = decoderFeeds(model.proto, layout, new Array<number>(16).fill(0), 2, layout.cache === "kv" ? 3 : 0);
+  const b = declaredBatch(model.proto, layout) ?? 2;
+  const probe = decoderFeeds(model.proto, layout, new Array<number>(8 * b).fill(0), b, layout.cache === "kv" ? 3 : 0);
   const analysis = await analyzeExits(model, probe, { output: layout.logits, mainInput: layout.inputIds, everyPoint: true, ...(settings ? { settings } : {}) });
   const exits = decoderExits(model.proto, layout, analysis);
   const expected = layout.cache === "kv" ? layout.layers.length : attentionLayers(model.proto);
@@ -238,6 +239,8 @@ export async function teacherForced(
   each: (out: Record<string, ort.Tensor>, rows: readonly number[]) => void,
   progress?: (done: number) => void,
 ): Promise<void> {
+  // An export with a fixed batch of 1 takes one window a call.
+  if (declaredBatch(proto, layout) === 1) batch = 1;
   for (let s = 0; s < rows.length; s += batch) {
     const part = rows.slice(s, s + batch);
     const ids = new Int32Array(part.length * tokens.length);
