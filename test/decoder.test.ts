@@ -337,8 +337,17 @@ describe("ee-tool on the SOTU decoder", () => {
     const prof = path.join(dir, "lm.profile.json");
     const p = runCli(["profile", ee, "--calib", CALIB, "--contexts", "32,128", "--budget", "2000", "-o", prof]);
     expect(p.code, p.stderr).toBe(0);
-    const profile = JSON.parse(fs.readFileSync(prof, "utf8")) as { kind: string; samples: { sequences: number; skippedFitted: number }; latency: { segments: unknown[]; fullStep: number[] } };
+    const profile = JSON.parse(fs.readFileSync(prof, "utf8")) as {
+      kind: string; samples: { sequences: number; skippedFitted: number }; latency: { segments: unknown[]; fullStep: number[] };
+      environment: { threads: number | null; threadChoice: { threads: number | null; oneThreadMs: number; defaultMs: number } };
+    };
     expect(profile.kind).toBe("decoder");
+    // Without --threads the profile measured both ways and kept what was faster.
+    const tc = profile.environment.threadChoice;
+    expect(tc.oneThreadMs).toBeGreaterThan(0);
+    expect(tc.defaultMs).toBeGreaterThan(0);
+    expect(profile.environment.threads).toBe(tc.oneThreadMs < tc.defaultMs * 0.97 ? 1 : null);
+    expect(p.stderr).toMatch(/threads: (1 \(measured faster|onnxruntime's default \(one thread measured not faster)/);
     expect(validate(profile, JSON.parse(fs.readFileSync(path.join(ROOT, "docs/decoder-profile.schema.json"), "utf8")) as Schema)).toEqual([]);
     expect(profile.samples.skippedFitted).toBeGreaterThan(0);
     expect(profile.latency.segments.length).toBe(21);
@@ -350,6 +359,7 @@ describe("ee-tool on the SOTU decoder", () => {
     expect(plan.kind).toBe("decoder");
     expect(validate(plan, JSON.parse(fs.readFileSync(path.join(ROOT, "docs/decoder-plan.schema.json"), "utf8")) as Schema)).toEqual([]);
     expect(plan.kvMode).toBe("exact");
+    expect(plan.profile.threads).toBe(profile.environment.threads);
     expect(plan.exits.length).toBeGreaterThan(0);
     expect(plan.certificate!.unit).toBe("sequence");
     expect(plan.certificate!.bound).toBeLessThanOrEqual(0.05);
@@ -389,6 +399,7 @@ describe("ee-tool on the SOTU decoder", () => {
     const ev = runCli(["eval", planFile, "--prompts", prompts, "--max-new-tokens", "24", "--text", text, "--json"]);
     expect(ev.code, ev.stderr).toBe(0);
     const r = JSON.parse(ev.stdout) as DecoderEvalReport;
+    expect(r.threads).toBe(plan.profile.threads);
     expect(r.tokens).toBe(12 * 23);
     expect(r.teacherForced!.differing).toBeLessThanOrEqual(0.05);
     expect(r.teacherForced!.perplexityFull).toBeGreaterThan(1);

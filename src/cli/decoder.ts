@@ -33,7 +33,9 @@ export function renderDecoderProfile(p: DecoderProfile): string {
   ];
   const l = p.latency;
   if (l) {
-    lines.push(`latency (p50 ms, ${p.environment.executionProvider}; ${l.converged[0]} of ${l.converged[1]} timings converged): the full model's decode step and prefill`);
+    const tc = p.environment.threadChoice;
+    if (tc) lines.push(`threads: ${tc.threads ? `${tc.threads} (measured faster` : `onnxruntime's default (one thread measured not faster`}: full decode step ${ms(tc.oneThreadMs)} ms with one thread, ${ms(tc.defaultMs)} ms with the default); the plan and eval use the same`);
+    lines.push(`latency (p50 ms, ${p.environment.executionProvider}${p.environment.threads ? `, ${p.environment.threads} thread${p.environment.threads > 1 ? "s" : ""}` : ""}; ${l.converged[0]} of ${l.converged[1]} timings converged): the full model's decode step and prefill`);
     lines.push(table([["context", ...l.contexts.map(String)], ["decode step", ...l.fullStep.map(ms)], ["prefill", ...l.prefill.map(ms)]]));
     const last = l.contexts.length - 1;
     lines.push(`each segment the runtime can run, one call after a past of ${l.contexts[0]} / ${l.contexts[last]} tokens, carrying ${l.carried.join(" / ")} positions:`);
@@ -80,7 +82,7 @@ export function renderDecoderPlan(p: DecoderPlan): string {
 
 export function renderDecoderEval(r: DecoderEvalReport): string {
   const lines = [
-    `${r.prompts} prompts, up to ${r.maxNewTokens} new tokens, greedy, batch 1 on ${r.ep}: ${r.mode === "truncated" ? "the truncated decoder" : "the plan"} (kv mode ${r.kvMode}) against the full model${r.kvMode === "exact" ? " with its KV cache" : " (no cache: every step recomputes the prefix)"}`,
+    `${r.prompts} prompts, up to ${r.maxNewTokens} new tokens, greedy, batch 1 on ${r.ep}${r.threads ? ` (${r.threads} intra-op thread${r.threads > 1 ? "s" : ""})` : ""}: ${r.mode === "truncated" ? "the truncated decoder" : "the plan"} (kv mode ${r.kvMode}) against the full model${r.kvMode === "exact" ? " with its KV cache" : " (no cache: every step recomputes the prefix)"}`,
     table([
       ["", "full model", "early exit", "plan predicted"],
       ["decode latency per token mean (ms)", ms(r.full.mean), ms(r.earlyExit.mean), `${ms(r.predicted.fullStepMs)} -> ${ms(r.predicted.stepMs)}`],

@@ -53,6 +53,8 @@ export interface DecoderEvalReport {
   mode: "plan" | "truncated";
   kvMode: "exact" | "recompute";
   ep: string;
+  /** Intra-op threads both models ran with (null: onnxruntime's default). */
+  threads: number | null;
   prompts: number;
   maxNewTokens: number;
   tokens: number;
@@ -153,7 +155,9 @@ export async function evaluateDecoderPlan(planPath: string, plan: DecoderPlan, o
   const model = loadModel(modelPath);
   const meta = readDecoderMetadata(model.proto);
   if (!meta) throw new EeToolError("NO_RAMPS", `${modelPath} has no ee-tool exit heads`);
-  const settings = options.settings ?? {};
+  // The threads the plan's latencies were measured with, unless the caller says otherwise.
+  const threads = options.settings?.threads ?? plan.profile.threads ?? undefined;
+  const settings: SessionSettings = { ...options.settings, ...(threads ? { threads } : {}) };
   const truncated = options.truncated ?? false;
   const trunc = plan.truncation.chosen;
   if (truncated && !trunc) throw new EeToolError("CONSTRAINT_INFEASIBLE", "the plan has no certified truncation to evaluate", { hint: "Plan with a looser --max-drop, or evaluate the plan itself (without --truncated)." });
@@ -285,7 +289,7 @@ export async function evaluateDecoderPlan(planPath: string, plan: DecoderPlan, o
   if (teacher && teacher.differing > plan.settings.maxDrop) failures.push(`differing tokens ${(teacher.differing * 100).toFixed(2)}% on the evaluation text exceed the plan's maximum ${(plan.settings.maxDrop * 100).toFixed(2)}%`);
   if ((plan.exits.length || truncated) && saving <= 0) failures.push(`the early-exit generator is not faster than the full model (saving ${(saving * 100).toFixed(1)}%)`);
   return {
-    kind: "decoder", mode: truncated ? "truncated" : "plan", kvMode: meta.layout.cache === "kv" ? "exact" : "recompute", ep: settings.ep ?? "cpu",
+    kind: "decoder", mode: truncated ? "truncated" : "plan", kvMode: meta.layout.cache === "kv" ? "exact" : "recompute", ep: settings.ep ?? "cpu", threads: settings.threads ?? null,
     prompts: prompts.sequences, maxNewTokens, tokens: generated, full: fullS, earlyExit: eeS, saving,
     layers: { total: layers, meanAtExit: layersAtExit / Math.max(1, generated), meanRun: layerPasses / Math.max(1, generated) },
     exits, agreement: { tokens: agreeTokens / Math.max(1, compared), exactMatch: exact / prompts.sequences, rougeL: rouge / prompts.sequences },

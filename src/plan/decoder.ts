@@ -78,7 +78,8 @@ export interface DecoderPlan {
   kind: "decoder";
   tool: string;
   model: { file: string; sha256: string };
-  profile: { file: string; ep: string };
+  /** threads: the intra-op threads the latencies were measured with (null: onnxruntime's default); eval and EarlyExitGenerator users run with them. */
+  profile: { file: string; ep: string; threads?: number | null };
   settings: { maxDrop: number; confidence: number; metric: Metric; tuneFraction: number; seed: number; maxExits: number };
   /** exact: deferred layers keep the cache what the full model computes; recompute: a model without a cache. */
   kvMode: "exact" | "recompute";
@@ -431,7 +432,7 @@ export function planDecoder(profile: DecoderProfile, samples: SampleData, option
   return {
     format: PLAN_FORMAT, kind: "decoder", tool: TOOL_VERSION,
     model: { file: profile.model.file, sha256: profile.model.sha256 },
-    profile: { file: "", ep: profile.environment.executionProvider },
+    profile: { file: "", ep: profile.environment.executionProvider, threads: profile.environment.threads },
     settings: { maxDrop: options.maxDrop, confidence: options.confidence, metric, tuneFraction, seed, maxExits },
     kvMode: profile.decoder.cache === "none" ? "recompute" : "exact", layers: profile.decoder.layers, exits,
     predicted: prediction(tuneOut, certOut), certificate,

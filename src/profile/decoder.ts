@@ -20,7 +20,7 @@ import type { ModelProto } from "../onnx/types.js";
 import { ort, createSession, runtimeBytes, type SessionSettings } from "../ort/ort.js";
 import { createRunnable, type RunnableSession } from "../ort/sync.js";
 import { decoderFeeds, cacheTensor, type DecoderLayout } from "../analysis/decoder.js";
-import { openTokens, tokenSetHash } from "../data/tokens.js";
+import { openTokens, tokenSetHash, type TokenSet } from "../data/tokens.js";
 import { readDecoderMetadata, unpackHashes, type DecoderMetadata } from "../ramps/metadata.js";
 import { teacherForced } from "../ramps/decoder-heads.js";
 import { decoderSegments, originalDecoder } from "../stages/decoder-split.js";
@@ -77,7 +77,11 @@ export interface DecoderProfile {
     weightBytes: number;
     weightBytesAfter: Record<string, number>;
   };
-  environment: { onnxruntime: string; node: string; platform: string; cpu: string; cores: number; executionProvider: string; threads: number | null };
+  environment: {
+    onnxruntime: string; node: string; platform: string; cpu: string; cores: number; executionProvider: string; threads: number | null;
+    /** How `threads` was chosen when the user did not set it: the full model's greedy decoding timed both ways. */
+    threadChoice?: ThreadChoice;
+  };
   settings: { calibrationHash: string; sequences: number; budgetMs: number };
   samples: {
     /** Token rows (sequences x (length - 1)). */
@@ -162,6 +166,82 @@ export function weightsAfter(augmented: ModelProto, meta: DecoderMetadata): { to
 
 function ms(s: LatencyStats | undefined): number {
   return s ? s.p50 : NaN;
+}
+
+export interface ThreadChoice {
+  /** 1 when one intra-op thread was faster, null: onnxruntime's default. */
+  threads: number | null;
+  /** Mean full decode step (ms) of greedy continuations of calibration prompts, each way. */
+  oneThreadMs: number;
+  defaultMs: number;
+}
+
+/** One thread is chosen when its full decode step is at least this much faster than the default's. */
+const ONE_THREAD_GAIN = 0.03;
+
+/**
+ * Time the full model's greedy decoding with one intra-op thread and with onnxruntime's default,
+ * alternating: a few prompts from the calibration windows, each step feeding the previous step's
+ * presents, as generation runs it. (Back-to-back calls of one step would keep the default's
+ * worker threads spinning and hide the wake-ups a real decode loop pays between steps.)
+ */
+async function chooseThreads(model: OnnxModel, meta: DecoderMetadata, tokens: TokenSet, rows: readonly number[], settings: SessionSettings): Promise<ThreadChoice> {
+  const layout = meta.layout;
+  const original = originalDecoder(model.proto, meta);
+  const outs = (original.graph!.output ?? []).map((o) => o.name ?? "");
+  const one = await createRunnable(runtimeBytes(original, model.readExternal), { ...settings, threads: 1 }, outs);
+  const dflt = await createRunnable(runtimeBytes(original, model.readExternal), settings, outs);
+  const prompt = Math.max(1, Math.floor(tokens.length / 2));
+  const steps = Math.min(32, layout.maxPositions === null ? 32 : layout.maxPositions - prompt);
+  // Mean milliseconds per decode step of one greedy continuation.
+  const decode = async (session: RunnableSession, row: number): Promise<number> => {
+    let ids: number[] = Array.from(tokens.row(row).subarray(0, prompt));
+    let past = 0;
+    let caches: Record<string, ort.Tensor> = {};
+    let total = 0;
+    for (let t = 0; t <= steps; t++) {
+      const feeds = layout.cache === "kv" ? decoderFeeds(original, layout, ids, 1, past, caches) : decoderFeeds(original, layout, ids, 1, 0);
+      const t0 = performance.now();
+      const out = await session.run(feeds, outs);
+      if (t > 0) total += performance.now() - t0;
+      const logits = out[layout.logits]!.data as Float32Array;
+      const vocab = out[layout.logits]!.dims.at(-1)!;
+      const next = scoreLogits(logits.subarray(logits.length - vocab), vocab, 0).pred;
+      if (layout.cache === "kv") {
+        past += ids.length;
+        caches = Object.fromEntries(layout.layers.flatMap((l) => [[l.pastKey, out[l.presentKey]!], [l.pastValue, out[l.presentValue]!]]));
+        ids = [next];
+      } else ids = [...ids, next];
+    }
+    return total / Math.max(1, steps);
+  };
+  try {
+    const a: number[] = [];
+    const b: number[] = [];
+    const use = rows.slice(0, 8);
+    for (let round = 0; round < 2; round++) {
+      for (const [i, row] of use.entries()) {
+        if ((i + round) % 2 === 0) {
+          a.push(await decode(one, row));
+          b.push(await decode(dflt, row));
+        } else {
+          b.push(await decode(dflt, row));
+          a.push(await decode(one, row));
+        }
+      }
+    }
+    // The first pair warms both sessions up.
+    const oneThreadMs = mean(a.slice(1));
+    const defaultMs = mean(b.slice(1));
+    return { threads: oneThreadMs < defaultMs * (1 - ONE_THREAD_GAIN) ? 1 : null, oneThreadMs, defaultMs };
+  } finally {
+    await one.release();
+    await dflt.release();
+  }
+}
+
+function mean(x: readonly number[]): number {
+  return x.reduce((s, v) => s + v, 0) / Math.max(1, x.length);
 }
 
 async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts: number[], settings: SessionSettings, budgetMs: number, onProgress?: DecoderProfileOptions["onProgress"]): Promise<DecoderLatency> {
@@ -267,7 +347,7 @@ async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts:
 export async function profileDecoder(model: OnnxModel, options: DecoderProfileOptions): Promise<{ profile: DecoderProfile; samples: SampleData }> {
   const meta = decoderMetadataOrThrow(model);
   const layout: DecoderLayout = meta.layout;
-  const settings = options.settings ?? {};
+  let settings = options.settings ?? {};
   // Checked before the scoring pass, so that a context the model cannot take fails at once.
   const contexts = profileContexts(options.contexts, layout.maxPositions, layout.cache === "kv" ? CARRIED.at(-1)! : 1);
   const tokens = openTokens(options.calib, "calibration tokens", layout.vocab, layout.maxPositions);
@@ -331,6 +411,10 @@ export async function profileDecoder(model: OnnxModel, options: DecoderProfileOp
     }),
   };
   const budgetMs = options.budgetMs ?? 20_000;
+  // Unless told, the thread count is measured: on a small decoder at batch 1 one intra-op thread
+  // can beat onnxruntime's default (no wake-ups between many small ops); a large one needs them all.
+  const threadChoice = options.latency === false || settings.threads !== undefined || (settings.ep ?? "cpu") !== "cpu" ? undefined : await chooseThreads(model, meta, tokens, rows, settings);
+  if (threadChoice?.threads) settings = { ...settings, threads: threadChoice.threads };
   const latency = options.latency === false ? null : await measureLatency(model, meta, contexts, settings, budgetMs, options.onProgress);
   const w = weightsAfter(model.proto, meta);
   const elem = layout.cacheType === 10 ? 2 : 4;
@@ -346,6 +430,7 @@ export async function profileDecoder(model: OnnxModel, options: DecoderProfileOp
     environment: {
       onnxruntime: ort.env.versions?.common ?? "unknown", node: process.version, platform: `${process.platform}-${process.arch}`,
       cpu: os.cpus()[0]?.model ?? "unknown", cores: os.cpus().length, executionProvider: settings.ep ?? "cpu", threads: settings.threads ?? null,
+      ...(threadChoice ? { threadChoice } : {}),
     },
     settings: { calibrationHash: tokenSetHash(tokens), sequences: tokens.sequences, budgetMs },
     samples: { scored: n, sequences: rows.length, tokensPerSequence: perSeq, skippedFitted: tokens.sequences - rows.length, file: "", sha256: "", arrays: [] },
