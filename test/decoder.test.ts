@@ -400,6 +400,15 @@ describe("ee-tool on the SOTU decoder", () => {
     expect(ev.code, ev.stderr).toBe(0);
     const r = JSON.parse(ev.stdout) as DecoderEvalReport;
     expect(r.threads).toBe(plan.profile.threads);
+    // Eval runs both models with the threads the plan was measured with, unless --threads says otherwise.
+    const one = path.join(dir, "lm.one-thread.plan.json");
+    fs.writeFileSync(one, JSON.stringify({ ...plan, profile: { ...plan.profile, threads: 1 } }));
+    const few = sliceTokens(PROMPTS, 2, path.join(dir, "prompts2.npy"));
+    for (const [extra, want] of [[[], 1], [["--threads", "2"], 2]] as const) {
+      const e = runCli(["eval", one, "--prompts", few, "--max-new-tokens", "4", "--json", ...extra]);
+      expect(e.code, e.stderr).toBe(0);
+      expect((JSON.parse(e.stdout) as DecoderEvalReport).threads).toBe(want);
+    }
     expect(r.tokens).toBe(12 * 23);
     expect(r.teacherForced!.differing).toBeLessThanOrEqual(0.05);
     expect(r.teacherForced!.perplexityFull).toBeGreaterThan(1);

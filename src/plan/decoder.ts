@@ -13,6 +13,7 @@
  * profile's measured latency of that segment, at that context, carrying that many positions.
  * The baseline is the full model's measured decode step at the same context.
  */
+import { mean } from "../util/stats.js";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { DecoderProfile, SegmentLatency } from "../profile/decoder.js";
@@ -261,12 +262,6 @@ class Simulator {
     if (ids.length === 0 && !c.terminal) cost = full;
     return { losses, cost, full, exitCounts, exitLayerSum: layerSum, tokens: rows.length * this.perSeq };
   }
-}
-
-function mean(x: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < x.length; i++) s += x[i]!;
-  return x.length ? s / x.length : 0;
 }
 
 /** Candidate thresholds of one exit: quantiles of its confidence on the tuning tokens. */

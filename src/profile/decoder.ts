@@ -14,6 +14,7 @@
  * the exact KV mode run the tokens that exited earlier together with the next one). Also the full
  * model's decode step and its prefill at each context length, and each head alone.
  */
+import { mean } from "../util/stats.js";
 import * as os from "node:os";
 import type { OnnxModel } from "../onnx/model.js";
 import type { ModelProto } from "../onnx/types.js";
@@ -238,10 +239,6 @@ async function chooseThreads(model: OnnxModel, meta: DecoderMetadata, tokens: To
     await one.release();
     await dflt.release();
   }
-}
-
-function mean(x: readonly number[]): number {
-  return x.reduce((s, v) => s + v, 0) / Math.max(1, x.length);
 }
 
 async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts: number[], settings: SessionSettings, budgetMs: number, onProgress?: DecoderProfileOptions["onProgress"]): Promise<DecoderLatency> {
