@@ -15,7 +15,7 @@ import { openNpz } from "../src/data/npz.js";
 import { typedArray } from "../src/data/calib.js";
 import { openTokens } from "../src/data/tokens.js";
 import { encodeNpy } from "../src/data/npy.js";
-import { declaredBatch, decoderFeeds, findDecoderLayout, inlineCacheBranch } from "../src/analysis/decoder.js";
+import { attentionLayers, declaredBatch, decoderFeeds, findDecoderLayout, inlineCacheBranch } from "../src/analysis/decoder.js";
 import { profileContexts } from "../src/profile/decoder.js";
 import { asDecoder, insertDecoderHeads } from "../src/ramps/decoder-heads.js";
 import { EarlyExitGenerator, type GeneratedToken } from "../src/runtime/generator.js";
@@ -25,6 +25,7 @@ import { bettingPValue, bettingUpperBound } from "../src/plan/certify.js";
 import { rougeL } from "../src/eval/decoder.js";
 import { Rng } from "../src/util/rng.js";
 import { NodeEmitter, attr } from "../src/ir/builder.js";
+import { Graph } from "../src/ir/graph.js";
 import { DataType } from "../src/onnx/dtype.js";
 import { readDecoderMetadata } from "../src/ramps/metadata.js";
 import { EeToolError } from "../src/errors.js";
@@ -143,6 +144,13 @@ describe("decoder fixture and layout", () => {
     g.input = [...(g.input ?? [])].reverse();
     const opaque = findDecoderLayout(model.proto)!;
     expect(opaque.layers.map((l) => [l.pastKey, l.pastValue, l.presentKey, l.presentValue])).toEqual(named.layers.map((l) => [r(l.pastKey), r(l.pastValue), r(l.presentKey), r(l.presentValue)]));
+  });
+
+  it("counts fused attention ops (ONNX Attention, opset 23) as the layers of an export without a cache", () => {
+    const plain = withoutCache(loadModel(LM).proto);
+    expect(attentionLayers(plain)).toBe(6);
+    const fused: ModelProto = { ...plain, graph: { ...plain.graph!, node: (plain.graph!.node ?? []).map((n) => (n.op_type === "Softmax" ? { ...n, op_type: "Attention" } : n)) } };
+    expect(attentionLayers(fused)).toBe(6);
   });
 
   it("refuses a decoder whose presents are missing, and KV inputs that do not pair up, in one line", () => {
@@ -279,6 +287,33 @@ function withoutCache(proto: ModelProto): ModelProto {
     },
   };
   return out;
+}
+
+/**
+ * Two things Hugging Face models exported by torch (transformers 5, torch 2.13, both exporters)
+ * do that the fixture's own export does not: GPT-2's head reshapes the final norm's output to the
+ * shape of input_ids + [-1] (so the head reads the token input) and views input_ids before the
+ * token embedding, and the TorchScript exporter
+ * writes a one-input Concat where a cache layer is first filled (the past reaches its join
+ * through it).
+ */
+function withTorchExportQuirks(proto: ModelProto): ModelProto {
+  const layout = findDecoderLayout(proto)!;
+  const g = proto.graph!;
+  const em = new NodeEmitter("hf", 17);
+  const norms = new Graph(g).sortedNodes().filter((n) => n.op_type === "LayerNormalization");
+  const normOut = norms[norms.length - 1]!.output![0]!;
+  const shape = em.node("Concat", [em.node("Shape", [layout.inputIds]), em.constant("minus_one", DataType.INT64, [1], BigInt64Array.from([-1n]))], [attr("axis", 0)]);
+  const viewed = em.node("Reshape", [normOut, shape]);
+  const past = layout.layers[0]!.pastKey;
+  const filled = em.node("Concat", [past], [attr("axis", 2)]);
+  // GPT-2 also views input_ids as (-1, seq) before the token embedding's Gather.
+  const ids = em.node("Reshape", [layout.inputIds, em.constant("view", DataType.INT64, [2], BigInt64Array.from([-1n, 0n]))]);
+  const embedding = (g.node ?? []).find((n) => n.op_type === "Gather" && n.input?.[1] === layout.inputIds)!;
+  const nodes = (g.node ?? []).map((n) => ({
+    ...n, input: (n.input ?? []).map((i) => (i === normOut ? viewed : i === past ? filled : n === embedding && i === layout.inputIds ? ids : i)),
+  }));
+  return { ...proto, graph: { ...g, node: [...nodes, ...em.nodes], initializer: [...(g.initializer ?? []), ...em.initializers] } };
 }
 
 /** The first `rows` sequences of a token file, written to `out` (int64 .npy). */
@@ -466,10 +501,17 @@ describe("ee-tool on a GPT-2-style export (other names, depth, norm, positions)"
     expect(() => profileContexts([32, 250], 256, 8)).toThrowError(/--contexts 250: the model has 256 positions/);
   });
 
-  it("insert, profile, plan and eval run on it, the cache stays exact, and the promise holds on held-out text", async () => {
+  it("insert, profile, plan and eval run on it (with Hugging Face's export quirks), the cache stays exact, and the promise holds on held-out text", async () => {
     const dir = tmpDir("ee-gpt-cli-");
+    // The head reads the token ids' shape and a past reaches its Concat through a one-input one:
+    // the same layout is found, and every stage below runs on this variant.
+    const original = loadModel(model);
+    const quirky = withTorchExportQuirks(original.proto);
+    expect(findDecoderLayout(quirky)).toEqual(findDecoderLayout(original.proto));
+    const hf = path.join(dir, "gpt-hf.onnx");
+    saveModel({ ...original, proto: quirky }, hf);
     const ee = path.join(dir, "gpt.ee.onnx");
-    const ins = runCli(["insert", model, "--calib", calib, "-o", ee]);
+    const ins = runCli(["insert", hf, "--calib", calib, "-o", ee]);
     expect(ins.code, ins.stderr).toBe(0);
     expect(ins.stderr).toMatch(/decoder LM: tokens 'tokens' -> 'scores'.*KV cache of 4 layers \(3 heads x 32.*; 256 positions \(a learned table\)/);
     expect(ins.stderr).toMatch(/3 exit heads/);
@@ -478,7 +520,7 @@ describe("ee-tool on a GPT-2-style export (other names, depth, norm, positions)"
     const t = openTokens(calib);
     const ids = new BigInt64Array(8 * 320).map((_, i) => BigInt(t.row(i % 8)[i % t.length]!));
     fs.writeFileSync(long, encodeNpy("int64", [8, 320], new Uint8Array(ids.buffer)));
-    const li = runCli(["insert", model, "--calib", long, "-o", path.join(dir, "long.ee.onnx")]);
+    const li = runCli(["insert", hf, "--calib", long, "-o", path.join(dir, "long.ee.onnx")]);
     expect(li.code).not.toBe(0);
     expect(li.stderr).toMatch(/ee-tool: error \[CALIB_MISMATCH\]: calibration tokens .*long\.npy has sequences of 320 tokens; the model has 256 positions/);
     expect(fs.existsSync(path.join(dir, "long.ee.onnx"))).toBe(false);

@@ -4,7 +4,7 @@
  * decoder: the residual stream after each layer.
  *
  * A KV pair is a rank-4 graph input (past) that a Concat joins with new keys or values into a
- * graph output (present). Which of a layer's two pairs is the key: by name when the names say so
+ * graph output (present), through Identity, Cast or one-input Concat nodes on the way. Which of a layer's two pairs is the key: by name when the names say so
  * ("key"/"value", "k"/"v"), otherwise the value is the one whose present feeds a MatMul with
  * softmax weights. Layers are ordered by where their Concat sits in the graph.
  */
@@ -40,18 +40,28 @@ export interface DecoderLayout {
   maxPositions: number | null;
 }
 
-const PASS_THROUGH = new Set(["Identity", "Cast"]);
+/**
+ * Ops a past tensor may pass through on its way to the present: Identity, Cast, and Concat (the
+ * join with the new keys or values; the TorchScript exporter also writes a one-input Concat
+ * where a cache layer is first filled).
+ */
+const PASS_THROUGH = new Set(["Identity", "Cast", "Concat"]);
 
-/** The tensor a value reaches through Identity/Cast chains (forward), and back. */
-function forwardTo(g: Graph, t: string, accept: (name: string) => boolean): string | undefined {
-  let cur = t;
-  for (let i = 0; i < 4; i++) {
-    if (accept(cur)) return cur;
+/**
+ * The graph output a past input reaches through such a chain, and the last Concat on the way
+ * (where the layer joins its new keys or values), or undefined.
+ */
+function presentOf(g: Graph, past: string, outputs: Set<string>): { present: string; join: NodeProto } | undefined {
+  let cur = past;
+  let join: NodeProto | undefined;
+  for (let i = 0; i < 5; i++) {
+    if (outputs.has(cur) && join) return { present: cur, join };
     const next = g.consumers(cur).find((n) => PASS_THROUGH.has(n.op_type ?? ""));
     if (!next) return undefined;
+    if (next.op_type === "Concat") join = next;
     cur = next.output![0]!;
   }
-  return accept(cur) ? cur : undefined;
+  return outputs.has(cur) && join ? { present: cur, join } : undefined;
 }
 
 function rankOf(dims: Dim[] | undefined): number {
@@ -67,12 +77,19 @@ function comesFrom(g: Graph, t: string, op: string, depth = 4): boolean {
   return g.inputsOf(p).some((i) => comesFrom(g, i, op, depth - 1));
 }
 
-/** Does the present feed a MatMul whose other operand is attention weights (softmax)? */
+/**
+ * Fused attention ops: ONNX's Attention (opset 23, which the torch exporter writes for
+ * scaled_dot_product_attention) and onnxruntime's contrib ops; they hold their softmax inside.
+ */
+const ATTENTION_OPS = new Set(["Attention", "MultiHeadAttention", "GroupQueryAttention"]);
+
+/** Does the present feed a MatMul whose other operand is attention weights (softmax), or a fused attention's value input? */
 function isValueLike(g: Graph, present: string): boolean {
   const stack: Array<[string, number]> = [[present, 0]];
   while (stack.length) {
     const [t, d] = stack.pop()!;
     for (const n of g.consumers(t)) {
+      if (ATTENTION_OPS.has(n.op_type ?? "") && n.input?.[2] === t) return true; // (query, key, value, ...)
       if (n.op_type === "MatMul") {
         const other = n.input![0] === t ? n.input![1]! : n.input![0]!;
         if (n.input![1] === t && comesFrom(g, other, "Softmax")) return true;
@@ -113,11 +130,8 @@ export function findDecoderLayout(model: ModelProto): DecoderLayout | null {
   const pairs: Array<{ past: string; present: string; at: number }> = [];
   const rank4Inputs = inputs.filter((i) => rankOf(i.info.shape) === 4);
   for (const inp of rank4Inputs) {
-    for (const c of g.consumers(inp.name)) {
-      if (c.op_type !== "Concat") continue;
-      const present = forwardTo(g, c.output![0]!, (t) => outputNames.has(t));
-      if (present) pairs.push({ past: inp.name, present, at: position.get(c) ?? 0 });
-    }
+    const found = presentOf(g, inp.name, outputNames);
+    if (found) pairs.push({ past: inp.name, present: found.present, at: position.get(found.join) ?? 0 });
   }
   const presentsLike = outputs.filter((o) => rankOf(o.info.shape) === 4);
   if (pairs.length === 0) {
@@ -210,7 +224,7 @@ function addedTable(g: Graph, ids: string): number | null {
         embedding = { out: n.output![0]!, width: Number(g.initializer(n.input[0]!)!.dims![1]), table: n.input[0]! };
         break;
       }
-      if (d < 2 && ["Cast", "Identity"].includes(n.op_type ?? "")) stack.push([n.output![0]!, d + 1]);
+      if (d < 2 && ["Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten"].includes(n.op_type ?? "")) stack.push([n.output![0]!, d + 1]);
     }
   }
   if (!embedding) return null;
@@ -296,9 +310,9 @@ export function decoderExits(model: ModelProto, layout: DecoderLayout, analysis:
   return out;
 }
 
-/** Attention softmax outputs in graph order: one per layer of a decoder without a cache. */
+/** Attention softmax (or fused attention) outputs in graph order: one per layer of a decoder without a cache. */
 function softmaxOutputs(g: Graph): string[] {
-  return g.sortedNodes().filter((n) => n.op_type === "Softmax").map((n) => n.output![0]!);
+  return g.sortedNodes().filter((n) => n.op_type === "Softmax" || ATTENTION_OPS.has(n.op_type ?? "")).map((n) => n.output![0]!);
 }
 
 /** Decoder layers of a model without a cache: its attention softmaxes. */

@@ -305,16 +305,19 @@ async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts:
     const nodes = needed(view, [e.output], new Set([e.tensor]));
     const g = view.sortedNodes().filter((n) => nodes.has(n));
     const used = new Set(g.flatMap((n) => n.input ?? []));
+    // A head may read the token ids (for their shape), fed as one position.
+    const inputsRead = (model.proto.graph!.input ?? []).filter((i) => used.has(i.name ?? ""));
     const proto: ModelProto = {
       ...model.proto, metadata_props: [],
       graph: {
         name: "head", node: g, initializer: (model.proto.graph!.initializer ?? []).filter((t) => used.has(t.name ?? "")),
-        input: [{ name: e.tensor, type: { tensor_type: { elem_type: 1, shape: { dim: [{ dim_value: 1 }, { dim_value: 1 }, { dim_value: width }] } } } }],
+        input: [{ name: e.tensor, type: { tensor_type: { elem_type: 1, shape: { dim: [{ dim_value: 1 }, { dim_value: 1 }, { dim_value: width }] } } } }, ...inputsRead],
         output: [{ name: e.output, type: { tensor_type: { elem_type: 1 } } }],
       },
     };
     const session = await open(proto, [e.output]);
-    const feeds = { [e.tensor]: hidden(1) };
+    const one = decoderFeeds(model.proto, layout, [1], 1, 0);
+    const feeds = { [e.tensor]: hidden(1), ...Object.fromEntries(inputsRead.map((i) => [i.name!, one[i.name!]!])) };
     items.push(timed(`head ${e.id}`, session, feeds, [e.output]));
     headItems.push([String(e.id), `head ${e.id}`]);
   }

@@ -97,14 +97,19 @@ export function copyHead(head: NodeProto[], finalTensor: string, logits: string,
   }));
 }
 
-/** The model's own head: nodes from the residual stream after the last layer to the logits. */
-export function headNodes(view: Graph, finalTensor: string, logits: string): NodeProto[] {
+/**
+ * The model's own head: nodes from the residual stream after the last layer to the logits. It may
+ * read the token ids or position ids ([batch, seq]: Hugging Face's GPT-2 reshapes the stream to the
+ * shape of its input_ids before the head), nothing else of the inputs.
+ */
+export function headNodes(view: Graph, finalTensor: string, logits: string, layout: Pick<DecoderLayout, "inputIds" | "positionIds">): NodeProto[] {
   const set = needed(view, [logits], new Set([finalTensor]));
   const order = view.sortedNodes();
   const head = order.filter((n) => set.has(n));
+  const sequenceInputs = new Set([layout.inputIds, ...(layout.positionIds ? [layout.positionIds] : [])]);
   for (const n of head) {
     for (const i of view.inputsOf(n)) {
-      if (view.isGraphInput(i)) {
+      if (view.isGraphInput(i) && !sequenceInputs.has(i)) {
         throw new EeToolError("UNSUPPORTED", `the model's head (from '${finalTensor}' to '${logits}') reads the input '${i}': exit heads cannot copy it`);
       }
     }
@@ -292,7 +297,7 @@ export async function insertDecoderHeads(model: OnnxModel, layout: DecoderLayout
   const chosen = selectLayers(exits, options.exits ?? "auto");
   const finalTensor = exits[exits.length - 1]!.candidate.tensor;
   const view = new Graph(model.proto.graph!);
-  const head = headNodes(view, finalTensor, layout.logits);
+  const head = headNodes(view, finalTensor, layout.logits, layout);
   const tokens = openTokens(options.calib, "calibration tokens", layout.vocab, layout.maxPositions);
 
   const fraction = options.fitFraction ?? 0.4;

@@ -40,13 +40,36 @@ function int64(em: NodeEmitter, hint: string, v: number[]): string {
   return em.constant(hint, DataType.INT64, [v.length], BigInt64Array.from(v, BigInt));
 }
 
-/** Nodes computing `target` from `boundary`, rewired to read only its last position. */
-function lastPositionHead(view: Graph, boundary: string, target: string, prefix: string, opset: number): { replaced: Set<NodeProto>; nodes: NodeProto[]; em: NodeEmitter } {
+/**
+ * Nodes computing `target` from `boundary`, rewired to read only its last position; so are the
+ * [batch, seq] inputs a head may read (the token ids whose shape GPT-2's head reshapes to). What
+ * the rewiring changes is renamed (`target` keeps its name); nodes it does not touch and `body`
+ * already has are not repeated.
+ */
+function lastPositionHead(
+  view: Graph, boundary: string, target: string, sequenceInputs: readonly string[], body: ReadonlySet<NodeProto>, prefix: string, opset: number,
+): { replaced: Set<NodeProto>; nodes: NodeProto[]; em: NodeEmitter } {
   const head = needed(view, [target], new Set([boundary]));
   const em = new NodeEmitter(prefix, opset);
-  const last = em.node("Slice", [boundary, int64(em, "start", [-1]), int64(em, "end", [2 ** 53]), int64(em, "axis", [1])]);
+  const start = int64(em, "start", [-1]);
+  const end = int64(em, "end", [2 ** 53]);
+  const axis = int64(em, "axis", [1]);
   const order = view.sortedNodes().filter((n) => head.has(n));
-  const nodes = order.map((n) => ({ ...shallowClone(n), input: (n.input ?? []).map((i) => (i === boundary ? last : i)) }));
+  const reads = new Set(order.flatMap((n) => view.inputsOf(n)));
+  const renamed = new Map([boundary, ...sequenceInputs.filter((t) => reads.has(t))].map((t) => [t, em.node("Slice", [t, start, end, axis])]));
+  const nodes: NodeProto[] = [];
+  for (const n of order) {
+    if (!(n.input ?? []).some((i) => renamed.has(i))) {
+      if (!body.has(n)) nodes.push(n);
+      continue;
+    }
+    const output = (n.output ?? []).map((o) => {
+      if (!o || o === target) return o;
+      renamed.set(o, `${prefix}/${o}`);
+      return `${prefix}/${o}`;
+    });
+    nodes.push({ ...shallowClone(n), name: `${prefix}/${n.name ?? n.op_type}`, input: (n.input ?? []).map((i) => renamed.get(i) ?? i), output });
+  }
   return { replaced: head, nodes: [...em.nodes, ...nodes], em };
 }
 
@@ -67,6 +90,7 @@ export function decoderSegments(augmented: ModelProto, meta: DecoderMetadata, us
   const ends: Array<DecoderExitRecord | null> = terminal ? exits : [...exits, null];
   const typeOf = declaredTypes(augmented);
   const graphInputs = new Set(view.inputs.map((i) => i.name ?? ""));
+  const sequenceInputs = [meta.layout.inputIds, ...(meta.layout.positionIds ? [meta.layout.positionIds] : [])];
   const order = view.sortedNodes();
   const position = new Map(order.map((n, i) => [n, i]));
   return ends.map((exit, s) => {
@@ -80,7 +104,7 @@ export function decoderSegments(augmented: ModelProto, meta: DecoderMetadata, us
     const boundary = exit ? exit.tensor : meta.finalTensor;
     const available = new Set(hiddenIn ? [hiddenIn] : []);
     const body = needed(view, [...presents, ...(hiddenOut ? [hiddenOut] : []), boundary], available);
-    const head = lastPositionHead(view, boundary, target, `ee_seg${s}`, opset);
+    const head = lastPositionHead(view, boundary, target, sequenceInputs, body, `ee_seg${s}`, opset);
     const nodes = [...[...body].sort((a, b) => position.get(a)! - position.get(b)!), ...head.nodes];
     const reads = new Set<string>();
     for (const n of [...body, ...head.replaced]) for (const i of view.inputsOf(n)) if (graphInputs.has(i)) reads.add(i);
