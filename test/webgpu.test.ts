@@ -7,7 +7,11 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { CNN, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
+import { CNN, GPT_DIR, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
+import { openTokens } from "../src/data/tokens.js";
+import { findDecoderLayout } from "../src/analysis/decoder.js";
+import { insertDecoderHeads } from "../src/ramps/decoder-heads.js";
+import { EarlyExitGenerator, type GeneratedToken } from "../src/runtime/generator.js";
 import { loadModel } from "../src/onnx/model.js";
 import { openCalibration } from "../src/data/calib.js";
 import { encodeNpy } from "../src/data/npy.js";
@@ -94,4 +98,40 @@ describe("--ep webgpu (SwiftShader)", () => {
     const text = runCli(["eval", f("webgpu.plan.json"), "--data", f("eval.npy"), "--ep", "cpu", "--batch", "1"], { env }).stderr;
     expect(text).toMatch(/on cpu, runtime form [a-z-]+ \(note: the plan was profiled on webgpu; its latency predictions are for that provider\)/);
   }, 600_000);
+});
+
+describe("decoders on --ep webgpu (SwiftShader)", () => {
+  it("the early-exit generator gives the CPU's tokens, exits and cache on the WebGPU provider", async () => {
+    // This process opens WebGPU sessions itself: the software Vulkan device must be set here too.
+    Object.assign(process.env, { VK_ICD_FILENAMES: env.VK_ICD_FILENAMES, XDG_RUNTIME_DIR: env.XDG_RUNTIME_DIR });
+    const source = loadModel(path.join(GPT_DIR, "model.onnx"));
+    const calib = openTokens(path.join(GPT_DIR, "calib.npy"));
+    const rows = 60;
+    const ids = new BigInt64Array(rows * calib.length);
+    for (let i = 0; i < rows; i++) calib.row(i).forEach((v, j) => (ids[i * calib.length + j] = BigInt(v)));
+    fs.writeFileSync(f("gpt-calib.npy"), encodeNpy("int64", [rows, calib.length], new Uint8Array(ids.buffer)));
+    const { model } = await insertDecoderHeads(source, findDecoderLayout(source.proto)!, { calib: f("gpt-calib.npy"), exits: "1,2" });
+    const prompt = Array.from(openTokens(path.join(GPT_DIR, "prompts.npy")).row(0));
+    const exits = [{ exit: 0, threshold: 0.5 }, { exit: 1, threshold: 0.4 }];
+    const run = async (ep: "cpu" | "webgpu") => {
+      const g = await EarlyExitGenerator.open(model, { exits, settings: { ep } });
+      const out: GeneratedToken[] = [];
+      for await (const t of g.generate(prompt, { maxNewTokens: 8 })) out.push(t);
+      await g.flush();
+      const cache = g.snapshot().layers.map(([k, v]) => [Float32Array.from(k.data as Float32Array), Float32Array.from(v.data as Float32Array)]);
+      await g.release();
+      return { tokens: out.map((t) => [t.token, t.exit]), cache };
+    };
+    const gpu = await run("webgpu");
+    const cpu = await run("cpu");
+    expect(gpu.tokens).toEqual(cpu.tokens);
+    expect(new Set(cpu.tokens.slice(1).map((t) => t[1])).size).toBeGreaterThan(1); // some tokens exited, some ran deeper
+    gpu.cache.forEach((kv, i) => kv.forEach((t, j) => {
+      const c = cpu.cache[i]![j]!;
+      expect(t.length).toBe(c.length);
+      let m = 0;
+      for (let x = 0; x < t.length; x++) m = Math.max(m, Math.abs(t[x]! - c[x]!));
+      expect(m).toBeLessThan(1e-3);
+    }));
+  }, 300_000);
 });

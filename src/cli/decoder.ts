@@ -82,7 +82,7 @@ export function renderDecoderPlan(p: DecoderPlan): string {
 
 export function renderDecoderEval(r: DecoderEvalReport): string {
   const lines = [
-    `${r.prompts} prompts, up to ${r.maxNewTokens} new tokens, greedy, batch 1 on ${r.ep}${r.threads ? ` (${r.threads} intra-op thread${r.threads > 1 ? "s" : ""})` : ""}: ${r.mode === "truncated" ? "the truncated decoder" : "the plan"} (kv mode ${r.kvMode}) against the full model${r.kvMode === "exact" ? " with its KV cache" : " (no cache: every step recomputes the prefix)"}`,
+    `${r.prompts} prompts, up to ${r.maxNewTokens} new tokens, greedy, batch 1 on ${r.ep}${r.threads ? ` (${r.threads} intra-op thread${r.threads > 1 ? "s" : ""})` : ""}: ${r.mode === "truncated" ? "the truncated decoder" : "the plan"} (kv mode ${r.kvMode}) against the full model${r.kvMode === "exact" ? " with its KV cache" : " (no cache: every step recomputes the prefix)"}${r.ep !== r.planEp ? ` (note: the plan was profiled on ${r.planEp}; its latency predictions are for that provider)` : ""}`,
     table([
       ["", "full model", "early exit", "plan predicted"],
       ["decode latency per token mean (ms)", ms(r.full.mean), ms(r.earlyExit.mean), `${ms(r.predicted.fullStepMs)} -> ${ms(r.predicted.stepMs)}`],
@@ -90,7 +90,7 @@ export function renderDecoderEval(r: DecoderEvalReport): string {
       ["tokens per second", r.full.tokensPerSecond.toFixed(0), r.earlyExit.tokensPerSecond.toFixed(0), ""],
       ["prefill (ms)", ms(r.full.prefillMs), ms(r.earlyExit.prefillMs), ""],
       ["saving (mean per-token latency)", "", pct(r.saving), pct(r.predicted.saving)],
-      ["layers per token: at exit / run (with deferred)", String(r.layers.total), `${r.layers.meanAtExit.toFixed(2)} / ${r.layers.meanRun.toFixed(2)}`, `${r.predicted.meanExitLayers.toFixed(2)} at exit`],
+      [r.kvMode === "exact" ? "layers per token: at exit / run (with deferred)" : "layers per token: at exit / layer passes (prefix recomputed)", String(r.layers.total), `${r.layers.meanAtExit.toFixed(2)} / ${r.layers.meanRun.toFixed(2)}`, `${r.predicted.meanExitLayers.toFixed(2)} at exit`],
       ["generated tokens equal to the full model's", "", pct(r.agreement.tokens), ""],
       ["continuations identical / ROUGE-L", "", `${pct(r.agreement.exactMatch)} / ${r.agreement.rougeL.toFixed(3)}`, ""],
       ...(r.teacherForced ? [

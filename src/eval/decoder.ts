@@ -53,6 +53,8 @@ export interface DecoderEvalReport {
   mode: "plan" | "truncated";
   kvMode: "exact" | "recompute";
   ep: string;
+  /** The provider the plan's profile measured on (its latency predictions are for that one). */
+  planEp: string;
   /** Intra-op threads both models ran with (null: onnxruntime's default). */
   threads: number | null;
   prompts: number;
@@ -289,7 +291,7 @@ export async function evaluateDecoderPlan(planPath: string, plan: DecoderPlan, o
   if (teacher && teacher.differing > plan.settings.maxDrop) failures.push(`differing tokens ${(teacher.differing * 100).toFixed(2)}% on the evaluation text exceed the plan's maximum ${(plan.settings.maxDrop * 100).toFixed(2)}%`);
   if ((plan.exits.length || truncated) && saving <= 0) failures.push(`the early-exit generator is not faster than the full model (saving ${(saving * 100).toFixed(1)}%)`);
   return {
-    kind: "decoder", mode: truncated ? "truncated" : "plan", kvMode: meta.layout.cache === "kv" ? "exact" : "recompute", ep: settings.ep ?? "cpu", threads: settings.threads ?? null,
+    kind: "decoder", mode: truncated ? "truncated" : "plan", kvMode: meta.layout.cache === "kv" ? "exact" : "recompute", ep: settings.ep ?? "cpu", planEp: plan.profile.ep, threads: settings.threads ?? null,
     prompts: prompts.sequences, maxNewTokens, tokens: generated, full: fullS, earlyExit: eeS, saving,
     layers: { total: layers, meanAtExit: layersAtExit / Math.max(1, generated), meanRun: layerPasses / Math.max(1, generated) },
     exits, agreement: { tokens: agreeTokens / Math.max(1, compared), exactMatch: exact / prompts.sequences, rougeL: rouge / prompts.sequences },
