@@ -242,6 +242,30 @@ describe("exact KV cache", () => {
     await fixed.release();
   });
 
+  it("takes an export whose batch is symbolic but that fails above one window: one window a pass, said in a note", async () => {
+    // As torch 2.13's opset-23 export of Llama without position ids does (its RotaryEmbedding
+    // fails at batch 2): here a Squeeze of the batch axis after the token embedding.
+    const model = loadModel(LM);
+    const layout = findDecoderLayout(model.proto)!;
+    const g = model.proto.graph!;
+    const embedding = (g.node ?? []).find((n) => n.op_type === "Gather" && n.input?.[1] === layout.inputIds)!.output![0]!;
+    const em = new NodeEmitter("one", 17);
+    const axis = em.constant("axis", DataType.INT64, [1], BigInt64Array.from([0n]));
+    const back = em.node("Unsqueeze", [em.node("Squeeze", [embedding, axis]), axis]);
+    const proto: ModelProto = {
+      ...model.proto,
+      graph: { ...g, node: [...(g.node ?? []).map((n) => ({ ...n, input: (n.input ?? []).map((i) => (i === embedding ? back : i)) })), ...em.nodes], initializer: [...(g.initializer ?? []), ...em.initializers] },
+    };
+    const file = path.join(dir, "onewindow.onnx");
+    saveModel({ ...model, proto }, file);
+    const one = loadModel(file);
+    expect(declaredBatch(one.proto, findDecoderLayout(one.proto)!)).toBeNull();
+    const r = await insertDecoderHeads(one, findDecoderLayout(one.proto)!, { calib: sliceTokens(CALIB, 40, path.join(dir, "calib40.npy")), exits: "4" });
+    expect(r.note).toMatch(/^note: the model's batch is symbolic but it fails on 2 windows and runs on 1 \(.*Squeeze.*\): every pass feeds one window$/);
+    expect(r.metadata.layout.oneWindow).toBe(true);
+    expect(r.metadata.exits.map((e) => e.tensor)).toEqual([readDecoderMetadata(ee.proto)!.exits[1]!.tensor]);
+  });
+
   it("takes Optimum's merged decoder (If on use_cache_branch) through its with-past branch", async () => {
     const model = loadModel(LM);
     const merged = mergedDecoder(model.proto);

@@ -38,6 +38,11 @@ export interface DecoderLayout {
   vocab: number | null;
   /** Positions a learned position embedding holds (its table's rows), null when positions are computed (rotary). */
   maxPositions: number | null;
+  /**
+   * Measured by the analysis: the batch is symbolic but the export fails above one window and runs
+   * at one (an exporter's bug), so every pass feeds one window.
+   */
+  oneWindow?: boolean;
 }
 
 /**

@@ -78,6 +78,7 @@ export function registerInsert(program: Command): void {
           onProgress: (phase, done, total) => bars.update(phase, done, total),
         });
         bars.stop();
+        if (result.note) info(result.note);
         const saved = saveModel(result.model, opts.out);
         if (opts.json) out(JSON.stringify({ ...result.metadata, calibration: { ...result.metadata.calibration, fitHashes: undefined }, timings: result.timings }, null, 2));
         else info(renderDecoderInsert(result));

@@ -89,10 +89,11 @@ export function registerInspect(program: Command): void {
       const layout = readDecoderMetadata(model.proto)?.layout ?? dec.layout;
       if (layout) {
         const found = opts.exits ? await analyzeDecoder(dec.model, layout) : undefined;
-        const decoder = { layout, ...(dec.note ? { note: dec.note } : {}), ...(found ? { exits: found.exits.map((e) => ({ afterLayer: e.layer + 1, tensor: e.candidate.tensor, depth: e.candidate.depth })) } : {}) };
+        const notes = [dec.note, found?.note].filter((n): n is string => !!n);
+        const decoder = { layout: found?.layout ?? layout, ...(notes.length ? { note: notes.join("; ") } : {}), ...(found ? { exits: found.exits.map((e) => ({ afterLayer: e.layer + 1, tensor: e.candidate.tensor, depth: e.candidate.depth })) } : {}) };
         if (opts.json) out(JSON.stringify({ ...summary, decoder }, null, 2));
         else {
-          let text = renderSummary(summary) + "\n\n" + (dec.note ? dec.note + "\n" : "") + describeDecoder(layout);
+          let text = renderSummary(summary) + "\n\n" + notes.map((n) => n + "\n").join("") + describeDecoder(layout);
           if (decoder.exits) {
             text += "\nexit points (the residual stream after each layer; the last is where the model's own head starts)\n" + table([
               ["  after layer", "depth", "tensor"],

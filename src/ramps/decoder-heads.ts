@@ -47,18 +47,38 @@ export interface DecoderInsertResult {
   analysis: ExitAnalysis;
   exits: DecoderExit[];
   timings: { analyzeMs: number; extractMs: number; fitMs: number };
+  /** What the analysis found worth saying (an export that runs one window a call). */
+  note?: string;
 }
 
 export const DEFAULT_RIDGE = 1e-3;
 /** Share of the fitting sequences kept back to report each head's agreement. */
 const HOLDOUT = 0.2;
 
-/** The decoder's exit points: one per layer, the last one where the model's own head starts. */
-export async function analyzeDecoder(model: OnnxModel, layout: DecoderLayout, settings?: SessionSettings): Promise<{ analysis: ExitAnalysis; exits: DecoderExit[] }> {
-  requireCacheDims(layout);
-  const b = declaredBatch(model.proto, layout) ?? 2;
-  const probe = decoderFeeds(model.proto, layout, new Array<number>(8 * b).fill(0), b, layout.cache === "kv" ? 3 : 0);
-  const analysis = await analyzeExits(model, probe, { output: layout.logits, mainInput: layout.inputIds, everyPoint: true, ...(settings ? { settings } : {}) });
+/**
+ * The decoder's exit points: one per layer, the last one where the model's own head starts. The
+ * probe feeds two windows unless the batch is fixed; an export that fails at two but runs at one
+ * comes back with `oneWindow` set in its layout, and a note that says so.
+ */
+export async function analyzeDecoder(
+  model: OnnxModel, given: DecoderLayout, settings?: SessionSettings,
+): Promise<{ analysis: ExitAnalysis; exits: DecoderExit[]; layout: DecoderLayout; note?: string }> {
+  requireCacheDims(given);
+  const probeAt = (b: number): Promise<ExitAnalysis> => analyzeExits(model, decoderFeeds(model.proto, given, new Array<number>(8 * b).fill(0), b, given.cache === "kv" ? 3 : 0), {
+    output: given.logits, mainInput: given.inputIds, everyPoint: true, ...(settings ? { settings } : {}),
+  });
+  const declared = declaredBatch(model.proto, given);
+  let layout = given;
+  let note: string | undefined;
+  let analysis: ExitAnalysis;
+  try {
+    analysis = await probeAt(given.oneWindow ? 1 : declared ?? 2);
+  } catch (e) {
+    if (declared !== null || given.oneWindow || !(e instanceof EeToolError) || e.code !== "RUNTIME_FAILED") throw e;
+    analysis = await probeAt(1).catch(() => Promise.reject(e));
+    layout = { ...given, oneWindow: true };
+    note = `note: the model's batch is symbolic but it fails on 2 windows and runs on 1 (${e.message.replace(/^onnxruntime failed to run the model: /, "")}): every pass feeds one window`;
+  }
   const exits = decoderExits(model.proto, layout, analysis);
   const expected = layout.cache === "kv" ? layout.layers.length : attentionLayers(model.proto);
   if (exits.length < 2 || exits.length !== expected) {
@@ -66,7 +86,7 @@ export async function analyzeDecoder(model: OnnxModel, layout: DecoderLayout, se
       hint: "Each layer's output must be a single tensor that all paths from the tokens to the logits pass through (a pre- or post-norm residual stream).",
     });
   }
-  return { analysis, exits };
+  return { analysis, exits, layout, ...(note ? { note } : {}) };
 }
 
 function selectLayers(exits: DecoderExit[], spec: string): DecoderExit[] {
@@ -245,7 +265,7 @@ export async function teacherForced(
   progress?: (done: number) => void,
 ): Promise<void> {
   // An export with a fixed batch of 1 takes one window a call.
-  if (declaredBatch(proto, layout) === 1) batch = 1;
+  if (layout.oneWindow || declaredBatch(proto, layout) === 1) batch = 1;
   for (let s = 0; s < rows.length; s += batch) {
     const part = rows.slice(s, s + batch);
     const ids = new Int32Array(part.length * tokens.length);
@@ -287,13 +307,13 @@ function agreementCount(a: Float32Array, b: Float32Array, seqs: number, len: num
   return same;
 }
 
-export async function insertDecoderHeads(model: OnnxModel, layout: DecoderLayout, options: DecoderInsertOptions): Promise<DecoderInsertResult> {
+export async function insertDecoderHeads(model: OnnxModel, given: DecoderLayout, options: DecoderInsertOptions): Promise<DecoderInsertResult> {
   const seed = options.seed ?? 0;
   const ridge = options.ridge ?? DEFAULT_RIDGE;
   const progress = options.onProgress ?? (() => undefined);
   const settings = options.settings ?? {};
   const t0 = performance.now();
-  const { analysis, exits } = await analyzeDecoder(model, layout, settings);
+  const { analysis, exits, layout, note } = await analyzeDecoder(model, given, settings);
   const chosen = selectLayers(exits, options.exits ?? "auto");
   const finalTensor = exits[exits.length - 1]!.candidate.tensor;
   const view = new Graph(model.proto.graph!);
@@ -407,6 +427,7 @@ export async function insertDecoderHeads(model: OnnxModel, layout: DecoderLayout
   return {
     model: { ...model, proto, byteLength: 0 }, metadata, analysis, exits,
     timings: { analyzeMs: t1 - t0, extractMs: t2 - t1, fitMs: t3 - t2 },
+    ...(note ? { note } : {}),
   };
 }
 
