@@ -3,7 +3,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { CNN, TEXT, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
 import { agreement, argmax, runAll } from "./helpers/run.js";
-import { loadModel, serializeModel } from "../src/onnx/model.js";
+import { loadModel, saveModel, serializeModel } from "../src/onnx/model.js";
 import { openCalibration } from "../src/data/calib.js";
 import { readRampMetadata, unpackHashes } from "../src/ramps/metadata.js";
 import { encodeNpy } from "../src/data/npy.js";
@@ -172,6 +172,27 @@ describe("ee-tool insert: bad input", () => {
     expect(r.stderr.trim().split("\n").length).toBe(2);
     expect(fs.readdirSync(dir)).toEqual([]);
   }
+
+  it("refuses float16 models, classifiers and decoders, in one line with how to get a float32 one", () => {
+    const dir = tmpDir();
+    const half = path.join(dir, "half.onnx");
+    fs.writeFileSync(half, serializeModel({
+      ir_version: 8, opset_import: [{ domain: "", version: 17 }],
+      graph: {
+        name: "g", node: [{ op_type: "Relu", input: ["x"], output: ["logits"] }],
+        input: [makeValueInfo("x", DataType.FLOAT16, ["n", 10])], output: [makeValueInfo("logits", DataType.FLOAT16, ["n", 10])],
+      },
+    }));
+    const x = path.join(dir, "x.npy");
+    fs.writeFileSync(x, encodeNpy("float32", [12, 10], new Uint8Array(12 * 10 * 4)));
+    expectFails([half, "--calib", x], "UNSUPPORTED", /output 'logits' is float16: ee-tool fits and runs exits on float32 models\n  hint: Export the model in float32/);
+    const lm = loadModel(FIX("lm/model.onnx"));
+    const proto = structuredClone(lm.proto);
+    proto.graph!.output!.find((o) => o.name === "logits")!.type!.tensor_type!.elem_type = DataType.FLOAT16;
+    const halfLm = path.join(dir, "half-lm.onnx");
+    saveModel({ ...lm, proto }, halfLm);
+    expectFails([halfLm, "--calib", FIX("lm/calib.npy")], "UNSUPPORTED", /output 'logits' is float16/);
+  });
 
   it("refuses models that are not classifiers, bad calibration data and unknown exits, leaving no output", () => {
     const dir = tmpDir();

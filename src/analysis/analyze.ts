@@ -6,6 +6,8 @@ import { findExitCandidates, type ExitAnalysis, type ShapeFacts } from "./exits.
 import { ort, type SessionSettings } from "../ort/ort.js";
 import type { InputSpec } from "../data/calib.js";
 import { ortTensor, typedArray } from "../data/calib.js";
+import { DataType, dataTypeName } from "../onnx/dtype.js";
+import { EeToolError } from "../errors.js";
 
 /** A batch of zeros shaped like the model's inputs (symbolic dims: batch 2, others 8). */
 export function syntheticFeeds(specs: InputSpec[], batch = 2): Record<string, ort.Tensor> {
@@ -46,5 +48,18 @@ export async function analyzeExits(model: OnnxModel, feeds: Record<string, ort.T
     ...(options.output ? { output: options.output } : {}),
     ...(options.mainInput ? { mainInput: options.mainInput } : {}),
     ...(options.everyPoint ? { minRemaining: 0, sameBoundary: 0 } : {}),
+  });
+}
+
+/**
+ * Exit heads are fitted and run in float32: a model whose logits are another float type fails
+ * here in one line (before any pass), with how to get a float32 model.
+ */
+export function requireFloat32Logits(output: string, elemType: number | undefined): void {
+  if (elemType === undefined || elemType === DataType.FLOAT) return;
+  const name = dataTypeName(elemType);
+  if (!([DataType.FLOAT16, DataType.BFLOAT16, DataType.DOUBLE] as number[]).includes(elemType)) return;
+  throw new EeToolError("UNSUPPORTED", `output '${output}' is ${name.toLowerCase()}: ee-tool fits and runs exits on float32 models`, {
+    hint: "Export the model in float32 (in torch, without .half() or autocast); the models ee-tool emits are ordinary ONNX and can be converted to float16 afterwards.",
   });
 }

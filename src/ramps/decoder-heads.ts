@@ -13,10 +13,10 @@ import type { ModelProto, NodeProto } from "../onnx/types.js";
 import type { OnnxModel } from "../onnx/model.js";
 import { Graph } from "../ir/graph.js";
 import { NodeEmitter, defaultOpset } from "../ir/builder.js";
-import { makeValueInfo } from "../ir/shapes.js";
+import { makeValueInfo, typeInfo } from "../ir/shapes.js";
 import { shallowClone } from "../ir/clone.js";
 import { DataType } from "../onnx/dtype.js";
-import { analyzeExits } from "../analysis/analyze.js";
+import { analyzeExits, requireFloat32Logits } from "../analysis/analyze.js";
 import { attentionLayers, declaredBatch, decoderExits, decoderFeeds, findDecoderLayout, inlineCacheBranch, requireCacheDims, type DecoderExit, type DecoderLayout } from "../analysis/decoder.js";
 import type { ExitAnalysis } from "../analysis/exits.js";
 import { openTokens, tokenSetHash, type TokenSet } from "../data/tokens.js";
@@ -64,6 +64,7 @@ export async function analyzeDecoder(
   model: OnnxModel, given: DecoderLayout, settings?: SessionSettings,
 ): Promise<{ analysis: ExitAnalysis; exits: DecoderExit[]; layout: DecoderLayout; note?: string }> {
   requireCacheDims(given);
+  requireFloat32Logits(given.logits, typeInfo((model.proto.graph!.output ?? []).find((o) => o.name === given.logits)?.type).elemType);
   const probeAt = (b: number): Promise<ExitAnalysis> => analyzeExits(model, decoderFeeds(model.proto, given, new Array<number>(8 * b).fill(0), b, given.cache === "kv" ? 3 : 0), {
     output: given.logits, mainInput: given.inputIds, everyPoint: true, ...(settings ? { settings } : {}),
   });

@@ -10,7 +10,7 @@ import { NodeEmitter, defaultOpset } from "../ir/builder.js";
 import { makeValueInfo, typeInfo } from "../ir/shapes.js";
 import { shallowClone } from "../ir/clone.js";
 import { DataType } from "../onnx/dtype.js";
-import { analyzeExits } from "../analysis/analyze.js";
+import { analyzeExits, requireFloat32Logits } from "../analysis/analyze.js";
 import type { ExitAnalysis, ExitCandidate } from "../analysis/exits.js";
 import { openCalibration, openLabels } from "../data/calib.js";
 import { createSession, runSession, runtimeBytes, type SessionSettings } from "../ort/ort.js";
@@ -132,6 +132,7 @@ export async function insertRamps(model: OnnxModel, options: InsertOptions): Pro
   if (!graph.outputs.some((o) => o.name === outputName)) {
     throw new EeToolError("NOT_A_CLASSIFIER", `'${outputName}' is not an output of the model (outputs: ${graph.outputs.map((o) => o.name).join(", ")})`);
   }
+  requireFloat32Logits(outputName, typeInfo(graph.valueInfo(outputName)?.type).elemType);
   const calib = openCalibration(options.calib, proto);
   const labels = options.labels ? openLabels(options.labels, calib.size) : undefined;
 
