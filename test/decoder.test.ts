@@ -568,6 +568,16 @@ describe("ee-tool on a GPT-2-style export (other names, depth, norm, positions)"
       expect(plan.certificate!.bound).toBeLessThanOrEqual(0.05);
       expect(plan.predicted.saving).toBeGreaterThan(0);
     } else expect(pl.stderr).toMatch(/the plan keeps the full model/);
+    // report draws the decoder's profile and plan; a plan given where the profile goes is refused.
+    const html = path.join(dir, "gpt.html");
+    const rep = runCli(["report", prof, planFile, "-o", html]);
+    expect(rep.code, rep.stderr).toBe(0);
+    const page = fs.readFileSync(html, "utf8");
+    for (const h of ["ee-tool report: decoder LM", "<h2>Plan</h2>", "Saving against differing tokens", "Measured latency per segment", "Deferred layers"]) expect(page).toContain(h);
+    const wrong = runCli(["report", planFile, "-o", path.join(dir, "wrong.html")]);
+    expect(wrong.code).not.toBe(0);
+    expect(wrong.stderr).toMatch(/^ee-tool: error \[PROFILE_INVALID\]: .*gpt\.plan\.json is not an ee-tool profile \(format "ee-tool\.plan\/1"\)\n  hint: That file is a plan; pass the profile it was made from/);
+    expect(fs.existsSync(path.join(dir, "wrong.html"))).toBe(false);
     await expectExactCache(loadModel(ee), [{ exit: 0, threshold: 0.5 }, { exit: 1, threshold: 0.4 }], Array.from(loadTokens(path.join(GPT_DIR, "prompts.npy"), 2)), 40);
     const ev = runCli(["eval", planFile, "--prompts", path.join(GPT_DIR, "prompts.npy"), "--max-new-tokens", "24", "--text", path.join(GPT_DIR, "eval.npy"), "--json"]);
     expect(ev.code, ev.stderr).toBe(0);

@@ -17,6 +17,7 @@ import { mean } from "../util/stats.js";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { DecoderProfile, SegmentLatency } from "../profile/decoder.js";
+import { PROFILE_FORMAT } from "../profile/profile.js";
 import { decodeSamples, type SampleData } from "../profile/samples.js";
 import { confidenceOf } from "./feedback.js";
 import type { Metric } from "../stages/exit-graph.js";
@@ -440,8 +441,9 @@ export function planDecoder(profile: DecoderProfile, samples: SampleData, option
 /** The profile in `file` when it is a decoder's; null otherwise (unreadable files too: the classifier loader reports those). */
 export function readDecoderProfileFile(file: string): DecoderProfile | null {
   try {
-    const p = JSON.parse(fs.readFileSync(file, "utf8")) as { kind?: string };
-    return p.kind === "decoder" ? (p as DecoderProfile) : null;
+    const p = JSON.parse(fs.readFileSync(file, "utf8")) as { kind?: string; format?: string };
+    // A decoder plan is kind "decoder" too: it goes on to the profile reader, which says what it is.
+    return p.kind === "decoder" && p.format === PROFILE_FORMAT ? (p as DecoderProfile) : null;
   } catch {
     return null;
   }

@@ -19,7 +19,13 @@ export function loadProfile(file: string): ProfileResult {
   } catch (e) {
     throw new EeToolError("PROFILE_INVALID", `${file} is not JSON: ${(e as Error).message}`);
   }
-  if (profile.format !== PROFILE_FORMAT) throw new EeToolError("PROFILE_INVALID", `${file} is not an ee-tool profile (format ${JSON.stringify(profile.format)})`);
+  if (profile.format !== PROFILE_FORMAT) {
+    const format: unknown = profile.format;
+    const plan = typeof format === "string" && format.startsWith("ee-tool.plan/");
+    throw new EeToolError("PROFILE_INVALID", `${file} is not an ee-tool profile (format ${JSON.stringify(profile.format)})`, plan ? {
+      hint: "That file is a plan; pass the profile it was made from (its profile.file), e.g. ee-tool report <profile.json> <plan.json>.",
+    } : {});
+  }
   // Latency without prefix timings and the all-exits model: written by an earlier ee-tool, whose
   // stage figures the planner's cost model can no longer use.
   if (Object.values(profile.latency ?? {}).some((l) => !l.prefixes || !l.inPlace || !l.allExits)) {
