@@ -535,8 +535,9 @@ describe("ee-tool on a GPT-2-style export (other names, depth, norm, positions)"
     const hf = path.join(dir, "gpt-hf.onnx");
     saveModel({ ...original, proto: quirky }, hf);
     const ee = path.join(dir, "gpt.ee.onnx");
-    const ins = runCli(["insert", hf, "--calib", calib, "-o", ee]);
+    const ins = runCli(["insert", hf, "--calib", calib, "--ramp", "mlp", "-o", ee]);
     expect(ins.code, ins.stderr).toBe(0);
+    expect(ins.stderr).toMatch(/^note: --ramp applies to classifiers only: a decoder's exit heads are its own norm and head/m);
     expect(ins.stderr).toMatch(/decoder LM: tokens 'tokens' -> 'scores'.*KV cache of 4 layers \(3 heads x 32.*; 256 positions \(a learned table\)/);
     expect(ins.stderr).toMatch(/3 exit heads/);
     // Windows longer than the position table: one line, nothing written.
@@ -559,8 +560,9 @@ describe("ee-tool on a GPT-2-style export (other names, depth, norm, positions)"
     expect(profile.latency.contexts).toEqual([32, 128, 248]);
     expect(profile.latency.segments.length).toBe(10);
     const planFile = path.join(dir, "gpt.plan.json");
-    const pl = runCli(["plan", prof, "--max-drop", "0.05", "-o", planFile]);
+    const pl = runCli(["plan", prof, "--max-drop", "0.05", "--batch", "8", "--search", "greedy", "-o", planFile]);
     expect(pl.code, pl.stderr).toBe(0);
+    expect(pl.stderr).toMatch(/^note: --batch, --search apply to classifiers only/m);
     const plan = JSON.parse(fs.readFileSync(planFile, "utf8")) as DecoderPlan;
     // Whether an exit pays here depends on this machine's measured costs: either a certified plan
     // that predicts a saving, or the full model, said so.

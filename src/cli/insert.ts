@@ -3,7 +3,7 @@ import { parseEp } from "../ort/providers.js";
 import { loadModel, saveModel } from "../onnx/model.js";
 import { insertRamps } from "../ramps/insert.js";
 import { EeToolError } from "../errors.js";
-import { info, out } from "./io.js";
+import { classifierOnlyNote, info, out } from "./io.js";
 import { progressBars } from "./progress.js";
 import { table, EP_HELP } from "./format.js";
 import type { RampKind, PoolChoice } from "../ramps/build.js";
@@ -60,7 +60,7 @@ export function registerInsert(program: Command): void {
       "\nExamples:\n  $ ee-tool insert fixtures/cnn/model.onnx --calib fixtures/cnn/calib.npz -o cnn.ee.onnx\n" +
         "  $ ee-tool insert model.onnx --calib input_ids=ids.npy,attention_mask=mask.npy --exits 2,4,6 --ramp mlp -o model.ee.onnx",
     )
-    .action(async (modelPath: string, opts: InsertCliOptions) => {
+    .action(async (modelPath: string, opts: InsertCliOptions, cmd: Command) => {
       parseEp(opts.ep); // a bad --ep fails before any work
       if (!["linear", "mlp", "auto"].includes(opts.ramp)) throw new EeToolError("USAGE", `--ramp must be linear, mlp or auto, got '${opts.ramp}'`);
       if (!["auto", "cls", "mean", "gap", "grid"].includes(opts.pool)) throw new EeToolError("USAGE", `--pool must be auto, cls, mean, gap or grid, got '${opts.pool}'`);
@@ -72,6 +72,8 @@ export function registerInsert(program: Command): void {
       const { model, layout, note } = asDecoder(loaded);
       if (note) info(note);
       if (layout) {
+        const unused = classifierOnlyNote(cmd, ["labels", "ramp", "hidden", "pool", "output"], "a decoder's exit heads are its own norm and head after a fitted correction, trained on its own next-token distributions");
+        if (unused) info(unused);
         const result = await insertDecoderHeads(model, layout, {
           calib: opts.calib, exits: opts.exits, seed: intOption("--seed", opts.seed, 0), fitFraction: fraction ?? DECODER_FIT_FRACTION,
           batchSize: Math.min(16, intOption("--batch", opts.batch, 1)), settings,

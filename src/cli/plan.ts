@@ -5,7 +5,7 @@ import { DEFAULT_POINT_LEVELS, DEFAULT_TUNE_FRACTION, planFromProfile, type Plan
 import { writePlan } from "../emit/write.js";
 import { THRESHOLDS_INPUT } from "../stages/exit-graph.js";
 import { EeToolError } from "../errors.js";
-import { info, out } from "./io.js";
+import { classifierOnlyNote, info, out } from "./io.js";
 import { table } from "./format.js";
 import type { Against, Metric } from "../plan/problem.js";
 import { loadDecoderSamples, planDecoder, readDecoderProfileFile } from "../plan/decoder.js";
@@ -108,7 +108,7 @@ export function registerPlan(program: Command): void {
       "\nExamples:\n  $ ee-tool plan cnn.profile.json --max-drop 0.01 -o cnn.plan.json\n" +
         "  $ ee-tool plan profile.json --against labels --metric margin --frontier --emit stages,single --out-dir artifacts -o plan.json",
     )
-    .action(async (file: string, opts: PlanCliOptions) => {
+    .action(async (file: string, opts: PlanCliOptions, cmd: Command) => {
       if (!["model", "labels"].includes(opts.against)) throw new EeToolError("USAGE", `--against must be model or labels, got '${opts.against}'`);
       if (!["maxprob", "margin", "entropy"].includes(opts.metric)) throw new EeToolError("USAGE", `--metric must be maxprob, margin or entropy, got '${opts.metric}'`);
       if (!["auto", "exhaustive", "greedy"].includes(opts.search)) throw new EeToolError("USAGE", `--search must be auto, exhaustive or greedy, got '${opts.search}'`);
@@ -118,6 +118,8 @@ export function registerPlan(program: Command): void {
       const decoderProfile = readDecoderProfileFile(file);
       if (decoderProfile) {
         for (const k of emit) if (k !== "truncated") throw new EeToolError("USAGE", `--emit for a decoder plan takes truncated (the model loaded only up to the certified truncation), got '${k}'`);
+        const unused = classifierOnlyNote(cmd, ["against", "batch", "search", "levels", "tuningDrop", "frontier", "points"], "a decoder plan is tuned at batch 1 against the model's greedy tokens, along its measured frontier (always in the plan)");
+        if (unused) info(unused);
         const plan = planDecoder(decoderProfile, loadDecoderSamples(decoderProfile, file), {
           maxDrop: num("--max-drop", opts.maxDrop), confidence: num("--confidence", opts.confidence), metric: opts.metric as Metric,
           tuneFraction: num("--tune-fraction", opts.tuneFraction),
