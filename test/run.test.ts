@@ -187,6 +187,13 @@ describe("ee-tool run", () => {
     expect(r.stderr.trim().split("\n").length).toBe(2);
     fs.writeFileSync(bad, JSON.stringify({ model: "m.onnx", calibration: "c.npz", evaluation: "e.npz", batch: 8, profile: { batches: [1] } }));
     expect(runCli(["run", bad]).stderr).toMatch(/profile.batches \[1\] does not include the run's batch 8/);
+    // A decoder LM: run is not built for it; one line says what to run instead, nothing is written.
+    const lm = path.join(dir, "lm.json");
+    fs.writeFileSync(lm, JSON.stringify({ model: FIX("lm/model.onnx"), calibration: FIX("lm/calib.npy"), evaluation: FIX("lm/prompts.npy"), out: path.join(dir, "lm-out") }));
+    const d = runCli(["run", lm]);
+    expect(d.code).toBe(2);
+    expect(d.stderr).toMatch(/^ee-tool: error \[UNSUPPORTED\]: ee-tool run takes classifiers; .*lm\/model\.onnx is a decoder LM\n  hint: Run its steps one by one: ee-tool insert, profile, plan, then eval --prompts/);
+    expect(fs.existsSync(path.join(dir, "lm-out"))).toBe(false);
   });
 
   it("action.yml passes every input the script reads and declares every output it writes", () => {

@@ -14,6 +14,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { loadModel, saveModel } from "../onnx/model.js";
 import { insertRamps } from "../ramps/insert.js";
+import { asDecoder } from "../ramps/decoder-heads.js";
 import { profileModel, writeProfile } from "../profile/profile.js";
 import { loadProfile } from "../profile/merge.js";
 import { planFromProfile, type Plan } from "../plan/plan.js";
@@ -77,6 +78,11 @@ function artifactFiles(plan: Plan, planDir: string): string[] {
 }
 
 export async function runPipeline(config: RunConfig, options: RunOptions = {}): Promise<RunResult> {
+  if (asDecoder(loadModel(config.model)).layout) {
+    throw new EeToolError("UNSUPPORTED", `ee-tool run takes classifiers; ${config.model} is a decoder LM`, {
+      hint: "Run its steps one by one: ee-tool insert, profile, plan, then eval --prompts ids.npy [--text ids.npy] --assert (docs/decoders.md).",
+    });
+  }
   const out = config.out;
   try {
     fs.mkdirSync(out, { recursive: true });
