@@ -161,6 +161,18 @@ describe("ee-tool insert on the fixtures", () => {
   });
 });
 
+/** A one-Relu model x -> output of this element type and shape, written to file. */
+function reluModel(file: string, elemType: number, dims: Array<string | number>, output: string): string {
+  fs.writeFileSync(file, serializeModel({
+    ir_version: 8, opset_import: [{ domain: "", version: 17 }],
+    graph: {
+      name: "g", node: [{ op_type: "Relu", input: ["x"], output: [output] }],
+      input: [makeValueInfo("x", elemType, dims)], output: [makeValueInfo(output, elemType, dims)],
+    },
+  }));
+  return file;
+}
+
 describe("ee-tool insert: bad input", () => {
   function expectFails(args: string[], code: string, pattern?: RegExp): void {
     const dir = tmpDir();
@@ -175,14 +187,7 @@ describe("ee-tool insert: bad input", () => {
 
   it("refuses float16 models, classifiers and decoders, in one line with how to get a float32 one", () => {
     const dir = tmpDir();
-    const half = path.join(dir, "half.onnx");
-    fs.writeFileSync(half, serializeModel({
-      ir_version: 8, opset_import: [{ domain: "", version: 17 }],
-      graph: {
-        name: "g", node: [{ op_type: "Relu", input: ["x"], output: ["logits"] }],
-        input: [makeValueInfo("x", DataType.FLOAT16, ["n", 10])], output: [makeValueInfo("logits", DataType.FLOAT16, ["n", 10])],
-      },
-    }));
+    const half = reluModel(path.join(dir, "half.onnx"), DataType.FLOAT16, ["n", 10], "logits");
     const x = path.join(dir, "x.npy");
     fs.writeFileSync(x, encodeNpy("float32", [12, 10], new Uint8Array(12 * 10 * 4)));
     expectFails([half, "--calib", x], "UNSUPPORTED", /output 'logits' is float16: ee-tool fits and runs exits on float32 models\n  hint: Export the model in float32/);
@@ -197,14 +202,7 @@ describe("ee-tool insert: bad input", () => {
   it("refuses models that are not classifiers, bad calibration data and unknown exits, leaving no output", () => {
     const dir = tmpDir();
     // A model whose output is a feature map, not [N, classes].
-    const conv = path.join(dir, "conv.onnx");
-    fs.writeFileSync(conv, serializeModel({
-      ir_version: 8, opset_import: [{ domain: "", version: 17 }],
-      graph: {
-        name: "g", node: [{ op_type: "Relu", input: ["x"], output: ["y"] }],
-        input: [makeValueInfo("x", DataType.FLOAT, ["n", 3, 4, 4])], output: [makeValueInfo("y", DataType.FLOAT, ["n", 3, 4, 4])],
-      },
-    }));
+    const conv = reluModel(path.join(dir, "conv.onnx"), DataType.FLOAT, ["n", 3, 4, 4], "y");
     const x = path.join(dir, "x.npy");
     fs.writeFileSync(x, encodeNpy("float32", [12, 3, 4, 4], new Uint8Array(12 * 48 * 4)));
     expectFails([conv, "--calib", x], "NOT_A_CLASSIFIER", /shape \[2,3,4,4\]/);

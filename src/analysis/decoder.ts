@@ -4,9 +4,10 @@
  * decoder: the residual stream after each layer.
  *
  * A KV pair is a rank-4 graph input (past) that a Concat joins with new keys or values into a
- * graph output (present), through Identity, Cast or one-input Concat nodes on the way. Which of a layer's two pairs is the key: by name when the names say so
- * ("key"/"value", "k"/"v"), otherwise the value is the one whose present feeds a MatMul with
- * softmax weights. Layers are ordered by where their Concat sits in the graph.
+ * graph output (present), through Identity, Cast or one-input Concat nodes on the way. Which of a
+ * layer's two pairs is the key: by name when the names say so ("key"/"value", "k"/"v"), otherwise
+ * the value is the one whose present feeds a MatMul with softmax weights (or a fused attention's
+ * value input). Layers are ordered by where their Concat sits in the graph.
  */
 import type { ModelProto, NodeProto } from "../onnx/types.js";
 import { Graph } from "../ir/graph.js";
