@@ -18,7 +18,7 @@ import { encodeNpy } from "../src/data/npy.js";
 import { attentionLayers, declaredBatch, decoderFeeds, findDecoderLayout, inlineCacheBranch } from "../src/analysis/decoder.js";
 import { profileContexts } from "../src/profile/decoder.js";
 import { asDecoder, insertDecoderHeads } from "../src/ramps/decoder-heads.js";
-import { EarlyExitGenerator, type GeneratedToken } from "../src/runtime/generator.js";
+import { EarlyExitGenerator, type GeneratedToken, type GeneratorOptions } from "../src/runtime/generator.js";
 import { originalDecoder } from "../src/stages/decoder-split.js";
 import { createSession, runtimeBytes, type ort } from "../src/ort/ort.js";
 import { bettingPValue, bettingUpperBound } from "../src/plan/certify.js";
@@ -50,11 +50,12 @@ async function collect(g: EarlyExitGenerator, prompt: ArrayLike<number>, n: numb
 }
 
 /** Generate n tokens with exits that fire, then check every layer's cache against the full model's recomputed on the same tokens. */
-async function expectExactCache(ee: OnnxModel, exits: Array<{ exit: number; threshold: number }>, prompt: number[], n: number): Promise<void> {
-  const g = await EarlyExitGenerator.open(ee, { exits });
+async function expectExactCache(ee: OnnxModel, exits: Array<{ exit: number; threshold: number }> | GeneratorOptions, prompt: number[], n: number): Promise<GeneratedToken[]> {
+  const options = Array.isArray(exits) ? { exits } : exits;
+  const g = await EarlyExitGenerator.open(ee, options);
   const out = await collect(g, prompt, n);
   const fired = new Set(out.slice(1).map((t) => t.exit));
-  expect(fired.has(exits[0]!.exit)).toBe(true); // tokens did exit early, so layers were deferred
+  expect(fired.has(options.speculative?.exit ?? options.exits![0]!.exit)).toBe(true); // tokens did exit early, so layers were deferred
   expect(fired.has(-1)).toBe(true);
   expect(g.stats.calls).toBeGreaterThan(n - 1);
   await g.flush();
@@ -71,6 +72,7 @@ async function expectExactCache(ee: OnnxModel, exits: Array<{ exit: number; thre
   });
   await s.release();
   await g.release();
+  return out;
 }
 
 describe("betting certification and ROUGE-L", () => {
@@ -198,6 +200,25 @@ describe("exact KV cache", () => {
     await expectExactCache(ee, [{ exit: 0, threshold: 0.6 }, { exit: 1, threshold: 0.5 }], Array.from(loadTokens(PROMPTS, 1)), 48);
   });
 
+  it("speculative decoding yields the full model's greedy tokens, and cuts rejected drafts from the cache", async () => {
+    const full = await EarlyExitGenerator.open(ee);
+    for (const row of [1, 2]) {
+      const prompt = Array.from(loadTokens(PROMPTS, row));
+      const want = (await collect(full, prompt, 48)).map((t) => t.token);
+      // A low threshold drafts often and is often wrong: kept drafts, rejections and the cache all checked.
+      const out = await expectExactCache(ee, { speculative: { exit: 0, threshold: 0.2, maxDraft: 6 } }, prompt, 48);
+      expect(out.map((t) => t.token)).toEqual(want);
+      expect(out.filter((t) => t.exit === 0).every((t) => t.layers === 2)).toBe(true);
+    }
+    // Rejected drafts ran layers that no kept token needed.
+    const g = await EarlyExitGenerator.open(ee, { speculative: { exit: 0, threshold: 0.2, maxDraft: 6 } });
+    const out = await collect(g, Array.from(loadTokens(PROMPTS, 1)), 48);
+    expect(g.stats.layerPasses).toBeGreaterThan(6 * (out.length - 1));
+    await g.release();
+    await full.release();
+    await expect(EarlyExitGenerator.open(ee, { speculative: { exit: 0, threshold: 0.2, maxDraft: 0 } })).rejects.toThrowError(/drafts at least one token/);
+  });
+
   it("takes a plain export without a cache: layers by their attention, generation recomputes the prefix", async () => {
     const model = loadModel(LM);
     const file = path.join(dir, "nocache.onnx");
@@ -217,6 +238,7 @@ describe("exact KV cache", () => {
     expect(b.map((t) => t.token)).toEqual(a.map((t) => t.token));
     await withCache.release();
     await recompute.release();
+    await expect(EarlyExitGenerator.open(r.model, { speculative: { exit: 0, threshold: 0.5, maxDraft: 4 } })).rejects.toThrowError(/needs a decoder with a KV cache/);
   });
 
   it("takes an export whose inputs fix the batch at 1: every pass feeds one window", async () => {
@@ -397,7 +419,7 @@ describe("ee-tool on the SOTU decoder", () => {
     const p = runCli(["profile", ee, "--calib", CALIB, "--contexts", "32,128", "--budget", "2000", "-o", prof]);
     expect(p.code, p.stderr).toBe(0);
     const profile = JSON.parse(fs.readFileSync(prof, "utf8")) as {
-      kind: string; samples: { sequences: number; skippedFitted: number }; latency: { segments: unknown[]; fullStep: number[] };
+      kind: string; samples: { sequences: number; skippedFitted: number }; latency: { segments: unknown[]; fullStep: number[]; verify: { segments: unknown[] } };
       environment: { threads: number | null; threadChoice: { threads: number | null; oneThreadMs: number; defaultMs: number } };
     };
     expect(profile.kind).toBe("decoder");
@@ -412,12 +434,18 @@ describe("ee-tool on the SOTU decoder", () => {
     expect(profile.latency.segments.length).toBe(21);
     expect(profile.latency.fullStep.every((x) => x > 0)).toBe(true);
     const planFile = path.join(dir, "lm.plan.json");
-    const pl = runCli(["plan", prof, "--max-drop", "0.05", "-o", planFile]);
+    const pl = runCli(["plan", prof, "--max-drop", "0.05", "--kv-mode", "exact", "-o", planFile]);
     expect(pl.code, pl.stderr).toBe(0);
     const plan = JSON.parse(fs.readFileSync(planFile, "utf8")) as DecoderPlan;
     expect(plan.kind).toBe("decoder");
     expect(validate(plan, JSON.parse(fs.readFileSync(path.join(ROOT, "docs/decoder-plan.schema.json"), "utf8")) as Schema)).toEqual([]);
     expect(plan.kvMode).toBe("exact");
+    expect(pl.stderr).toMatch(/^runs: the exits above \(kv mode exact\)$/m);
+    // The speculative alternative is planned too, from the measured checks (one per exit).
+    expect(profile.latency.verify.segments.length).toBe(5);
+    expect(plan.speculative!.predicted.differingCertify).toBe(0);
+    expect(plan.speculative!.maxDraft).toBeGreaterThanOrEqual(1);
+    expect(pl.stderr).toMatch(/^speculative \(lossless, every token the full model's\): draft with exit \d/m);
     expect(plan.profile.threads).toBe(profile.environment.threads);
     expect(plan.exits.length).toBeGreaterThan(0);
     expect(plan.certificate!.unit).toBe("sequence");
@@ -468,6 +496,16 @@ describe("ee-tool on the SOTU decoder", () => {
       expect(e.code, e.stderr).toBe(0);
       expect((JSON.parse(e.stdout) as DecoderEvalReport).threads).toBe(want);
     }
+    // Speculative decoding from the plan: lossless, so eval finds every token the full model's.
+    const specFile = path.join(dir, "lm.spec.plan.json");
+    const sp = runCli(["plan", prof, "--kv-mode", "speculative", "-o", specFile]);
+    expect(sp.code, sp.stderr).toBe(0);
+    expect(sp.stderr).toMatch(/^runs: speculative \(--kv-mode speculative\)$/m);
+    const se = runCli(["eval", specFile, "--prompts", few, "--max-new-tokens", "24", "--text", text]);
+    expect(se.code, se.stderr).toBe(0);
+    expect(se.stderr).toMatch(/the plan \(kv mode speculative\) against the full model with its KV cache; lossless/);
+    expect(se.stderr).toMatch(/generated tokens equal to the full model's\s+100\.00%/);
+    expect(se.stderr).toMatch(/differing tokens \(teacher-forced\)\s+0\.00%\s+0 \(lossless\)/);
     expect(r.tokens).toBe(12 * 23);
     expect(r.teacherForced!.differing).toBeLessThanOrEqual(0.05);
     expect(r.teacherForced!.perplexityFull).toBeGreaterThan(1);
@@ -557,7 +595,7 @@ describe("ee-tool on a GPT-2-style export (other names, depth, norm, positions)"
     const p = runCli(["profile", ee, "--calib", calib, "--budget", "1500", "-o", prof]);
     expect(p.code, p.stderr).toBe(0);
     const profile = JSON.parse(fs.readFileSync(prof, "utf8")) as { latency: { contexts: number[]; segments: unknown[] } };
-    expect(profile.latency.contexts).toEqual([32, 128, 248]);
+    expect(profile.latency.contexts).toEqual([32, 128, 240]);
     expect(profile.latency.segments.length).toBe(10);
     const planFile = path.join(dir, "gpt.plan.json");
     const pl = runCli(["plan", prof, "--max-drop", "0.05", "--batch", "8", "--search", "greedy", "-o", planFile]);

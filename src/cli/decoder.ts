@@ -58,7 +58,7 @@ export function renderDecoderPlan(p: DecoderPlan): string {
       ? "no exit configuration could be certified under this constraint: the plan keeps the full model"
       : "no exit configuration is faster than the full model within this constraint (measured costs, tuning sequences): the plan keeps the full model");
   }
-  lines.push(`plan: ${p.exits.length} exits (kv mode ${p.kvMode}), at most ${pct(p.settings.maxDrop)} of tokens differing from the full model's greedy token, metric ${p.settings.metric}`);
+  lines.push(`certified exits: ${p.exits.length}, at most ${pct(p.settings.maxDrop)} of tokens differing from the full model's greedy token, metric ${p.settings.metric}`);
   lines.push(table([
     ["exit", "after layer", "threshold", "exit rate (tune)", "exit rate (certify)"],
     ...p.exits.map((e) => [String(e.id), `${e.layers} of ${p.layers}`, e.threshold.toFixed(4), pct(e.rateTune), pct(e.rateCertify)]),
@@ -77,12 +77,19 @@ export function renderDecoderPlan(p: DecoderPlan): string {
   ]));
   const t = p.truncation.chosen;
   lines.push(t ? `certified truncation: after layer ${t.layers} (exit ${t.exit}), differing ${pct(t.predicted.differingCertify)}, bound ${pct(t.certificate.bound)}, predicted saving ${pct(t.predicted.saving)}` : "no truncation certified under this constraint");
+  const sp = p.speculative;
+  if (sp) {
+    lines.push(`speculative (lossless, every token the full model's): draft with exit ${sp.exit} (after layer ${sp.layers}) while its confidence >= ${sp.threshold.toFixed(4)}, at most ${sp.maxDraft} a cycle, then check them with layers ${sp.layers + 1}-${p.layers} at once; kept drafts ${pct(sp.draftedCertify)} of tokens (${pct(sp.keptShare)} of drafts agreed); predicted decode step ${ms(sp.predicted.stepMs)} ms vs ${ms(sp.predicted.fullStepMs)} ms: saving ${pct(sp.predicted.saving)}`);
+  }
+  lines.push(p.kvMode === "speculative"
+    ? `runs: speculative${p.settings.kvMode === "auto" ? ` (predicted ${pct(sp!.predicted.saving)}, faster than the certified exits' ${pct(p.predicted.saving)})` : " (--kv-mode speculative)"}`
+    : `runs: the exits above (kv mode ${p.kvMode})${sp && p.settings.kvMode === "auto" ? `; speculative would save ${pct(sp.predicted.saving)}` : ""}`);
   return lines.join("\n");
 }
 
 export function renderDecoderEval(r: DecoderEvalReport): string {
   const lines = [
-    `${r.prompts} prompts, up to ${r.maxNewTokens} new tokens, greedy, batch 1 on ${r.ep}${r.threads ? ` (${r.threads} intra-op thread${r.threads > 1 ? "s" : ""})` : ""}: ${r.mode === "truncated" ? "the truncated decoder" : "the plan"} (kv mode ${r.kvMode}) against the full model${r.kvMode === "exact" ? " with its KV cache" : " (no cache: every step recomputes the prefix)"}${r.ep !== r.planEp ? ` (note: the plan was profiled on ${r.planEp}; its latency predictions are for that provider)` : ""}`,
+    `${r.prompts} prompts, up to ${r.maxNewTokens} new tokens, greedy, batch 1 on ${r.ep}${r.threads ? ` (${r.threads} intra-op thread${r.threads > 1 ? "s" : ""})` : ""}: ${r.mode === "truncated" ? "the truncated decoder" : "the plan"} (kv mode ${r.kvMode}) against the full model${r.kvMode === "recompute" ? " (no cache: every step recomputes the prefix)" : " with its KV cache"}${r.kvMode === "speculative" ? "; lossless: every token must be the full model's, and the tokens of a cycle share its time" : ""}${r.ep !== r.planEp ? ` (note: the plan was profiled on ${r.planEp}; its latency predictions are for that provider)` : ""}`,
     table([
       ["", "full model", "early exit", "plan predicted"],
       ["decode latency per token mean (ms)", ms(r.full.mean), ms(r.earlyExit.mean), `${ms(r.predicted.fullStepMs)} -> ${ms(r.predicted.stepMs)}`],
@@ -90,12 +97,12 @@ export function renderDecoderEval(r: DecoderEvalReport): string {
       ["tokens per second", r.full.tokensPerSecond.toFixed(0), r.earlyExit.tokensPerSecond.toFixed(0), ""],
       ["prefill (ms)", ms(r.full.prefillMs), ms(r.earlyExit.prefillMs), ""],
       ["saving (mean per-token latency)", "", pct(r.saving), pct(r.predicted.saving)],
-      [r.kvMode === "exact" ? "layers per token: at exit / run (with deferred)" : "layers per token: at exit / layer passes (prefix recomputed)", String(r.layers.total), `${r.layers.meanAtExit.toFixed(2)} / ${r.layers.meanRun.toFixed(2)}`, `${r.predicted.meanExitLayers.toFixed(2)} at exit`],
+      [r.kvMode === "exact" ? "layers per token: at exit / run (with deferred)" : r.kvMode === "speculative" ? "layers per token: read at (kept drafts) / run (checks, rejected drafts)" : "layers per token: at exit / layer passes (prefix recomputed)", String(r.layers.total), `${r.layers.meanAtExit.toFixed(2)} / ${r.layers.meanRun.toFixed(2)}`, `${r.predicted.meanExitLayers.toFixed(2)} at exit`],
       ["generated tokens equal to the full model's", "", pct(r.agreement.tokens), ""],
       ["continuations identical / ROUGE-L", "", `${pct(r.agreement.exactMatch)} / ${r.agreement.rougeL.toFixed(3)}`, ""],
       ...(r.teacherForced ? [
         ["teacher-forced perplexity", r.teacherForced.perplexityFull.toFixed(3), r.teacherForced.perplexityEarlyExit.toFixed(3), ""],
-        ["differing tokens (teacher-forced)", "", pct(r.teacherForced.differing), `${pct(r.predicted.differing)} (bound ${pct(r.predicted.bound)}, max ${pct(r.predicted.maxDrop)})`],
+        ["differing tokens (teacher-forced)", "", pct(r.teacherForced.differing), r.kvMode === "speculative" ? "0 (lossless)" : `${pct(r.predicted.differing)} (bound ${pct(r.predicted.bound)}, max ${pct(r.predicted.maxDrop)})`],
       ] : []),
       ...(r.memory ? [
         ["weights (bytes)", mb(r.memory.weightBytesFull), mb(r.memory.weightBytesTruncated), ""],

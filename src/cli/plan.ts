@@ -28,6 +28,7 @@ interface PlanCliOptions {
   emit?: string;
   outDir?: string;
   json?: boolean;
+  kvMode: string;
 }
 
 function num(name: string, v: string): number {
@@ -100,6 +101,7 @@ export function registerPlan(program: Command): void {
     .option("--tuning-drop <how>", "what the search sees of a configuration's drop on the tuning samples: fitted (each ramp's loss as a smooth function of its confidence) or observed (counts)", "fitted")
     .option("--frontier", "include the Pareto frontier of (drop, latency) configurations")
     .option("--points [drops]", `also certify operating points at these drops (comma-separated; default ${DEFAULT_POINT_LEVELS.join(",")}), switched per request in one model through its ee_thresholds input`)
+    .option("--kv-mode <mode>", "decoder plans: auto (speculative when it is predicted faster than the certified exits), exact (exits with certified thresholds) or speculative (lossless: drafts checked by the full model)", "auto")
     .option("--emit <kinds>", "write artifacts: stages, single, truncated (comma-separated); for a decoder: truncated (the model loaded only up to the certified truncation)")
     .option("--out-dir <dir>", "directory for --emit artifacts (default: next to the plan)")
     .option("--json", "print the plan JSON on stdout")
@@ -115,6 +117,7 @@ export function registerPlan(program: Command): void {
       if (!["fitted", "observed"].includes(opts.tuningDrop)) throw new EeToolError("USAGE", `--tuning-drop must be fitted or observed, got '${opts.tuningDrop}'`);
       const emit = opts.emit ? opts.emit.split(",").map((s) => s.trim()) : [];
       for (const k of emit) if (!["stages", "single", "truncated"].includes(k)) throw new EeToolError("USAGE", `--emit takes stages, single, truncated; got '${k}'`);
+      if (!["auto", "exact", "speculative"].includes(opts.kvMode)) throw new EeToolError("USAGE", `--kv-mode must be auto, exact or speculative, got '${opts.kvMode}'`);
       const decoderProfile = readDecoderProfileFile(file);
       if (decoderProfile) {
         for (const k of emit) if (k !== "truncated") throw new EeToolError("USAGE", `--emit for a decoder plan takes truncated (the model loaded only up to the certified truncation), got '${k}'`);
@@ -122,7 +125,7 @@ export function registerPlan(program: Command): void {
         if (unused) info(unused);
         const plan = planDecoder(decoderProfile, loadDecoderSamples(decoderProfile, file), {
           maxDrop: num("--max-drop", opts.maxDrop), confidence: num("--confidence", opts.confidence), metric: opts.metric as Metric,
-          tuneFraction: num("--tune-fraction", opts.tuneFraction),
+          tuneFraction: num("--tune-fraction", opts.tuneFraction), kvMode: opts.kvMode as "auto" | "exact" | "speculative",
         });
         const modelPath = path.resolve(path.dirname(file), decoderProfile.model.file);
         const written = await writeDecoderPlan(plan, opts.out, modelPath, file, { emit, ...(opts.outDir ? { outDir: opts.outDir } : {}) });
@@ -131,6 +134,7 @@ export function registerPlan(program: Command): void {
         info(`wrote ${opts.out}`);
         return;
       }
+      if (cmd.getOptionValueSource("kvMode") === "cli") info("note: --kv-mode applies to decoder plans only: a classifier's exits take whole inputs");
       const result = loadProfile(file);
       const plan = planFromProfile(result, {
         maxDrop: num("--max-drop", opts.maxDrop), against: opts.against as Against, metric: opts.metric as Metric,

@@ -20,7 +20,7 @@ import { originalDecoder, truncatedDecoder } from "../stages/decoder-split.js";
 import { scoreLogits } from "../profile/samples.js";
 import { confidenceOf } from "../plan/feedback.js";
 import { checkModelHash } from "../plan/write.js";
-import type { DecoderPlan } from "../plan/decoder.js";
+import type { DecoderKvMode, DecoderPlan } from "../plan/decoder.js";
 import { EarlyExitGenerator, type GeneratedToken } from "../runtime/generator.js";
 import { EeToolError } from "../errors.js";
 import { decoderFeeds, type DecoderLayout } from "../analysis/decoder.js";
@@ -51,7 +51,8 @@ export interface LatencySummary {
 export interface DecoderEvalReport {
   kind: "decoder";
   mode: "plan" | "truncated";
-  kvMode: "exact" | "recompute";
+  /** speculative: lossless, so the teacher-forced figures of the early-exit side are the full model's. */
+  kvMode: DecoderKvMode;
   ep: string;
   /** The provider the plan's profile measured on (its latency predictions are for that one). */
   planEp: string;
@@ -163,13 +164,17 @@ export async function evaluateDecoderPlan(planPath: string, plan: DecoderPlan, o
   const truncated = options.truncated ?? false;
   const trunc = plan.truncation.chosen;
   if (truncated && !trunc) throw new EeToolError("CONSTRAINT_INFEASIBLE", "the plan has no certified truncation to evaluate", { hint: "Plan with a looser --max-drop, or evaluate the plan itself (without --truncated)." });
+  const spec = !truncated && plan.kvMode === "speculative" ? plan.speculative : null;
+  if (!truncated && plan.kvMode === "speculative" && !spec) throw new EeToolError("PROFILE_INVALID", "the plan's kv mode is speculative but it holds no speculative configuration", { hint: "Plan again with `ee-tool plan <profile> --kv-mode speculative`." });
   const exitSettings = truncated
     ? [...trunc!.earlier.map((e) => ({ exit: e.id, threshold: e.threshold })), { exit: trunc!.exit, threshold: -Infinity }]
-    : plan.exits.map((e) => ({ exit: e.id, threshold: e.threshold }));
+    : spec ? [{ exit: spec.exit, threshold: spec.threshold }] : plan.exits.map((e) => ({ exit: e.id, threshold: e.threshold }));
   const prompts = openTokens(options.prompts, "prompts", meta.layout.vocab, meta.layout.maxPositions);
   const maxNewTokens = options.maxNewTokens ?? 64;
   const full = await EarlyExitGenerator.open(model, { settings });
-  const early = await EarlyExitGenerator.open(model, { exits: exitSettings, truncate: truncated, metric: plan.settings.metric, settings });
+  const early = await EarlyExitGenerator.open(model, spec
+    ? { speculative: { exit: spec.exit, threshold: spec.threshold, maxDraft: spec.maxDraft }, metric: plan.settings.metric, settings }
+    : { exits: exitSettings, truncate: truncated, metric: plan.settings.metric, settings });
   const fullDecode: number[] = [];
   const fullPrefill: number[] = [];
   const eeDecode: number[] = [];
@@ -235,7 +240,8 @@ export async function evaluateDecoderPlan(planPath: string, plan: DecoderPlan, o
   if (options.text) {
     const text = openTokens(options.text, "evaluation text", meta.layout.vocab, meta.layout.maxPositions);
     const session = await createSession(runtimeBytes(model.proto, model.readExternal), settings);
-    const order = exitSettings.map((s) => ({ ...s, rec: meta.exits.find((e) => e.id === s.exit)! })).sort((x, y) => x.rec.layers - y.rec.layers);
+    // Speculative decoding yields the full model's tokens: its teacher-forced figures are the full model's.
+    const order = spec ? [] : exitSettings.map((s) => ({ ...s, rec: meta.exits.find((e) => e.id === s.exit)! })).sort((x, y) => x.rec.layers - y.rec.layers);
     let nllFull = 0;
     let nllEarly = 0;
     let differ = 0;
@@ -284,14 +290,15 @@ export async function evaluateDecoderPlan(planPath: string, plan: DecoderPlan, o
       rssTruncatedMB: await residentMB(model, small, meta.layout), rssFullMB: await residentMB(model, orig, meta.layout),
     };
   }
-  const predicted = truncated ? trunc!.predicted : plan.predicted;
-  const cert = truncated ? trunc!.certificate : plan.certificate;
+  const predicted = truncated ? trunc!.predicted : spec ? spec.predicted : plan.predicted;
+  const cert = truncated ? trunc!.certificate : spec ? null : plan.certificate;
   const failures: string[] = [];
   const saving = fullS.mean > 0 ? 1 - eeS.mean / fullS.mean : 0;
   if (teacher && teacher.differing > plan.settings.maxDrop) failures.push(`differing tokens ${(teacher.differing * 100).toFixed(2)}% on the evaluation text exceed the plan's maximum ${(plan.settings.maxDrop * 100).toFixed(2)}%`);
-  if ((plan.exits.length || truncated) && saving <= 0) failures.push(`the early-exit generator is not faster than the full model (saving ${(saving * 100).toFixed(1)}%)`);
+  if (spec && agreeTokens < compared) failures.push(`speculative decoding gave ${compared - agreeTokens} of ${compared} tokens that differ from the full model's greedy ones (it must give none; a near-tie of two logits computed in different passes can flip one)`);
+  if ((plan.exits.length || truncated || spec) && saving <= 0) failures.push(`the early-exit generator is not faster than the full model (saving ${(saving * 100).toFixed(1)}%)`);
   return {
-    kind: "decoder", mode: truncated ? "truncated" : "plan", kvMode: meta.layout.cache === "kv" ? "exact" : "recompute", ep: settings.ep ?? "cpu", planEp: plan.profile.ep, threads: settings.threads ?? null,
+    kind: "decoder", mode: truncated ? "truncated" : "plan", kvMode: spec ? "speculative" : meta.layout.cache === "kv" ? "exact" : "recompute", ep: settings.ep ?? "cpu", planEp: plan.profile.ep, threads: settings.threads ?? null,
     prompts: prompts.sequences, maxNewTokens, tokens: generated, full: fullS, earlyExit: eeS, saving,
     layers: { total: layers, meanAtExit: layersAtExit / Math.max(1, generated), meanRun: layerPasses / Math.max(1, generated) },
     exits, agreement: { tokens: agreeTokens / Math.max(1, compared), exactMatch: exact / prompts.sequences, rougeL: rouge / prompts.sequences },
@@ -299,7 +306,7 @@ export async function evaluateDecoderPlan(planPath: string, plan: DecoderPlan, o
     predicted: {
       saving: predicted.saving, differing: predicted.differingCertify, bound: cert?.bound ?? null, maxDrop: plan.settings.maxDrop,
       stepMs: predicted.stepMs, fullStepMs: predicted.fullStepMs, meanExitLayers: predicted.meanExitLayers,
-      exitRates: truncated ? {} : Object.fromEntries(plan.exits.map((e) => [String(e.id), e.rateCertify])),
+      exitRates: truncated ? {} : spec ? { [String(spec.exit)]: spec.draftedCertify } : Object.fromEntries(plan.exits.map((e) => [String(e.id), e.rateCertify])),
     },
     assertions: { passed: failures.length === 0, failures },
   };

@@ -12,6 +12,12 @@
  * runs the positions still pending with the token that needs it), each call priced by the
  * profile's measured latency of that segment, at that context, carrying that many positions.
  * The baseline is the full model's measured decode step at the same context.
+ *
+ * Speculative mode (lossless): every exit with a measured check is tried as the drafter, over a
+ * grid of thresholds and draft lengths; its cycles are replayed on the profiled tokens (drafts
+ * while the exit is confident, kept up to the first one whose token differs from the full
+ * model's), each call priced by its measured latency. Its output is the full model's, so it needs
+ * no certificate; `auto` runs it when it is predicted faster than the certified exits.
  */
 import { mean } from "../util/stats.js";
 import * as fs from "node:fs";
@@ -75,6 +81,24 @@ export interface TruncationRow {
   saving: number;
 }
 
+export interface SpeculativePlan {
+  /** The exit whose layers and head draft. */
+  exit: number;
+  layers: number;
+  /** Drafting continues while the exit's confidence reaches this, at most maxDraft tokens a cycle. */
+  threshold: number;
+  maxDraft: number;
+  /** Share of tokens that are kept drafts (tuning, certification sequences). */
+  draftedTune: number;
+  draftedCertify: number;
+  /** Of the drafted tokens, the share the full model agreed with (certification sequences). */
+  keptShare: number;
+  /** Differing shares are 0: every token is the full model's. */
+  predicted: Prediction;
+}
+
+export type DecoderKvMode = "exact" | "recompute" | "speculative";
+
 export interface DecoderPlan {
   format: typeof PLAN_FORMAT;
   kind: "decoder";
@@ -82,13 +106,20 @@ export interface DecoderPlan {
   model: { file: string; sha256: string };
   /** threads: the intra-op threads the latencies were measured with (null: onnxruntime's default); eval and EarlyExitGenerator users run with them. */
   profile: { file: string; ep: string; threads?: number | null };
-  settings: { maxDrop: number; confidence: number; metric: Metric; tuneFraction: number; seed: number; maxExits: number };
-  /** exact: deferred layers keep the cache what the full model computes; recompute: a model without a cache. */
-  kvMode: "exact" | "recompute";
+  settings: { maxDrop: number; confidence: number; metric: Metric; tuneFraction: number; seed: number; maxExits: number; kvMode: "auto" | "exact" | "speculative" };
+  /**
+   * What the runtime runs. exact: the exits below, deferred layers keep the cache what the full
+   * model computes; recompute: the same for a model without a cache; speculative: `speculative`
+   * (lossless), the exits below being the certified alternative.
+   */
+  kvMode: DecoderKvMode;
   layers: number;
+  /** The certified exits (exact or recompute mode), their prediction and certificate. */
   exits: DecoderPlanExit[];
   predicted: Prediction;
   certificate: DecoderCertificate | null;
+  /** The fastest speculative configuration (null: no KV cache, or an older profile). */
+  speculative: SpeculativePlan | null;
   data: { tuneSequences: number; certifySequences: number; tokensPerSequence: number };
   truncation: {
     rows: TruncationRow[];
@@ -114,6 +145,8 @@ export interface DecoderPlanOptions {
   tuneFraction?: number;
   seed?: number;
   maxExits?: number;
+  /** auto (default): speculative when it is predicted faster than the certified exits. */
+  kvMode?: "auto" | "exact" | "speculative";
 }
 
 export function loadDecoderSamples(profile: DecoderProfile, profileFile: string): SampleData {
@@ -150,10 +183,9 @@ function interp(grid: readonly number[], values: readonly number[], x: number): 
   return values[k]!;
 }
 
-/** Measured cost of a segment at context c carrying n positions (linear in n beyond the grid). */
-function segmentCost(lat: DecoderProfile["latency"] & object, seg: SegmentLatency, c: number, n: number): number {
-  const atN = (ni: number): number => interp(lat.contexts, seg.p50.map((row) => row[ni]!), c);
-  const ns = lat.carried;
+/** Measured cost of a segment at context c carrying n positions (linear in n beyond the grid `ns`). */
+function segmentCost(contexts: readonly number[], ns: readonly number[], seg: SegmentLatency, c: number, n: number): number {
+  const atN = (ni: number): number => interp(contexts, seg.p50.map((row) => row[ni]!), c);
   if (n <= ns[0]! || ns.length === 1) return atN(0);
   for (let i = 1; i < ns.length; i++) {
     if (n <= ns[i]!) {
@@ -192,15 +224,60 @@ class Simulator {
       for (let t = 0; t <= perSeq; t++) this.fullAt[t] = interp(lat.contexts, lat.fullStep, t);
       for (const seg of lat.segments) {
         const table = new Float64Array((perSeq + 1) * (TABLE_CARRY + 1));
-        for (let t = 0; t <= perSeq; t++) for (let n = 1; n <= TABLE_CARRY; n++) table[t * (TABLE_CARRY + 1) + n] = segmentCost(lat, seg, t, n);
+        for (let t = 0; t <= perSeq; t++) for (let n = 1; n <= TABLE_CARRY; n++) table[t * (TABLE_CARRY + 1) + n] = segmentCost(lat.contexts, lat.carried, seg, t, n);
+        this.tables.set(seg, table);
+      }
+      for (const seg of lat.verify?.segments ?? []) {
+        const table = new Float64Array((perSeq + 1) * (TABLE_CARRY + 1));
+        for (let t = 0; t <= perSeq; t++) for (let n = 1; n <= TABLE_CARRY; n++) table[t * (TABLE_CARRY + 1) + n] = segmentCost(lat.contexts, lat.verify!.carried, seg, t, n);
         this.tables.set(seg, table);
       }
     }
   }
 
+  /** Exits that can draft: a measured prefix (tokens to the exit) and a measured check after it. */
+  drafters(): Array<{ id: number; prefix: SegmentLatency; check: SegmentLatency }> {
+    return this.profile.decoder.exits.flatMap((e) => {
+      const prefix = this.segCache.get(`null-${e.id}`);
+      const check = this.profile.latency?.verify?.segments.find((v) => v.from === e.id);
+      return prefix && check ? [{ id: e.id, prefix, check }] : [];
+    });
+  }
+
+  /**
+   * Replay speculative cycles on sequences `rows`: from position t, draft while the exit is
+   * confident (at most maxDraft), check every fed position at once, keep the drafts up to the
+   * first differing one and the full model's token after them.
+   */
+  speculate(d: { id: number; prefix: SegmentLatency; check: SegmentLatency }, threshold: number, maxDraft: number, rows: readonly number[]): SpeculativeOutcome {
+    const k = this.byId.get(d.id)!;
+    const pred = this.samples.ramps[k]!.pred;
+    let cost = 0;
+    let full = 0;
+    let kept = 0;
+    let drafted = 0;
+    for (const seq of rows) {
+      const at = seq * this.perSeq;
+      for (let t = 0; t < this.perSeq;) {
+        let j = 0;
+        while (j < maxDraft && t + j < this.perSeq - 1 && this.conf(k, at + t + j) >= threshold) j++;
+        let a = 0;
+        while (a < j && pred[at + t + a] === this.samples.final[at + t + a]) a++;
+        cost += (j + 1) * this.cost(d.prefix, t, 1) + this.cost(d.check, t, j + 1);
+        for (let i = 0; i <= a; i++) full += this.fullAt[t + i]!;
+        kept += a;
+        drafted += j;
+        t += a + 1;
+      }
+    }
+    return { cost, full, kept, drafted, tokens: rows.length * this.perSeq };
+  }
+
   private cost(seg: SegmentLatency, t: number, n: number): number {
     if (n <= TABLE_CARRY && t <= this.perSeq) return this.tables.get(seg)![t * (TABLE_CARRY + 1) + n]!;
-    return segmentCost(this.profile.latency!, seg, t, n);
+    const lat = this.profile.latency!;
+    const verify = lat.verify?.segments.includes(seg) ?? false;
+    return segmentCost(lat.contexts, verify ? lat.verify!.carried : lat.carried, seg, t, n);
   }
 
   private conf(k: number, i: number): number {
@@ -265,6 +342,52 @@ class Simulator {
   }
 }
 
+interface SpeculativeOutcome {
+  cost: number;
+  full: number;
+  /** Drafted tokens the full model agreed with (kept), and all drafted. */
+  kept: number;
+  drafted: number;
+  tokens: number;
+}
+
+/** Draft lengths the speculative search tries (a check then carries at most 16 positions, as profiled). */
+const DRAFT_LENGTHS = [1, 2, 3, 4, 6, 8, 12, 15];
+
+/** The fastest speculative configuration on the tuning sequences, predicted on the certification ones. */
+function planSpeculative(sim: Simulator, profile: DecoderProfile, tune: readonly number[], certify: readonly number[]): SpeculativePlan | null {
+  let best: { d: ReturnType<Simulator["drafters"]>[number]; threshold: number; maxDraft: number; o: SpeculativeOutcome } | null = null;
+  for (const d of sim.drafters()) {
+    for (const threshold of draftLevels(sim.confidences(d.id, tune))) {
+      for (const maxDraft of DRAFT_LENGTHS) {
+        const o = sim.speculate(d, threshold, maxDraft, tune);
+        if (!best || o.cost / o.full < best.o.cost / best.o.full) best = { d, threshold, maxDraft, o };
+      }
+    }
+  }
+  if (!best) return null;
+  const cert = sim.speculate(best.d, best.threshold, best.maxDraft, certify);
+  const layers = profile.decoder.exits.find((e) => e.id === best!.d.id)!.layers;
+  return {
+    exit: best.d.id, layers, threshold: best.threshold, maxDraft: best.maxDraft,
+    draftedTune: best.o.kept / Math.max(1, best.o.tokens), draftedCertify: cert.kept / Math.max(1, cert.tokens), keptShare: cert.drafted ? cert.kept / cert.drafted : 0,
+    predicted: {
+      stepMs: cert.cost / Math.max(1, cert.tokens), fullStepMs: cert.full / Math.max(1, cert.tokens), saving: cert.full > 0 ? 1 - cert.cost / cert.full : 0,
+      differingTune: 0, differingCertify: 0,
+      // Layers before a token's logits are read: the draft's for kept drafts (the check runs the rest later).
+      meanExitLayers: (cert.kept * layers + (cert.tokens - cert.kept) * profile.decoder.layers) / Math.max(1, cert.tokens),
+    },
+  };
+}
+
+/** Draft thresholds: the least confidence on the tuning tokens (draft nearly always) and every twentieth quantile. */
+function draftLevels(conf: Float64Array): number[] {
+  const sorted = Float64Array.from(conf).sort();
+  const out = new Set<number>([sorted[0]!]);
+  for (let q = 1; q < 20; q++) out.add(sorted[Math.floor((q / 20) * (sorted.length - 1))]!);
+  return [...out].sort((a, b) => a - b);
+}
+
 /** Candidate thresholds of one exit: quantiles of its confidence on the tuning tokens. */
 function levels(conf: Float64Array, count: number): number[] {
   const sorted = Float64Array.from(conf).sort();
@@ -320,7 +443,10 @@ export function planDecoder(profile: DecoderProfile, samples: SampleData, option
   const nTune = Math.max(1, Math.round(nSeq * tuneFraction));
   const tune = order.slice(0, nTune);
   const certify = order.slice(nTune);
-  if (options.confidence > 0) {
+  const wanted = options.kvMode ?? "auto";
+  // Speculative decoding needs no certificate: too few sequences then only leave the exits uncertified.
+  const canSpeculate = profile.decoder.cache === "kv" && (profile.latency.verify?.segments.length ?? 0) > 0;
+  if (options.confidence > 0 && !(canSpeculate && wanted !== "exact")) {
     // With zero differing tokens, the betting capital grows by at most 1 / (1 - maxDrop) a sequence.
     const need = Math.ceil(Math.log(1 / delta) / -Math.log(1 - 0.9 * options.maxDrop));
     if (certify.length < need) {
@@ -425,13 +551,22 @@ export function planDecoder(profile: DecoderProfile, samples: SampleData, option
       };
     }
   }
+  const exactPrediction = prediction(tuneOut, certOut);
+  const speculative = canSpeculate ? planSpeculative(sim, profile, tune, certify) : null;
+  if (wanted === "speculative" && !speculative) {
+    throw new EeToolError("UNSUPPORTED", profile.decoder.cache === "kv" ? "the profile has no timings of the speculative check (an older profile)" : "speculative decoding needs a decoder with a KV cache; this export has none", {
+      hint: profile.decoder.cache === "kv" ? "Profile the model again with this version of ee-tool." : "Export the decoder with use_cache=True, or plan with --kv-mode exact.",
+    });
+  }
+  const useSpeculative = speculative !== null && (wanted === "speculative" || (wanted === "auto" && speculative.predicted.saving > Math.max(0, exactPrediction.saving)));
+  const kvMode: DecoderKvMode = useSpeculative ? "speculative" : profile.decoder.cache === "none" ? "recompute" : "exact";
   return {
     format: PLAN_FORMAT, kind: "decoder", tool: TOOL_VERSION,
     model: { file: profile.model.file, sha256: profile.model.sha256 },
     profile: { file: "", ep: profile.environment.executionProvider, threads: profile.environment.threads },
-    settings: { maxDrop: options.maxDrop, confidence: options.confidence, metric, tuneFraction, seed, maxExits },
-    kvMode: profile.decoder.cache === "none" ? "recompute" : "exact", layers: profile.decoder.layers, exits,
-    predicted: prediction(tuneOut, certOut), certificate,
+    settings: { maxDrop: options.maxDrop, confidence: options.confidence, metric, tuneFraction, seed, maxExits, kvMode: wanted },
+    kvMode, layers: profile.decoder.layers, exits,
+    predicted: exactPrediction, certificate, speculative,
     data: { tuneSequences: tune.length, certifySequences: certify.length, tokensPerSequence: perSeq },
     truncation: { rows, chosen: chosenTruncation },
     frontier: frontier.map((s) => ({ differing: s.loss, saving: s.saving, exits: s.config.exits.map((id, i) => ({ id, threshold: s.config.thresholds[i]! })) })),

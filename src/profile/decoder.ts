@@ -36,6 +36,8 @@ import { freshFeeds, modelHash, PROFILE_FORMAT, writeWithSidecar } from "./profi
 
 export const DEFAULT_CONTEXTS = [32, 128, 512];
 export const CARRIED = [1, 2, 4, 8];
+/** Positions a speculative check is timed on (the token fed and up to 15 drafts). */
+export const VERIFY_CARRIED = [1, 2, 4, 8, 16];
 
 export interface SegmentLatency {
   /** Exit ids bounding the stretch: from (null: the tokens) to (null: the model's own head). */
@@ -56,6 +58,12 @@ export interface DecoderLatency {
   prefill: number[];
   /** Each exit head alone on one position (id -> p50 ms), and the model's own head. */
   heads: Record<string, number>;
+  /**
+   * Speculative mode's check: the layers after each exit with the model's own head at every
+   * position, at each context, on `carried` positions (a model with a KV cache; absent in older
+   * profiles).
+   */
+  verify?: { carried: number[]; segments: SegmentLatency[] };
   /** Runs that converged / all. */
   converged: [number, number];
 }
@@ -288,6 +296,18 @@ async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts:
       }));
     }
   }
+  // Speculative mode's check after each exit: the rest of the model, every position's logits.
+  const verify: SegmentLatency[] = [];
+  if (cached) {
+    for (const id of ids) {
+      const seg = decoderSegments(model.proto, meta, [id], false, true)[1]!;
+      const session = await open(seg.proto, seg.outputs);
+      verify.push({ from: id, to: null, layers: [seg.firstLayer, seg.lastLayer], p50: [] });
+      contexts.forEach((c, ci) => VERIFY_CARRIED.forEach((n, ni) => {
+        items.push(timed(`verify ${id} c${ci} n${ni}`, session, feedsFor(seg.proto, seg.inputs, n, c, seg.hiddenIn), seg.outputs));
+      }));
+    }
+  }
   const original = originalDecoder(model.proto, meta);
   const outs = (original.graph!.output ?? []).map((o) => o.name ?? "");
   // The full model runs alone in one session, with onnxruntime's default spinning (as EarlyExitGenerator runs it).
@@ -333,8 +353,9 @@ async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts:
       }
     }
     for (const [id, name] of headItems) heads[id] = ms(stats.get(name));
+    for (const v of verify) v.p50 = contexts.map((_, ci) => VERIFY_CARRIED.map((_, ni) => ms(stats.get(`verify ${v.from} c${ci} n${ni}`))));
     return {
-      contexts, carried, segments: segs, heads,
+      contexts, carried, segments: segs, heads, ...(cached ? { verify: { carried: VERIFY_CARRIED, segments: verify } } : {}),
       fullStep: contexts.map((_, ci) => ms(stats.get(`full c${ci}`))),
       prefill: contexts.map((_, ci) => ms(stats.get(`prefill c${ci}`))),
       converged: [conv, stats.size],
@@ -349,7 +370,7 @@ export async function profileDecoder(model: OnnxModel, options: DecoderProfileOp
   const layout: DecoderLayout = meta.layout;
   let settings = options.settings ?? {};
   // Checked before the scoring pass, so that a context the model cannot take fails at once.
-  const contexts = profileContexts(options.contexts, layout.maxPositions, layout.cache === "kv" ? CARRIED.at(-1)! : 1);
+  const contexts = profileContexts(options.contexts, layout.maxPositions, layout.cache === "kv" ? VERIFY_CARRIED.at(-1)! : 1);
   const tokens = openTokens(options.calib, "calibration tokens", layout.vocab, layout.maxPositions);
   const fitted = unpackHashes(meta.calibration.fitHashes);
   const rows: number[] = [];

@@ -12,12 +12,15 @@ export function renderDecoderReport(profile: DecoderProfile, plan?: DecoderPlan)
   if (plan) {
     const e = plan.predicted;
     const c = plan.certificate;
+    const sp = plan.speculative;
     sections.push(`<h2>Plan</h2><table>
-<tr><th>exits</th><td>${plan.exits.map((x) => `after layer ${x.layers} (threshold ${x.threshold.toFixed(3)})`).join(", ") || "none"}; KV mode ${esc(plan.kvMode)}</td></tr>
+<tr><th>certified exits</th><td>${plan.exits.map((x) => `after layer ${x.layers} (threshold ${x.threshold.toFixed(3)})`).join(", ") || "none"}</td></tr>
 <tr><th>predicted decode step</th><td>${e.stepMs.toFixed(3)} ms vs ${e.fullStepMs.toFixed(3)} ms: saving ${pct(e.saving)}</td></tr>
 <tr><th>differing tokens</th><td>${pct(e.differingTune)} tuning, ${pct(e.differingCertify)} held back (max ${pct(plan.settings.maxDrop)})</td></tr>
 <tr><th>certificate</th><td>${c ? `${esc(c.method)}, p = ${c.pValue.toExponential(2)}, n = ${c.n} sequences, ${c.confidence * 100}% bound ${pct(c.bound)}` : "none"}</td></tr>
-<tr><th>truncation</th><td>${plan.truncation.chosen ? `after layer ${plan.truncation.chosen.layers}: differing ${pct(plan.truncation.chosen.predicted.differingCertify)}, saving ${pct(plan.truncation.chosen.predicted.saving)}` : "none certified"}</td></tr></table>`);
+<tr><th>truncation</th><td>${plan.truncation.chosen ? `after layer ${plan.truncation.chosen.layers}: differing ${pct(plan.truncation.chosen.predicted.differingCertify)}, saving ${pct(plan.truncation.chosen.predicted.saving)}` : "none certified"}</td></tr>
+<tr><th>speculative (lossless)</th><td>${sp ? `draft after layer ${sp.layers} while confidence &ge; ${sp.threshold.toFixed(3)}, at most ${sp.maxDraft} a cycle; kept drafts ${pct(sp.draftedCertify)} of tokens; predicted saving ${pct(sp.predicted.saving)}` : "not available (no KV cache, or an older profile)"}</td></tr>
+<tr><th>runs</th><td>${plan.kvMode === "speculative" ? "speculative decoding (every token the full model's)" : `the exits above (KV mode ${esc(plan.kvMode)})`}</td></tr></table>`);
     const pts = plan.frontier.map((f): [number, number] => [f.differing * 100, f.saving * 100]);
     sections.push(`<h2>Saving against differing tokens (tuning sequences)</h2>` + lineChart([{ name: "frontier", points: pts, color: COLORS[0]!, markers: true }], {
       xLabel: "tokens differing from the full model (%)", yLabel: "predicted saving per token (%)", id: "frontier",
@@ -46,6 +49,15 @@ export function renderDecoderReport(profile: DecoderProfile, plan?: DecoderPlan)
       color: COLORS[i % COLORS.length]!, markers: true,
     }));
     sections.push(`<h2>Deferred layers: cost against the positions a call carries</h2>` + lineChart(series, { xLabel: "positions in one call", yLabel: "p50 (ms)", id: "carried", zeroBased: true }));
+    const checks = lat.verify;
+    if (checks?.segments.length) {
+      const lines = checks.segments.map((s, i) => ({
+        name: `layers ${s.layers[0] + 1}-${s.layers[1]} + head at every position`,
+        points: checks.carried.map((n, ni): [number, number] => [n, s.p50[ci]![ni]!]),
+        color: COLORS[i % COLORS.length]!, markers: true,
+      }));
+      sections.push(`<h2>Speculative check: cost against the positions it checks</h2>` + lineChart(lines, { xLabel: "positions in one call", yLabel: "p50 (ms)", id: "verify", zeroBased: true }));
+    }
   }
   return htmlPage(sections);
 }

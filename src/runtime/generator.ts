@@ -10,6 +10,13 @@
  * after a past of the segment's own length. `flush()` runs what is still pending. A decoder
  * exported without a cache recomputes every position in every call (exits still skip the layers
  * after them; nothing is deferred).
+ *
+ * Speculative mode (lossless, LayerSkip's self-speculation with a confidence-bounded draft): the
+ * layers up to one exit draft tokens while its head is confident (at most `maxDraft` a cycle), then
+ * the rest of the model runs once on every drafted position, reusing the draft's cache of the
+ * layers below, and its logits check each draft. The drafts up to the first one the full model
+ * disagrees with are kept, followed by the full model's own token there; the cache of the rejected
+ * positions is cut off. Every token is the full model's greedy token.
  */
 import type { ModelProto } from "../onnx/types.js";
 import { loadModel, type OnnxModel } from "../onnx/model.js";
@@ -44,9 +51,20 @@ export interface ExitSetting {
   threshold: number;
 }
 
+export interface SpeculativeSetting {
+  /** The exit whose layers and head draft tokens. */
+  exit: number;
+  /** A draft continues while the head's confidence reaches this. */
+  threshold: number;
+  /** Most tokens drafted before the full model checks them. */
+  maxDraft: number;
+}
+
 export interface GeneratorOptions {
   /** Exits and thresholds, any order; none: the full model through one segment. */
   exits?: readonly ExitSetting[];
+  /** Lossless self-speculative decoding instead of exits (a decoder with a KV cache). */
+  speculative?: SpeculativeSetting;
   metric?: Metric;
   /** The deepest exit ends the model (HELIOS truncation): tokens still not confident exit there. */
   truncate?: boolean;
@@ -88,6 +106,7 @@ export class EarlyExitGenerator {
     private readonly runners: Runner[],
     private readonly metric: Metric,
     private readonly width: number,
+    private readonly speculative: SpeculativeSetting | null,
   ) {
     this.cacheLen = runners.map(() => 0);
     this.pending = runners.map(() => []);
@@ -100,8 +119,13 @@ export class EarlyExitGenerator {
     const m = typeof model === "string" ? loadModel(model) : model;
     const meta = readDecoderMetadata(m.proto);
     if (!meta) throw new EeToolError("NO_RAMPS", "the model has no ee-tool exit heads", { hint: "Run `ee-tool insert <decoder.onnx> --calib <ids.npy> -o model.ee.onnx` first." });
-    const exits = [...(options.exits ?? [])];
-    const segs = exits.length === 0 && !options.truncate ? [fullSegment(m.proto, meta)] : decoderSegments(m.proto, meta, exits.map((e) => e.exit), options.truncate ?? false);
+    const spec = options.speculative ?? null;
+    if (spec && meta.layout.cache !== "kv") {
+      throw new EeToolError("UNSUPPORTED", "speculative decoding needs a decoder with a KV cache; this export has none", { hint: "Export the decoder with use_cache=True, or use the exact mode (exits with thresholds)." });
+    }
+    if (spec && !(spec.maxDraft >= 1)) throw new EeToolError("USAGE", `speculative decoding drafts at least one token a cycle (maxDraft ${spec.maxDraft})`);
+    const exits = spec ? [{ exit: spec.exit, threshold: spec.threshold }] : [...(options.exits ?? [])];
+    const segs = exits.length === 0 && !options.truncate ? [fullSegment(m.proto, meta)] : decoderSegments(m.proto, meta, exits.map((e) => e.exit), options.truncate ?? false, spec !== null);
     // Idle threads of one session spinning would steal the cores the next segment's session
     // needs; a single session keeps onnxruntime's default.
     const settings: SessionSettings = { ...(segs.length > 1 ? { spinning: false } : {}), ...options.settings };
@@ -112,7 +136,7 @@ export class EarlyExitGenerator {
       runners.push({ seg, session: await createRunnable(runtimeBytes(seg.proto, m.readExternal), settings, seg.outputs), threshold, own });
     }
     const width = meta.exits[0]?.width ?? 0;
-    return new EarlyExitGenerator(meta, m.proto, runners, options.metric ?? "maxprob", width);
+    return new EarlyExitGenerator(meta, m.proto, runners, options.metric ?? "maxprob", width, spec);
   }
 
   get layout(): DecoderLayout {
@@ -156,8 +180,8 @@ export class EarlyExitGenerator {
     return l.cacheType === 10 ? cacheTensor(l, 1, past) : new ort.Tensor("float32", this.zeros.subarray(0, n), [1, l.heads ?? 1, past, l.headDim ?? 1]);
   }
 
-  /** Run segment s on everything it has not run yet; returns the logits of the last position. */
-  private async run(s: number): Promise<Float32Array> {
+  /** Run segment s on everything it has not run yet; returns its logits (the last position's, or every position's for a verifying segment). */
+  private async run(s: number): Promise<{ logits: Float32Array; vocab: number }> {
     const r = this.runners[s]!;
     const l = this.meta.layout;
     // Without a cache every call recomputes all positions.
@@ -192,8 +216,12 @@ export class EarlyExitGenerator {
       const next = this.pending[s + 1]!;
       for (let i = 0; i < n; i++) next.push(h.subarray(i * this.width, (i + 1) * this.width));
     }
-    const logits = out[r.seg.logits]!.data as Float32Array;
-    const vocab = out[r.seg.logits]!.dims.at(-1)!;
+    return { logits: out[r.seg.logits]!.data as Float32Array, vocab: out[r.seg.logits]!.dims.at(-1)! };
+  }
+
+  /** The logits of the last position segment s ran. */
+  private async runLast(s: number): Promise<Float32Array> {
+    const { logits, vocab } = await this.run(s);
     return logits.subarray(logits.length - vocab);
   }
 
@@ -201,7 +229,7 @@ export class EarlyExitGenerator {
   private async advance(tokens: ArrayLike<number>, prefill: boolean): Promise<Omit<GeneratedToken, "ms">> {
     for (let i = 0; i < tokens.length; i++) this.ids.push(tokens[i]!);
     for (let s = 0; s < this.runners.length; s++) {
-      const logits = await this.run(s);
+      const logits = await this.runLast(s);
       const r = this.runners[s]!;
       const last = s === this.runners.length - 1;
       const score = scoreLogits(logits, logits.length, 0);
@@ -223,17 +251,67 @@ export class EarlyExitGenerator {
     }
     this.reset();
     let t = performance.now();
-    let next = await this.advance(prompt, true);
+    const first = await this.advance(prompt, true);
     // Counters cover the decode steps (the prompt's prefill runs every layer once per position).
     this.stats.layerPasses = 0;
     this.stats.calls = 0;
-    for (let produced = 0; ;) {
-      const now = performance.now();
-      yield { ...next, ms: now - t };
-      produced++;
-      if (produced >= options.maxNewTokens || (options.eos !== undefined && next.token === options.eos)) break;
+    yield { ...first, ms: performance.now() - t };
+    let produced = 1;
+    let last = first.token;
+    while (produced < options.maxNewTokens && !(options.eos !== undefined && last === options.eos)) {
       t = performance.now();
-      next = await this.advance([next.token], false);
+      const burst = this.speculative ? await this.speculate(last, options.maxNewTokens - produced, options.eos) : [await this.advance([last], false)];
+      // A speculative cycle's tokens arrive together: each gets an equal share of its time.
+      const ms = (performance.now() - t) / burst.length;
+      for (const b of burst) {
+        yield { ...b, ms };
+        produced++;
+      }
+      last = burst[burst.length - 1]!.token;
+    }
+  }
+
+  /**
+   * One speculative cycle from `token` (the full model's, not yet fed): draft at most
+   * min(maxDraft, room - 1) tokens, check them with the rest of the model, keep what it agrees
+   * with, and return the tokens it yields (at most `room`; an `eos` ends them).
+   */
+  private async speculate(token: number, room: number, eos?: number): Promise<Array<Omit<GeneratedToken, "ms">>> {
+    const spec = this.speculative!;
+    const base = this.ids.length;
+    const draftExit = this.runners[0]!.seg;
+    const drafts: number[] = [];
+    this.ids.push(token);
+    const draft = async (): Promise<ReturnType<typeof scoreLogits>> => {
+      const logits = await this.runLast(0);
+      return scoreLogits(logits, logits.length, 0);
+    };
+    let score = await draft();
+    while (drafts.length < Math.min(spec.maxDraft, room - 1) && confidenceOf(score, this.metric) >= spec.threshold) {
+      drafts.push(score.pred);
+      this.ids.push(score.pred);
+      score = await draft();
+    }
+    const { logits, vocab } = await this.run(1);
+    // Row i of the check predicts the token after fed position base + i.
+    let kept = 0;
+    while (kept < drafts.length && scoreLogits(logits, vocab, kept).pred === drafts[kept] && drafts[kept] !== eos) kept++;
+    const out: Array<Omit<GeneratedToken, "ms">> = drafts.slice(0, kept).map((d) => ({ token: d, exit: draftExit.exit!.id, layers: draftExit.lastLayer }));
+    out.push({ token: scoreLogits(logits, vocab, kept).pred, exit: -1, layers: this.meta.layers });
+    if (kept < drafts.length) this.rollback(base + 1 + kept);
+    return out;
+  }
+
+  /** Forget every position from `length` on: the ids and both segments' cache. */
+  private rollback(length: number): void {
+    this.ids.length = length;
+    for (let s = 0; s < this.runners.length; s++) {
+      if (this.cacheLen[s]! <= length) continue;
+      for (const name of this.runners[s]!.own) {
+        const t = this.cache.get(name);
+        if (t) this.cache.set(name, keepPositions(t, length));
+      }
+      this.cacheLen[s] = length;
     }
   }
 
@@ -256,6 +334,15 @@ export class EarlyExitGenerator {
         .map((l) => [this.cache.get(l.pastKey)!, this.cache.get(l.pastValue)!]),
     };
   }
+}
+
+/** The first `length` positions of a cache tensor [1, heads, past, head_dim]. */
+function keepPositions(t: ort.Tensor, length: number): ort.Tensor {
+  const [b, heads, past, dim] = t.dims as [number, number, number, number];
+  const src = t.data as Float32Array;
+  const out = new (src.constructor as Float32ArrayConstructor)(b * heads * length * dim);
+  for (let h = 0; h < b * heads; h++) out.set(src.subarray(h * past * dim, h * past * dim + length * dim), h * length * dim);
+  return new ort.Tensor(t.type, out, [b, heads, length, dim]);
 }
 
 /** The original model as one segment: every layer, the model's own logits. */

@@ -27,7 +27,7 @@ export interface DecoderSegment {
   hiddenIn: string | null;
   /** Residual stream at the end (null for the last segment). */
   hiddenOut: string | null;
-  /** Logits of the last position: the exit head's, or the model's own for the last segment. */
+  /** Logits of the last position: the exit head's, or the model's own for the last segment (every position's with `verify`). */
   logits: string;
   /** The exit this segment ends at (null: the model's own head). */
   exit: DecoderExitRecord | null;
@@ -75,9 +75,11 @@ function lastPositionHead(
 
 /**
  * Segments for the exits `use` (ids, any order). With `terminal`, the last of them ends the model:
- * tokens that reach it exit there (a truncated model), and no layer after it is kept.
+ * tokens that reach it exit there (a truncated model), and no layer after it is kept. With
+ * `verify`, the segment ending at the model's own head returns its logits at every position it
+ * runs (the speculative mode checks each drafted token against them).
  */
-export function decoderSegments(augmented: ModelProto, meta: DecoderMetadata, use: readonly number[], terminal = false): DecoderSegment[] {
+export function decoderSegments(augmented: ModelProto, meta: DecoderMetadata, use: readonly number[], terminal = false, verify = false): DecoderSegment[] {
   const view = new Graph(augmented.graph!);
   const opset = defaultOpset(augmented.opset_import);
   const exits = use.map((id) => {
@@ -103,8 +105,10 @@ export function decoderSegments(augmented: ModelProto, meta: DecoderMetadata, us
     const target = exit ? exit.output : meta.layout.logits;
     const boundary = exit ? exit.tensor : meta.finalTensor;
     const available = new Set(hiddenIn ? [hiddenIn] : []);
-    const body = needed(view, [...presents, ...(hiddenOut ? [hiddenOut] : []), boundary], available);
-    const head = lastPositionHead(view, boundary, target, sequenceInputs, body, `ee_seg${s}`, opset);
+    const everyPosition = verify && exit === null;
+    // Every position's logits: the model's own head as it is, fed the segment's own positions.
+    const body = needed(view, [...presents, ...(hiddenOut ? [hiddenOut] : []), everyPosition ? target : boundary], available);
+    const head = everyPosition ? { replaced: new Set<NodeProto>(), nodes: [], em: new NodeEmitter(`ee_seg${s}`, opset) } : lastPositionHead(view, boundary, target, sequenceInputs, body, `ee_seg${s}`, opset);
     const nodes = [...[...body].sort((a, b) => position.get(a)! - position.get(b)!), ...head.nodes];
     const reads = new Set<string>();
     for (const n of [...body, ...head.replaced]) for (const i of view.inputsOf(n)) if (graphInputs.has(i)) reads.add(i);
