@@ -29,7 +29,8 @@ import { Graph } from "../src/ir/graph.js";
 import { DataType } from "../src/onnx/dtype.js";
 import { readDecoderMetadata } from "../src/ramps/metadata.js";
 import { EeToolError } from "../src/errors.js";
-import type { DecoderPlan } from "../src/plan/decoder.js";
+import { loadDecoderSamples, type DecoderPlan } from "../src/plan/decoder.js";
+import type { DecoderProfile } from "../src/profile/decoder.js";
 import type { DecoderEvalReport } from "../src/eval/decoder.js";
 
 const CALIB = path.join(LM_DIR, "calib.npy");
@@ -416,10 +417,10 @@ describe("ee-tool on the SOTU decoder", () => {
     expect(ins.stderr).toMatch(/decoder LM: tokens 'input_ids' \(\+ attention_mask, position_ids\) -> 'logits'.*KV cache of 6 layers/);
     expect(ins.stderr).toMatch(/5 exit heads/);
     const prof = path.join(dir, "lm.profile.json");
-    const p = runCli(["profile", ee, "--calib", CALIB, "--contexts", "32,128", "--budget", "2000", "-o", prof]);
+    const p = runCli(["profile", ee, "--calib", CALIB, "--contexts", "32,128", "--budget", "2000", "--generate", "8", "-o", prof]);
     expect(p.code, p.stderr).toBe(0);
     const profile = JSON.parse(fs.readFileSync(prof, "utf8")) as {
-      kind: string; samples: { sequences: number; skippedFitted: number }; latency: { segments: unknown[]; fullStep: number[]; verify: { segments: unknown[] } };
+      kind: string; samples: { sequences: number; skippedFitted: number; tokensPerSequence: number; generated?: { sequences: number; prompt: number } }; latency: { segments: unknown[]; fullStep: number[]; verify: { segments: unknown[] } };
       environment: { threads: number | null; threadChoice: { threads: number | null; oneThreadMs: number; defaultMs: number } };
     };
     expect(profile.kind).toBe("decoder");
@@ -431,6 +432,23 @@ describe("ee-tool on the SOTU decoder", () => {
     expect(p.stderr).toMatch(/threads: (1 \(measured faster|onnxruntime's default \(one thread measured not faster)/);
     expect(validate(profile, JSON.parse(fs.readFileSync(path.join(ROOT, "docs/decoder-profile.schema.json"), "utf8")) as Schema)).toEqual([]);
     expect(profile.samples.skippedFitted).toBeGreaterThan(0);
+    // The full model's own continuations are scored too: from the prompt's last position on, the
+    // model's teacher-forced token is the one it generated.
+    const gen = profile.samples.generated!;
+    expect(gen).toMatchObject({ sequences: 8, prompt: 64 });
+    expect(p.stderr).toMatch(/8 of them continued greedily by the full model from their first 64 tokens/);
+    const sd = loadDecoderSamples(profile as unknown as DecoderProfile, prof);
+    const per = profile.samples.tokensPerSequence;
+    let same = 0;
+    let all = 0;
+    for (let g = 0; g < gen.sequences; g++) {
+      for (let t = gen.prompt - 1; t < per; t++) {
+        const i = (profile.samples.sequences + g) * per + t;
+        if (sd.final[i] === sd.label[i]) same++;
+        all++;
+      }
+    }
+    expect(same / all).toBeGreaterThan(0.99);
     expect(profile.latency.segments.length).toBe(21);
     expect(profile.latency.fullStep.every((x) => x > 0)).toBe(true);
     const planFile = path.join(dir, "lm.plan.json");
@@ -445,7 +463,8 @@ describe("ee-tool on the SOTU decoder", () => {
     expect(profile.latency.verify.segments.length).toBe(5);
     expect(plan.speculative!.predicted.differingCertify).toBe(0);
     expect(plan.speculative!.maxDraft).toBeGreaterThanOrEqual(1);
-    expect(pl.stderr).toMatch(/^speculative \(lossless, every token the full model's\): draft with exit \d/m);
+    expect(plan.speculative!.tunedOn).toBe("generated");
+    expect(pl.stderr).toMatch(/^speculative \(lossless, every token the full model's; tuned on the full model's own continuations\): draft with exit \d/m);
     expect(plan.profile.threads).toBe(profile.environment.threads);
     expect(plan.exits.length).toBeGreaterThan(0);
     expect(plan.certificate!.unit).toBe("sequence");
@@ -592,7 +611,7 @@ describe("ee-tool on a GPT-2-style export (other names, depth, norm, positions)"
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toMatch(/ee-tool: error \[USAGE\]: --contexts 512: the model has 256 positions/);
     expect(fs.existsSync(prof)).toBe(false);
-    const p = runCli(["profile", ee, "--calib", calib, "--budget", "1500", "-o", prof]);
+    const p = runCli(["profile", ee, "--calib", calib, "--budget", "1500", "--generate", "4", "-o", prof]);
     expect(p.code, p.stderr).toBe(0);
     const profile = JSON.parse(fs.readFileSync(prof, "utf8")) as { latency: { contexts: number[]; segments: unknown[] } };
     expect(profile.latency.contexts).toEqual([32, 128, 240]);

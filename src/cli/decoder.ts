@@ -25,7 +25,8 @@ export function renderDecoderInsert(r: DecoderInsertResult): string {
 
 export function renderDecoderProfile(p: DecoderProfile): string {
   const lines = [
-    `${p.samples.sequences} sequences scored teacher-forced (${p.samples.scored} tokens; ${p.samples.skippedFitted} skipped: they fitted the heads); the model's next-token accuracy ${pct(p.summary.finalAccuracy)}`,
+    `${p.samples.sequences} sequences scored teacher-forced (${p.samples.scored} tokens; ${p.samples.skippedFitted} skipped: they fitted the heads); the model's next-token accuracy ${pct(p.summary.finalAccuracy)}` +
+      (p.samples.generated ? `; ${p.samples.generated.sequences} of them continued greedily by the full model from their first ${p.samples.generated.prompt} tokens and scored too (speculative decoding is tuned on those)` : ""),
     table([
       ["exit", "after layer", "agreement with the model", "next-token accuracy", "mean max prob"],
       ...p.summary.exits.map((e) => [String(e.id), String(e.layers), pct(e.agreement), pct(e.accuracy), e.meanMaxprob.toFixed(3)]),
@@ -79,7 +80,7 @@ export function renderDecoderPlan(p: DecoderPlan): string {
   lines.push(t ? `certified truncation: after layer ${t.layers} (exit ${t.exit}), differing ${pct(t.predicted.differingCertify)}, bound ${pct(t.certificate.bound)}, predicted saving ${pct(t.predicted.saving)}` : "no truncation certified under this constraint");
   const sp = p.speculative;
   if (sp) {
-    lines.push(`speculative (lossless, every token the full model's): draft with exit ${sp.exit} (after layer ${sp.layers}) while its confidence >= ${sp.threshold.toFixed(4)}, at most ${sp.maxDraft} a cycle, then check them with layers ${sp.layers + 1}-${p.layers} at once; kept drafts ${pct(sp.draftedCertify)} of tokens (${pct(sp.keptShare)} of drafts agreed); predicted decode step ${ms(sp.predicted.stepMs)} ms vs ${ms(sp.predicted.fullStepMs)} ms: saving ${pct(sp.predicted.saving)}`);
+    lines.push(`speculative (lossless, every token the full model's; tuned on ${sp.tunedOn === "generated" ? "the full model's own continuations" : "the text"}): draft with exit ${sp.exit} (after layer ${sp.layers}) while its confidence >= ${sp.threshold.toFixed(4)}, at most ${sp.maxDraft} a cycle, then check them with layers ${sp.layers + 1}-${p.layers} at once; kept drafts ${pct(sp.draftedCertify)} of tokens (${pct(sp.keptShare)} of drafts agreed); predicted decode step ${ms(sp.predicted.stepMs)} ms vs ${ms(sp.predicted.fullStepMs)} ms: saving ${pct(sp.predicted.saving)}`);
   }
   lines.push(p.kvMode === "speculative"
     ? `runs: speculative${p.settings.kvMode === "auto" ? ` (predicted ${pct(sp!.predicted.saving)}, faster than the certified exits' ${pct(p.predicted.saving)})` : " (--kv-mode speculative)"}`

@@ -10,7 +10,7 @@ import { progressBars } from "./progress.js";
 import { table, EP_HELP } from "./format.js";
 import { additivity } from "../plan/problem.js";
 import { readDecoderMetadata } from "../ramps/metadata.js";
-import { profileDecoder, writeDecoderProfile, DEFAULT_CONTEXTS } from "../profile/decoder.js";
+import { profileDecoder, writeDecoderProfile, DEFAULT_CONTEXTS, DEFAULT_GENERATED } from "../profile/decoder.js";
 import { renderDecoderProfile } from "./decoder.js";
 
 /** A ramp's effect on onnxruntime's optimised graph (Profile.ramps[].fusion) in words. */
@@ -21,6 +21,12 @@ export function describeFusion(f: Record<string, number> | null | undefined): st
   const lost = entries.filter(([, n]) => n < 0);
   const what = entries.map(([op, n]) => `${op} ${n > 0 ? "+" : ""}${n}`).join(", ");
   return lost.length ? `breaks a fusion: ${what}` : `changes ${what}`;
+}
+
+function generateCount(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new EeToolError("USAGE", `--generate must be a count of sequences (0 or more), got '${v}'`);
+  return n;
 }
 
 function parseBatches(v: string, name = "--batch"): number[] {
@@ -104,6 +110,7 @@ export function registerProfile(program: Command): void {
     .option("--budget <ms>", "time budget for the latency measurement of each batch size", "10000")
     .option("--no-latency", "skip latency measurement (per-sample data only)")
     .option("--contexts <lengths>", `decoders: past lengths at which decode steps are timed (default ${DEFAULT_CONTEXTS.join(",")})`)
+    .option("--generate <n>", `decoders: profiled sequences the full model continues greedily from their first half, scored too (speculative decoding is tuned on them; 0: none)`, String(DEFAULT_GENERATED))
     .option("--json", "print the profile JSON on stdout")
     .addHelpText(
       "after",
@@ -111,7 +118,7 @@ export function registerProfile(program: Command): void {
         "  $ ee-tool profile model.ee.onnx --calib data.npz --ep cuda --batch 1,8,32 -o profile.json\n" +
         "  $ ee-tool profile model.ee.onnx --calib data.npz --shard 0/4 --no-latency -o shard0.json",
     )
-    .action(async (file: string, opts: { out: string; calib: string; labels?: string; ep: string; batch?: string; threads?: string; shard?: string; budget: string; latency: boolean; contexts?: string; json?: boolean }) => {
+    .action(async (file: string, opts: { out: string; calib: string; labels?: string; ep: string; batch?: string; threads?: string; shard?: string; budget: string; latency: boolean; contexts?: string; generate: string; json?: boolean }) => {
       parseEp(opts.ep); // a bad --ep fails before any work
       const threads = opts.threads === undefined ? undefined : Number(opts.threads);
       if (threads !== undefined && (!Number.isInteger(threads) || threads < 1)) throw new EeToolError("USAGE", `--threads must be a positive integer, got '${opts.threads}'`);
@@ -125,7 +132,7 @@ export function registerProfile(program: Command): void {
         const contexts = opts.contexts === undefined ? undefined : parseBatches(opts.contexts, "--contexts").sort((a, b) => a - b);
         const result = await profileDecoder(model, {
           calib: opts.calib, settings: { ep: opts.ep, ...(threads ? { threads } : {}) }, ...(contexts ? { contexts } : {}),
-          budgetMs: budget, latency: opts.latency,
+          budgetMs: budget, latency: opts.latency, generate: generateCount(opts.generate),
           onProgress: (phase, done, total) => bars.update(phase, done, total),
         });
         bars.stop();

@@ -88,6 +88,8 @@ export interface SpeculativePlan {
   /** Drafting continues while the exit's confidence reaches this, at most maxDraft tokens a cycle. */
   threshold: number;
   maxDraft: number;
+  /** What the cycles were replayed on: the full model's own continuations of profiled sequences, or (older profiles) the text. */
+  tunedOn: "generated" | "text";
   /** Share of tokens that are kept drafts (tuning, certification sequences). */
   draftedTune: number;
   draftedCertify: number;
@@ -151,7 +153,8 @@ export interface DecoderPlanOptions {
 
 export function loadDecoderSamples(profile: DecoderProfile, profileFile: string): SampleData {
   const sidecar = path.resolve(path.dirname(profileFile), profile.samples.file);
-  return decodeSamples(sidecar, profile.samples.arrays, profile.samples.scored, profile.decoder.exits.length, profile.samples.sha256);
+  const generated = (profile.samples.generated?.sequences ?? 0) * profile.samples.tokensPerSequence;
+  return decodeSamples(sidecar, profile.samples.arrays, profile.samples.scored + generated, profile.decoder.exits.length, profile.samples.sha256);
 }
 
 interface Config {
@@ -249,7 +252,7 @@ class Simulator {
    * confident (at most maxDraft), check every fed position at once, keep the drafts up to the
    * first differing one and the full model's token after them.
    */
-  speculate(d: { id: number; prefix: SegmentLatency; check: SegmentLatency }, threshold: number, maxDraft: number, rows: readonly number[]): SpeculativeOutcome {
+  speculate(d: { id: number; prefix: SegmentLatency; check: SegmentLatency }, threshold: number, maxDraft: number, rows: readonly number[], from = 0): SpeculativeOutcome {
     const k = this.byId.get(d.id)!;
     const pred = this.samples.ramps[k]!.pred;
     let cost = 0;
@@ -258,7 +261,7 @@ class Simulator {
     let drafted = 0;
     for (const seq of rows) {
       const at = seq * this.perSeq;
-      for (let t = 0; t < this.perSeq;) {
+      for (let t = from; t < this.perSeq;) {
         let j = 0;
         while (j < maxDraft && t + j < this.perSeq - 1 && this.conf(k, at + t + j) >= threshold) j++;
         let a = 0;
@@ -270,7 +273,7 @@ class Simulator {
         t += a + 1;
       }
     }
-    return { cost, full, kept, drafted, tokens: rows.length * this.perSeq };
+    return { cost, full, kept, drafted, tokens: rows.length * (this.perSeq - from) };
   }
 
   private cost(seg: SegmentLatency, t: number, n: number): number {
@@ -354,22 +357,39 @@ interface SpeculativeOutcome {
 /** Draft lengths the speculative search tries (a check then carries at most 16 positions, as profiled). */
 const DRAFT_LENGTHS = [1, 2, 3, 4, 6, 8, 12, 15];
 
+/**
+ * Where the speculative search replays: the full model's own continuations when the profile has
+ * them (what the runtime meets when it generates; positions from the prompt's last on), split by
+ * the sequence each continues; otherwise the text.
+ */
+function speculativeRows(profile: DecoderProfile, tune: readonly number[], certify: readonly number[]): { tune: number[]; certify: number[]; from: number; source: "generated" | "text" } {
+  const g = profile.samples.generated;
+  if (!g?.sequences) return { tune: [...tune], certify: [...certify], from: 0, source: "text" };
+  const inTune = new Set(tune);
+  const rows = g.rows.map((src, i) => ({ src, row: profile.samples.sequences + i }));
+  const t = rows.filter((r) => inTune.has(r.src)).map((r) => r.row);
+  const c = rows.filter((r) => !inTune.has(r.src)).map((r) => r.row);
+  // A split that leaves one side empty tunes and predicts on all of them.
+  return { tune: t.length ? t : c, certify: c.length ? c : t, from: g.prompt - 1, source: "generated" };
+}
+
 /** The fastest speculative configuration on the tuning sequences, predicted on the certification ones. */
-function planSpeculative(sim: Simulator, profile: DecoderProfile, tune: readonly number[], certify: readonly number[]): SpeculativePlan | null {
+function planSpeculative(sim: Simulator, profile: DecoderProfile, textTune: readonly number[], textCertify: readonly number[]): SpeculativePlan | null {
+  const { tune, certify, from, source } = speculativeRows(profile, textTune, textCertify);
   let best: { d: ReturnType<Simulator["drafters"]>[number]; threshold: number; maxDraft: number; o: SpeculativeOutcome } | null = null;
   for (const d of sim.drafters()) {
     for (const threshold of draftLevels(sim.confidences(d.id, tune))) {
       for (const maxDraft of DRAFT_LENGTHS) {
-        const o = sim.speculate(d, threshold, maxDraft, tune);
+        const o = sim.speculate(d, threshold, maxDraft, tune, from);
         if (!best || o.cost / o.full < best.o.cost / best.o.full) best = { d, threshold, maxDraft, o };
       }
     }
   }
   if (!best) return null;
-  const cert = sim.speculate(best.d, best.threshold, best.maxDraft, certify);
+  const cert = sim.speculate(best.d, best.threshold, best.maxDraft, certify, from);
   const layers = profile.decoder.exits.find((e) => e.id === best!.d.id)!.layers;
   return {
-    exit: best.d.id, layers, threshold: best.threshold, maxDraft: best.maxDraft,
+    exit: best.d.id, layers, threshold: best.threshold, maxDraft: best.maxDraft, tunedOn: source,
     draftedTune: best.o.kept / Math.max(1, best.o.tokens), draftedCertify: cert.kept / Math.max(1, cert.tokens), keptShare: cert.drafted ? cert.kept / cert.drafted : 0,
     predicted: {
       stepMs: cert.cost / Math.max(1, cert.tokens), fullStepMs: cert.full / Math.max(1, cert.tokens), saving: cert.full > 0 ? 1 - cert.cost / cert.full : 0,

@@ -16,6 +16,7 @@
  */
 import { mean } from "../util/stats.js";
 import * as os from "node:os";
+import { createHash } from "node:crypto";
 import type { OnnxModel } from "../onnx/model.js";
 import type { ModelProto } from "../onnx/types.js";
 import { ort, createSession, runtimeBytes, type SessionSettings } from "../ort/ort.js";
@@ -98,6 +99,14 @@ export interface DecoderProfile {
     sequences: number;
     tokensPerSequence: number;
     skippedFitted: number;
+    /**
+     * The full model's own greedy continuations, scored teacher-forced like the text: sequence
+     * `rows[g]` (an index into the scored sequences) cut to its first `prompt` tokens and continued
+     * to the window's length. Their token rows follow the text's in the sidecar; positions from
+     * prompt - 1 on predict generated tokens. What the runtime meets when it generates, so the
+     * speculative search is tuned on them (absent in older profiles).
+     */
+    generated?: { sequences: number; prompt: number; rows: number[] };
     file: string;
     sha256: string;
     arrays: ArraySpec[];
@@ -117,8 +126,13 @@ export interface DecoderProfileOptions {
   budgetMs?: number;
   latency?: boolean;
   batchSize?: number;
+  /** Profiled sequences continued by the full model's greedy decoding and scored too (default 64; 0: none). */
+  generate?: number;
   onProgress?: (phase: string, done: number, total: number) => void;
 }
+
+/** Default count of profiled sequences continued by the full model (generated text for speculative tuning). */
+export const DEFAULT_GENERATED = 64;
 
 /**
  * Past lengths to time at: the requested ones, which must leave room for the most carried
@@ -189,6 +203,35 @@ export interface ThreadChoice {
 const ONE_THREAD_GAIN = 0.03;
 
 /**
+ * The full model's greedy continuation of `prompt` by `count` tokens, each decode step feeding the
+ * previous step's presents (a model without a cache recomputes the prefix), and the mean
+ * milliseconds of one decode step (the prefill not counted).
+ */
+async function greedy(session: RunnableSession, original: ModelProto, layout: DecoderLayout, outs: readonly string[], prompt: ArrayLike<number>, count: number): Promise<{ tokens: number[]; stepMs: number }> {
+  let ids: number[] = Array.from(prompt);
+  let past = 0;
+  let caches: Record<string, ort.Tensor> = {};
+  let total = 0;
+  const tokens: number[] = [];
+  for (let t = 0; t < count; t++) {
+    const feeds = layout.cache === "kv" ? decoderFeeds(original, layout, ids, 1, past, caches) : decoderFeeds(original, layout, ids, 1, 0);
+    const t0 = performance.now();
+    const out = await session.run(feeds, [...outs]);
+    if (t > 0) total += performance.now() - t0;
+    const logits = out[layout.logits]!.data as Float32Array;
+    const vocab = out[layout.logits]!.dims.at(-1)!;
+    const next = scoreLogits(logits.subarray(logits.length - vocab), vocab, 0).pred;
+    tokens.push(next);
+    if (layout.cache === "kv") {
+      past += ids.length;
+      caches = Object.fromEntries(layout.layers.flatMap((l) => [[l.pastKey, out[l.presentKey]!], [l.pastValue, out[l.presentValue]!]]));
+      ids = [next];
+    } else ids = [...ids, next];
+  }
+  return { tokens, stepMs: total / Math.max(1, count - 1) };
+}
+
+/**
  * Time the full model's greedy decoding with one intra-op thread and with onnxruntime's default,
  * alternating: a few prompts from the calibration windows, each step feeding the previous step's
  * presents, as generation runs it. (Back-to-back calls of one step would keep the default's
@@ -202,28 +245,8 @@ async function chooseThreads(model: OnnxModel, meta: DecoderMetadata, tokens: To
   const dflt = await createRunnable(runtimeBytes(original, model.readExternal), settings, outs);
   const prompt = Math.max(1, Math.floor(tokens.length / 2));
   const steps = Math.min(32, layout.maxPositions === null ? 32 : layout.maxPositions - prompt);
-  // Mean milliseconds per decode step of one greedy continuation.
-  const decode = async (session: RunnableSession, row: number): Promise<number> => {
-    let ids: number[] = Array.from(tokens.row(row).subarray(0, prompt));
-    let past = 0;
-    let caches: Record<string, ort.Tensor> = {};
-    let total = 0;
-    for (let t = 0; t <= steps; t++) {
-      const feeds = layout.cache === "kv" ? decoderFeeds(original, layout, ids, 1, past, caches) : decoderFeeds(original, layout, ids, 1, 0);
-      const t0 = performance.now();
-      const out = await session.run(feeds, outs);
-      if (t > 0) total += performance.now() - t0;
-      const logits = out[layout.logits]!.data as Float32Array;
-      const vocab = out[layout.logits]!.dims.at(-1)!;
-      const next = scoreLogits(logits.subarray(logits.length - vocab), vocab, 0).pred;
-      if (layout.cache === "kv") {
-        past += ids.length;
-        caches = Object.fromEntries(layout.layers.flatMap((l) => [[l.pastKey, out[l.presentKey]!], [l.pastValue, out[l.presentValue]!]]));
-        ids = [next];
-      } else ids = [...ids, next];
-    }
-    return total / Math.max(1, steps);
-  };
+  const decode = async (session: RunnableSession, row: number): Promise<number> =>
+    (await greedy(session, original, layout, outs, tokens.row(row).subarray(0, prompt), steps + 1)).stepMs;
   try {
     const a: number[] = [];
     const b: number[] = [];
@@ -365,6 +388,34 @@ async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts:
   }
 }
 
+/**
+ * The full model's greedy continuations of sequences `which` of `tokens`: each cut to its first
+ * `prompt` tokens and continued to the window's length, as a token set (row g: sequence which[g]).
+ */
+async function continueGreedily(model: OnnxModel, meta: DecoderMetadata, tokens: TokenSet, which: readonly number[], prompt: number, settings: SessionSettings, progress: (done: number) => void): Promise<TokenSet & { rows: number[] }> {
+  const all = new Int32Array(which.length * tokens.length);
+  if (which.length) {
+    const original = originalDecoder(model.proto, meta);
+    const outs = (original.graph!.output ?? []).map((o) => o.name ?? "");
+    const session = await createRunnable(runtimeBytes(original, model.readExternal), settings, outs);
+    try {
+      for (const [g, seq] of which.entries()) {
+        const row = all.subarray(g * tokens.length, (g + 1) * tokens.length);
+        row.set(tokens.row(seq).subarray(0, prompt));
+        row.set((await greedy(session, original, meta.layout, outs, row.subarray(0, prompt), tokens.length - prompt)).tokens, prompt);
+        progress(g + 1);
+      }
+    } finally {
+      await session.release();
+    }
+  }
+  return {
+    source: `${tokens.source} (greedy continuations)`, sequences: which.length, length: tokens.length, rows: which.map((_, g) => g),
+    row: (i) => all.subarray(i * tokens.length, (i + 1) * tokens.length),
+    hash: (i) => createHash("sha256").update(Buffer.from(all.buffer, i * tokens.length * 4, tokens.length * 4)).digest("hex").slice(0, 16),
+  };
+}
+
 export async function profileDecoder(model: OnnxModel, options: DecoderProfileOptions): Promise<{ profile: DecoderProfile; samples: SampleData }> {
   const meta = decoderMetadataOrThrow(model);
   const layout: DecoderLayout = meta.layout;
@@ -379,21 +430,26 @@ export async function profileDecoder(model: OnnxModel, options: DecoderProfileOp
   if (rows.length < 20) {
     throw new EeToolError("TOO_FEW_SAMPLES", `${rows.length} calibration sequences did not fit the heads (of ${tokens.sequences}); plan needs at least 20 to tune and certify on`);
   }
-  const samples = emptySamples(rows.length * perSeq, meta.exits.length);
+  // The full model's greedy continuations of evenly spread scored sequences (cut at half the window).
+  const prompt = Math.max(1, Math.floor(tokens.length / 2));
+  const genCount = layout.cache === "kv" ? Math.min(rows.length, Math.max(0, Math.floor(options.generate ?? DEFAULT_GENERATED))) : 0;
+  const genRows = Array.from({ length: genCount }, (_, g) => Math.floor((g * rows.length) / genCount));
+  const generated = await continueGreedily(model, meta, tokens, genRows.map((j) => rows[j]!), prompt, settings, (d) => options.onProgress?.("generating continuations", d, genCount));
+  const samples = emptySamples((rows.length + genCount) * perSeq, meta.exits.length);
   const session = await createSession(runtimeBytes(model.proto, model.readExternal), settings);
   const outputs = [layout.logits, ...meta.exits.map((e) => e.output)];
   let at = 0;
   const vocab = layout.vocab ?? 0;
-  try {
-    await teacherForced(session, model.proto, layout, tokens, rows, options.batchSize ?? 16, outputs, (out, part) => {
+  const score = (set: TokenSet, which: readonly number[], phase: string): Promise<void> =>
+    teacherForced(session, model.proto, layout, set, which, options.batchSize ?? 16, outputs, (out, part) => {
       const v = vocab || out[layout.logits]!.dims[2]!;
       const final = out[layout.logits]!.data as Float32Array;
       const exitsOut = meta.exits.map((e) => out[e.output]!.data as Float32Array);
       part.forEach((seq, b) => {
-        const ids = tokens.row(seq);
-        const hash = Buffer.from(tokens.hash(seq), "hex");
+        const ids = set.row(seq);
+        const hash = Buffer.from(set.hash(seq), "hex");
         for (let t = 0; t < perSeq; t++) {
-          const row = b * tokens.length + t;
+          const row = b * set.length + t;
           samples.index[at] = seq;
           samples.hash.set(hash, at * 8);
           samples.final[at] = scoreLogits(final, v, row).pred;
@@ -409,11 +465,14 @@ export async function profileDecoder(model: OnnxModel, options: DecoderProfileOp
           at++;
         }
       });
-    }, (d) => options.onProgress?.("scoring tokens", d, rows.length));
+    }, (d) => options.onProgress?.(phase, d, which.length));
+  try {
+    await score(tokens, rows, "scoring tokens");
+    if (genCount) await score(generated, generated.rows, "scoring continuations");
   } finally {
     await session.release();
   }
-  const n = samples.count;
+  const n = rows.length * perSeq;
   let finalRight = 0;
   for (let i = 0; i < n; i++) if (samples.final[i] === samples.label[i]) finalRight++;
   const summary = {
@@ -454,7 +513,10 @@ export async function profileDecoder(model: OnnxModel, options: DecoderProfileOp
       ...(threadChoice ? { threadChoice } : {}),
     },
     settings: { calibrationHash: tokenSetHash(tokens), sequences: tokens.sequences, budgetMs },
-    samples: { scored: n, sequences: rows.length, tokensPerSequence: perSeq, skippedFitted: tokens.sequences - rows.length, file: "", sha256: "", arrays: [] },
+    samples: {
+      scored: n, sequences: rows.length, tokensPerSequence: perSeq, skippedFitted: tokens.sequences - rows.length,
+      ...(genCount ? { generated: { sequences: genCount, prompt, rows: genRows } } : {}), file: "", sha256: "", arrays: [],
+    },
     summary, latency,
   };
   return { profile, samples };
