@@ -2,7 +2,8 @@
 // then the exact KV check on each: with thresholds that never fire the generator's tokens equal
 // the full model's greedy decode, and after generating with an exit that fires (the lowest of a
 // few thresholds that lets some tokens leave and some go deeper) every layer's cache equals the
-// full model's recomputed on the same tokens. `--e2e` adds bench/lm-e2e.mjs at a 5% budget.
+// full model's recomputed on the same tokens; speculative decoding drafting from the first exit
+// gives the full model's tokens and cache. `--e2e` adds bench/lm-e2e.mjs at a 5% budget.
 //   npm run build && node bench/hf-decoders.mjs <dir> [--e2e]
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -28,7 +29,7 @@ const prompt = Array.from(openTokens(fx("prompts.npy")).row(0));
 const work = fs.mkdtempSync(path.join(os.tmpdir(), "ee-hf-"));
 
 async function tokens(model, exits, n) {
-  const g = await EarlyExitGenerator.open(model, { exits });
+  const g = await EarlyExitGenerator.open(model, Array.isArray(exits) ? { exits } : exits);
   const out = [];
   for await (const t of g.generate(prompt, { maxNewTokens: n })) out.push(t);
   return { g, out };
@@ -90,10 +91,21 @@ for (const f of fs.readdirSync(dir).filter((x) => x.endsWith(".onnx")).sort()) {
     line += "; no threshold from 0.1 to 0.9 let some tokens leave after layer 1 and others go deeper: the cache is NOT checked (train the model longer)";
     failed++;
   }
+  if (full.g.meta.layout.cache === "kv") {
+    // Speculative decoding from the first exit, drafting often (a low threshold) so that drafts
+    // are rejected too: its tokens must be the full model's, its cache the full model's.
+    const spec = await tokens(model, { speculative: { exit: 0, threshold: 0.1, maxDraft: 4 } }, 32);
+    const kept = spec.out.filter((t) => t.exit === 0).length;
+    const equal = JSON.stringify(spec.out.map((t) => t.token)) === JSON.stringify(full.out.map((t) => t.token));
+    const d = await cacheDiff(spec.g, model);
+    line += `; speculative: tokens ${equal ? "equal" : "DIFFER"} (${kept} of ${spec.out.length} kept drafts), cache max |diff| ${d.toExponential(2)}`;
+    if (!equal || !(d < 1e-4)) failed++;
+    await spec.g.release();
+  }
   console.log(line);
   if (e2e) {
     const r = execFileSync(process.execPath, [path.join(here, "lm-e2e.mjs"), "--model", path.join(dir, f), "--calib", fx("calib.npy"), "--prompts", fx("prompts.npy"), "--text", fx("eval.npy"), "--max-drop", "0.05"], { encoding: "utf8" });
-    console.log(r.split("\n").filter((l) => /plan |reduction|differing tokens/.test(l)).map((l) => `  ${l.trim()}`).join("\n"));
+    console.log(r.split("\n").filter((l) => /plan |speculative \(|runs:|reduction|differing tokens|generated tokens/.test(l)).map((l) => `  ${l.trim()}`).join("\n"));
   }
 }
 console.log(failed ? `${failed} check(s) FAILED` : "every export passed");
