@@ -38,7 +38,7 @@ async function tokens(model, exits, n) {
 async function cacheDiff(g, model) {
   await g.flush();
   const original = originalDecoder(model.proto, g.meta);
-  const s = await createSession(runtimeBytes(original));
+  const s = await createSession(runtimeBytes(original, model.readExternal));
   const ref = await s.run(decoderFeeds(original, g.meta.layout, g.tokens, 1, 0));
   const snap = g.snapshot();
   let m = 0;

@@ -225,16 +225,13 @@ class Simulator {
     this.fullAt = new Float64Array(perSeq + 1);
     if (lat) {
       for (let t = 0; t <= perSeq; t++) this.fullAt[t] = interp(lat.contexts, lat.fullStep, t);
-      for (const seg of lat.segments) {
+      const tabulate = (seg: SegmentLatency, carried: readonly number[]): void => {
         const table = new Float64Array((perSeq + 1) * (TABLE_CARRY + 1));
-        for (let t = 0; t <= perSeq; t++) for (let n = 1; n <= TABLE_CARRY; n++) table[t * (TABLE_CARRY + 1) + n] = segmentCost(lat.contexts, lat.carried, seg, t, n);
+        for (let t = 0; t <= perSeq; t++) for (let n = 1; n <= TABLE_CARRY; n++) table[t * (TABLE_CARRY + 1) + n] = segmentCost(lat.contexts, carried, seg, t, n);
         this.tables.set(seg, table);
-      }
-      for (const seg of lat.verify?.segments ?? []) {
-        const table = new Float64Array((perSeq + 1) * (TABLE_CARRY + 1));
-        for (let t = 0; t <= perSeq; t++) for (let n = 1; n <= TABLE_CARRY; n++) table[t * (TABLE_CARRY + 1) + n] = segmentCost(lat.contexts, lat.verify!.carried, seg, t, n);
-        this.tables.set(seg, table);
-      }
+      };
+      for (const seg of lat.segments) tabulate(seg, lat.carried);
+      for (const seg of lat.verify?.segments ?? []) tabulate(seg, lat.verify!.carried);
     }
   }
 
@@ -287,11 +284,12 @@ class Simulator {
     return this.confs[k]![i]!;
   }
 
-  /** Confidences of exit `id` on the tokens of sequences `rows`. */
-  confidences(id: number, rows: readonly number[]): Float64Array {
+  /** Confidences of exit `id` on the tokens of sequences `rows`, from position `from` of each. */
+  confidences(id: number, rows: readonly number[], from = 0): Float64Array {
     const k = this.byId.get(id)!;
-    const out = new Float64Array(rows.length * this.perSeq);
-    rows.forEach((s, j) => out.set(this.confs[k]!.subarray(s * this.perSeq, (s + 1) * this.perSeq), j * this.perSeq));
+    const per = this.perSeq - from;
+    const out = new Float64Array(rows.length * per);
+    rows.forEach((s, j) => out.set(this.confs[k]!.subarray(s * this.perSeq + from, (s + 1) * this.perSeq), j * per));
     return out;
   }
 
@@ -378,7 +376,7 @@ function planSpeculative(sim: Simulator, profile: DecoderProfile, textTune: read
   const { tune, certify, from, source } = speculativeRows(profile, textTune, textCertify);
   let best: { d: ReturnType<Simulator["drafters"]>[number]; threshold: number; maxDraft: number; o: SpeculativeOutcome } | null = null;
   for (const d of sim.drafters()) {
-    for (const threshold of draftLevels(sim.confidences(d.id, tune))) {
+    for (const threshold of draftLevels(sim.confidences(d.id, tune, from))) {
       for (const maxDraft of DRAFT_LENGTHS) {
         const o = sim.speculate(d, threshold, maxDraft, tune, from);
         if (!best || o.cost / o.full < best.o.cost / best.o.full) best = { d, threshold, maxDraft, o };
