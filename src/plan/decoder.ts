@@ -22,7 +22,7 @@
 import { mean } from "../util/stats.js";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { DecoderProfile, SegmentLatency } from "../profile/decoder.js";
+import type { DecoderProfile, SegmentLatency, VerifyLatency } from "../profile/decoder.js";
 import { PROFILE_FORMAT } from "../profile/profile.js";
 import { decodeSamples, type SampleData } from "../profile/samples.js";
 import { confidenceOf } from "./feedback.js";
@@ -236,7 +236,7 @@ class Simulator {
   }
 
   /** Exits that can draft: a measured prefix (tokens to the exit) and a measured check after it. */
-  drafters(): Array<{ id: number; prefix: SegmentLatency; check: SegmentLatency }> {
+  drafters(): Array<{ id: number; prefix: SegmentLatency; check: VerifyLatency }> {
     return this.profile.decoder.exits.flatMap((e) => {
       const prefix = this.segCache.get(`null-${e.id}`);
       const check = this.profile.latency?.verify?.segments.find((v) => v.from === e.id);
@@ -249,9 +249,11 @@ class Simulator {
    * confident (at most maxDraft), check every fed position at once, keep the drafts up to the
    * first differing one and the full model's token after them.
    */
-  speculate(d: { id: number; prefix: SegmentLatency; check: SegmentLatency }, threshold: number, maxDraft: number, rows: readonly number[], from = 0): SpeculativeOutcome {
+  speculate(d: { id: number; prefix: SegmentLatency; check: VerifyLatency }, threshold: number, maxDraft: number, rows: readonly number[], from = 0): SpeculativeOutcome {
     const k = this.byId.get(d.id)!;
     const pred = this.samples.ramps[k]!.pred;
+    const lat = this.profile.latency!;
+    const first = Float64Array.from({ length: this.perSeq + 1 }, (_, t) => interp(lat.contexts, d.check.firstDraft, t));
     let cost = 0;
     let full = 0;
     let kept = 0;
@@ -263,7 +265,8 @@ class Simulator {
         while (j < maxDraft && t + j < this.perSeq - 1 && this.conf(k, at + t + j) >= threshold) j++;
         let a = 0;
         while (a < j && pred[at + t + a] === this.samples.final[at + t + a]) a++;
-        cost += (j + 1) * this.cost(d.prefix, t, 1) + this.cost(d.check, t, j + 1);
+        // The first draft call follows a check; the others follow a draft call.
+        cost += first[t]! + j * this.cost(d.prefix, t, 1) + this.cost(d.check, t, j + 1);
         for (let i = 0; i <= a; i++) full += this.fullAt[t + i]!;
         kept += a;
         drafted += j;
@@ -276,7 +279,7 @@ class Simulator {
   private cost(seg: SegmentLatency, t: number, n: number): number {
     if (n <= TABLE_CARRY && t <= this.perSeq) return this.tables.get(seg)![t * (TABLE_CARRY + 1) + n]!;
     const lat = this.profile.latency!;
-    const verify = lat.verify?.segments.includes(seg) ?? false;
+    const verify = lat.verify?.segments.some((v) => v === seg) ?? false;
     return segmentCost(lat.contexts, verify ? lat.verify!.carried : lat.carried, seg, t, n);
   }
 

@@ -49,6 +49,15 @@ export interface SegmentLatency {
   p50: number[][];
 }
 
+export interface VerifyLatency extends SegmentLatency {
+  /**
+   * A cycle's first draft call: one position through the layers up to the exit, timed right after
+   * this check (carrying 4 positions), p50 ms per context. The later draft calls of a cycle follow
+   * a draft call: the segment's own p50 (timed after itself).
+   */
+  firstDraft: number[];
+}
+
 export interface DecoderLatency {
   contexts: number[];
   carried: number[];
@@ -61,10 +70,11 @@ export interface DecoderLatency {
   heads: Record<string, number>;
   /**
    * Speculative mode's check: the layers after each exit with the model's own head at every
-   * position, at each context, on `carried` positions (a model with a KV cache; absent in older
-   * profiles).
+   * position, at each context, on `carried` positions, each timed right after a draft call (the
+   * layers up to the exit on one position), as a cycle runs them (a model with a KV cache; absent
+   * in older profiles).
    */
-  verify?: { carried: number[]; segments: SegmentLatency[] };
+  verify?: { carried: number[]; segments: VerifyLatency[] };
   /** Runs that converged / all. */
   converged: [number, number];
 }
@@ -305,12 +315,14 @@ async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts:
   // Every stretch between two inserted exits.
   const bounds: Array<number | null> = [null, ...ids];
   const segs: SegmentLatency[] = [];
+  const sessions = new Map<string, RunnableSession>();
   for (let a = 0; a < bounds.length; a++) {
     for (let b = a; b <= ids.length; b++) {
       const use = [...(a > 0 ? [ids[a - 1]!] : []), ...(b < ids.length ? [ids[b]!] : [])];
       const parts = decoderSegments(model.proto, meta, use);
       const seg = parts[a > 0 ? 1 : 0]!;
       const session = await open(seg.proto, seg.outputs);
+      sessions.set(`${a}-${b}`, session);
       const entry: SegmentLatency = { from: a > 0 ? ids[a - 1]! : null, to: b < ids.length ? ids[b]! : null, layers: [seg.firstLayer, seg.lastLayer], p50: [] };
       segs.push(entry);
       contexts.forEach((c, ci) => carried.forEach((n, ni) => {
@@ -319,16 +331,26 @@ async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts:
       }));
     }
   }
-  // Speculative mode's check after each exit: the rest of the model, every position's logits.
-  const verify: SegmentLatency[] = [];
+  // Speculative mode's check after each exit: the rest of the model, every position's logits, timed
+  // right after a draft call; and a cycle's first draft call, timed right after a check.
+  const verify: VerifyLatency[] = [];
   if (cached) {
-    for (const id of ids) {
+    for (const [b, id] of ids.entries()) {
+      const draft = decoderSegments(model.proto, meta, [id])[0]!;
+      const draftSession = sessions.get(`0-${b}`)!;
       const seg = decoderSegments(model.proto, meta, [id], false, true)[1]!;
       const session = await open(seg.proto, seg.outputs);
-      verify.push({ from: id, to: null, layers: [seg.firstLayer, seg.lastLayer], p50: [] });
-      contexts.forEach((c, ci) => VERIFY_CARRIED.forEach((n, ni) => {
-        items.push(timed(`verify ${id} c${ci} n${ni}`, session, feedsFor(seg.proto, seg.inputs, n, c, seg.hiddenIn), seg.outputs));
-      }));
+      verify.push({ from: id, to: null, layers: [seg.firstLayer, seg.lastLayer], p50: [], firstDraft: [] });
+      contexts.forEach((c, ci) => {
+        const one = feedsFor(draft.proto, draft.inputs, 1, c, null);
+        const four = feedsFor(seg.proto, seg.inputs, 4, c, seg.hiddenIn);
+        const afterCheck = (): Promise<unknown> => session.run(freshFeeds(four), seg.outputs);
+        const afterDraft = (): Promise<unknown> => draftSession.run(freshFeeds(one), draft.outputs);
+        items.push({ ...timed(`first draft ${id} c${ci}`, draftSession, one, draft.outputs), before: afterCheck });
+        VERIFY_CARRIED.forEach((n, ni) => {
+          items.push({ ...timed(`verify ${id} c${ci} n${ni}`, session, feedsFor(seg.proto, seg.inputs, n, c, seg.hiddenIn), seg.outputs), before: afterDraft });
+        });
+      });
     }
   }
   const original = originalDecoder(model.proto, meta);
@@ -376,7 +398,10 @@ async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts:
       }
     }
     for (const [id, name] of headItems) heads[id] = ms(stats.get(name));
-    for (const v of verify) v.p50 = contexts.map((_, ci) => VERIFY_CARRIED.map((_, ni) => ms(stats.get(`verify ${v.from} c${ci} n${ni}`))));
+    for (const v of verify) {
+      v.p50 = contexts.map((_, ci) => VERIFY_CARRIED.map((_, ni) => ms(stats.get(`verify ${v.from} c${ci} n${ni}`))));
+      v.firstDraft = contexts.map((_, ci) => ms(stats.get(`first draft ${v.from} c${ci}`)));
+    }
     return {
       contexts, carried, segments: segs, heads, ...(cached ? { verify: { carried: VERIFY_CARRIED, segments: verify } } : {}),
       fullStep: contexts.map((_, ci) => ms(stats.get(`full c${ci}`))),

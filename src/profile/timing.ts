@@ -5,7 +5,8 @@
  *
  * In a round each item runs `repeat` times in a row and the last run is the one timed: the time
  * of a session that just ran, its weights in cache, as a server that runs one model sees it (a run
- * right after another session's pays that session's cache misses: 8% on the ViT fixture).
+ * right after another session's pays that session's cache misses: 8% on the ViT fixture). An item
+ * with `before` is timed right after that call instead.
  *
  * Paired differences: the cost of a small change (an exit that does not fire adds 20-40 µs to a
  * 2 ms model) is smaller than the spread of either timing; the median over rounds of the
@@ -36,6 +37,8 @@ export interface TimedItem {
   /** Called before each run, untimed; its result is handed to `run` (fresh inputs, say). */
   prepare?: () => unknown;
   run: (prepared?: unknown) => Promise<unknown>;
+  /** Untimed, right before the timed run, instead of the repeats: the call the timed one follows in use (another session's). */
+  before?: () => Promise<unknown>;
 }
 
 export interface MeasureOptions {
@@ -130,7 +133,8 @@ export async function measure(items: TimedItem[], options: MeasureOptions = {}):
   for (let round = 1; round <= maxRuns && performance.now() - start < budget; round++) {
     for (const idx of rng.permutation(items.length)) {
       const it = items[idx]!;
-      for (let r = 1; r < repeat; r++) await it.run(it.prepare?.());
+      if (it.before) await it.before();
+      else for (let r = 1; r < repeat; r++) await it.run(it.prepare?.());
       const arg = it.prepare?.();
       const t0 = performance.now();
       await it.run(arg);
