@@ -25,7 +25,7 @@ import { decoderFeeds, cacheTensor, type DecoderLayout } from "../analysis/decod
 import { openTokens, tokenSetHash, type TokenSet } from "../data/tokens.js";
 import { readDecoderMetadata, unpackHashes, type DecoderMetadata } from "../ramps/metadata.js";
 import { teacherForced } from "../ramps/decoder-heads.js";
-import { decoderSegments, originalDecoder } from "../stages/decoder-split.js";
+import { decoderSegments, originalDecoder, type DecoderSegment } from "../stages/decoder-split.js";
 import { Graph } from "../ir/graph.js";
 import { needed } from "../ir/needed.js";
 import { tensorByteSize } from "../onnx/tensor.js";
@@ -315,14 +315,14 @@ async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts:
   // Every stretch between two inserted exits.
   const bounds: Array<number | null> = [null, ...ids];
   const segs: SegmentLatency[] = [];
-  const sessions = new Map<string, RunnableSession>();
+  const stretches = new Map<string, { session: RunnableSession; seg: DecoderSegment }>();
   for (let a = 0; a < bounds.length; a++) {
     for (let b = a; b <= ids.length; b++) {
       const use = [...(a > 0 ? [ids[a - 1]!] : []), ...(b < ids.length ? [ids[b]!] : [])];
       const parts = decoderSegments(model.proto, meta, use);
       const seg = parts[a > 0 ? 1 : 0]!;
       const session = await open(seg.proto, seg.outputs);
-      sessions.set(`${a}-${b}`, session);
+      stretches.set(`${a}-${b}`, { session, seg });
       const entry: SegmentLatency = { from: a > 0 ? ids[a - 1]! : null, to: b < ids.length ? ids[b]! : null, layers: [seg.firstLayer, seg.lastLayer], p50: [] };
       segs.push(entry);
       contexts.forEach((c, ci) => carried.forEach((n, ni) => {
@@ -336,8 +336,7 @@ async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts:
   const verify: VerifyLatency[] = [];
   if (cached) {
     for (const [b, id] of ids.entries()) {
-      const draft = decoderSegments(model.proto, meta, [id])[0]!;
-      const draftSession = sessions.get(`0-${b}`)!;
+      const { session: draftSession, seg: draft } = stretches.get(`0-${b}`)!;
       const seg = decoderSegments(model.proto, meta, [id], false, true)[1]!;
       const session = await open(seg.proto, seg.outputs);
       verify.push({ from: id, to: null, layers: [seg.firstLayer, seg.lastLayer], p50: [], firstDraft: [] });
