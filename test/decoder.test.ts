@@ -29,7 +29,8 @@ import { Graph } from "../src/ir/graph.js";
 import { DataType } from "../src/onnx/dtype.js";
 import { readDecoderMetadata } from "../src/ramps/metadata.js";
 import { EeToolError } from "../src/errors.js";
-import { loadDecoderSamples, type DecoderPlan } from "../src/plan/decoder.js";
+import { loadDecoderSamples, planDecoder, type DecoderPlan } from "../src/plan/decoder.js";
+import { emptySamples } from "../src/profile/samples.js";
 import type { DecoderProfile } from "../src/profile/decoder.js";
 import type { DecoderEvalReport } from "../src/eval/decoder.js";
 
@@ -75,6 +76,62 @@ async function expectExactCache(ee: OnnxModel, exits: Array<{ exit: number; thre
   await g.release();
   return out;
 }
+
+/**
+ * A decoder profile of two layers and one exit after the first, with flat measured costs (the
+ * draft 0.3 ms a call, the check 1 ms whatever it carries, the full step 1 ms), and tokens whose
+ * exit is always confident and `agrees` with the full model or never.
+ */
+function syntheticProfile(agrees: boolean): { profile: DecoderProfile; samples: ReturnType<typeof emptySamples> } {
+  const sequences = 100;
+  const per = 31;
+  const flat = (v: number, n: number): number[][] => [0, 1].map(() => new Array<number>(n).fill(v));
+  const samples = emptySamples(sequences * per, 1);
+  for (let i = 0; i < samples.count; i++) {
+    samples.final[i] = 1;
+    samples.ramps[0]!.pred[i] = agrees ? 1 : 2;
+    samples.ramps[0]!.maxprob[i] = 0.9;
+  }
+  const profile = {
+    kind: "decoder", model: { file: "m.onnx", sha256: "" },
+    decoder: { layers: 2, cache: "kv", vocab: 3, exits: [{ id: 0, layers: 1, depth: 0.5 }], kvBytesPerTokenPerLayer: 0, weightBytes: 0, weightBytesAfter: {} },
+    environment: { executionProvider: "cpu", threads: 1 },
+    samples: { scored: sequences * per, sequences, tokensPerSequence: per },
+    latency: {
+      contexts: [0, 100], carried: [1, 2, 4, 8], fullStep: [1, 1], prefill: [1, 1], heads: {}, converged: [0, 0],
+      segments: [
+        { from: null, to: 0, layers: [0, 1], p50: flat(0.3, 4) },
+        { from: 0, to: null, layers: [1, 2], p50: flat(0.9, 4) },
+        { from: null, to: null, layers: [0, 2], p50: flat(1, 4) },
+      ],
+      verify: { carried: [1, 2, 4, 8, 16], segments: [{ from: 0, to: null, layers: [1, 2], p50: flat(1, 5), firstDraft: [0.3, 0.3] }] },
+    },
+  } as unknown as DecoderProfile;
+  return { profile, samples };
+}
+
+describe("speculative plan", () => {
+  it("replays the cycles the runtime runs: drafts kept up to the first differing one, each call at its measured cost", () => {
+    // Every draft kept: cycles of 15 drafts (16 tokens: 16 draft calls and one check, 5.8 ms), then
+    // 14 to the sequence's end (15 tokens, 5.5 ms): 31 tokens for 11.3 ms against 31.
+    const good = syntheticProfile(true);
+    const a = planDecoder(good.profile, good.samples, { maxDrop: 0.05, confidence: 0.95, kvMode: "speculative" });
+    expect(a.kvMode).toBe("speculative");
+    expect(a.speculative).toMatchObject({ exit: 0, layers: 1, maxDraft: 15, tunedOn: "text", keptShare: 1 });
+    expect(a.speculative!.draftedCertify).toBeCloseTo(29 / 31, 9);
+    expect(a.speculative!.predicted.saving).toBeCloseTo(1 - 11.3 / 31, 9);
+    expect(a.speculative!.predicted.differingCertify).toBe(0);
+    // Every draft rejected: the shortest cycle (one draft: two draft calls and a check, 1.6 ms) per
+    // token, and at the sequence's last position none (1.3 ms): 49.3 ms for 31 tokens.
+    const bad = syntheticProfile(false);
+    const b = planDecoder(bad.profile, bad.samples, { maxDrop: 0.05, confidence: 0.95 });
+    expect(b.speculative).toMatchObject({ maxDraft: 1, keptShare: 0, draftedCertify: 0 });
+    expect(b.speculative!.predicted.saving).toBeCloseTo(1 - 49.3 / 31, 9);
+    // auto does not run what is predicted slower: the certified exits (none here) instead.
+    expect(b.kvMode).toBe("exact");
+    expect(b.exits).toEqual([]);
+  });
+});
 
 describe("betting certification and ROUGE-L", () => {
   it("rejects a mean clearly below the maximum and never one at it more often than delta", () => {
@@ -218,6 +275,7 @@ describe("exact KV cache", () => {
     await g.release();
     await full.release();
     await expect(EarlyExitGenerator.open(ee, { speculative: { exit: 0, threshold: 0.2, maxDraft: 0 } })).rejects.toThrowError(/drafts at least one token/);
+    await expect(EarlyExitGenerator.open(ee, { exits: [{ exit: 1, threshold: 0.5 }], speculative: { exit: 0, threshold: 0.2, maxDraft: 4 } })).rejects.toThrowError(/not both/);
   });
 
   it("takes a plain export without a cache: layers by their attention, generation recomputes the prefix", async () => {

@@ -337,7 +337,7 @@ async function measureLatency(model: OnnxModel, meta: DecoderMetadata, contexts:
   if (cached) {
     for (const [b, id] of ids.entries()) {
       const { session: draftSession, seg: draft } = stretches.get(`0-${b}`)!;
-      const seg = decoderSegments(model.proto, meta, [id], false, true)[1]!;
+      const seg = decoderSegments(model.proto, meta, [id], { verify: true })[1]!;
       const session = await open(seg.proto, seg.outputs);
       verify.push({ from: id, to: null, layers: [seg.firstLayer, seg.lastLayer], p50: [], firstDraft: [] });
       contexts.forEach((c, ci) => {

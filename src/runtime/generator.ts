@@ -123,9 +123,12 @@ export class EarlyExitGenerator {
     if (spec && meta.layout.cache !== "kv") {
       throw new EeToolError("UNSUPPORTED", "speculative decoding needs a decoder with a KV cache; this export has none", { hint: "Export the decoder with use_cache=True, or use the exact mode (exits with thresholds)." });
     }
+    if (spec && (options.exits?.length || options.truncate)) {
+      throw new EeToolError("USAGE", "give exits (with thresholds, or a truncation) or speculative decoding, not both", { hint: "Speculative decoding drafts from its own exit: { speculative: { exit, threshold, maxDraft } }." });
+    }
     if (spec && !(spec.maxDraft >= 1)) throw new EeToolError("USAGE", `speculative decoding drafts at least one token a cycle (maxDraft ${spec.maxDraft})`);
     const exits = spec ? [{ exit: spec.exit, threshold: spec.threshold }] : [...(options.exits ?? [])];
-    const segs = exits.length === 0 && !options.truncate ? [fullSegment(m.proto, meta)] : decoderSegments(m.proto, meta, exits.map((e) => e.exit), options.truncate ?? false, spec !== null);
+    const segs = exits.length === 0 && !options.truncate ? [fullSegment(m.proto, meta)] : decoderSegments(m.proto, meta, exits.map((e) => e.exit), { terminal: options.truncate ?? false, verify: spec !== null });
     // Idle threads of one session spinning would steal the cores the next segment's session
     // needs; a single session keeps onnxruntime's default.
     const settings: SessionSettings = { ...(segs.length > 1 ? { spinning: false } : {}), ...options.settings };

@@ -73,13 +73,17 @@ function lastPositionHead(
   return { replaced: head, nodes: [...em.nodes, ...nodes], em };
 }
 
-/**
- * Segments for the exits `use` (ids, any order). With `terminal`, the last of them ends the model:
- * tokens that reach it exit there (a truncated model), and no layer after it is kept. With
- * `verify`, the segment ending at the model's own head returns its logits at every position it
- * runs (the speculative mode checks each drafted token against them).
- */
-export function decoderSegments(augmented: ModelProto, meta: DecoderMetadata, use: readonly number[], terminal = false, verify = false): DecoderSegment[] {
+export interface SegmentOptions {
+  /** The last exit ends the model: tokens that reach it exit there (a truncated model), and no layer after it is kept. */
+  terminal?: boolean;
+  /** The segment ending at the model's own head returns its logits at every position it runs (the speculative mode checks each draft against them). */
+  verify?: boolean;
+}
+
+/** Segments for the exits `use` (ids, any order). */
+export function decoderSegments(augmented: ModelProto, meta: DecoderMetadata, use: readonly number[], options: SegmentOptions = {}): DecoderSegment[] {
+  const terminal = options.terminal ?? false;
+  const verify = options.verify ?? false;
   const view = new Graph(augmented.graph!);
   const opset = defaultOpset(augmented.opset_import);
   const exits = use.map((id) => {
