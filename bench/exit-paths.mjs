@@ -1,7 +1,10 @@
 // How well the profile predicted each exit path: runs the original model and the plan's
 // EarlyExitSession interleaved on the samples of a data file, groups the early-exit latencies by
-// the exit each sample took, and prints each path's measured median beside the plan's cost model
-// (both as multiples of the model, so that machine drift between profile and run cancels).
+// the exit each sample took, and prints each path's measured time (the mean of its middle 80%, and
+// its median) beside the plan's cost model (both as multiples of the model, so that machine drift
+// between profile and run cancels), and each path's median by the path of the call before it.
+// Batches of all paths are shuffled together, so a path's call follows one of another path about
+// as often as a request in a mixed stream does.
 // At --batch B > 1 every timed batch holds B samples that all take the same exit (found by a first
 // pass), so each path is timed as a whole batch; a path with fewer than B samples is not timed.
 // Batches are timed in blocks, as eval times them (each call after one of the same session).
@@ -32,7 +35,12 @@ const plan = JSON.parse(fs.readFileSync(planFile, "utf8"));
 const { profile } = loadProfile(opt("--profile", planFile.replace(/\.plan\.json$/, ".profile.json")));
 const costs = buildCosts(profile, batch);
 const order = [...profile.ramps].sort((a, b) => a.depth - b.depth).map((r) => r.id);
-const predicted = exitCosts(costs, order.map((id) => plan.exits.find((e) => e.ramp === id)?.threshold ?? Infinity));
+// The plan's own prediction of its paths where it was planned at this batch size (each exit priced
+// at the plan's shares of requests going deeper); otherwise the cost model at this batch size.
+const fromPlan = plan.settings.batch === batch && plan.costModel?.paths;
+const predicted = fromPlan
+  ? { atRamp: order.map((id) => plan.costModel.paths.find((p) => p.ramp === id)?.ms ?? Infinity), none: plan.costModel.paths.find((p) => p.ramp === -1).ms }
+  : exitCosts(costs, order.map((id) => plan.exits.find((e) => e.ramp === id)?.threshold ?? Infinity));
 
 const settings = { optimization: "all", spinning: false };
 const modelPath = path.resolve(path.dirname(planFile), plan.model.file);
@@ -63,50 +71,80 @@ for (let i = batches.length - 1; i > 0; i--) {
   [batches[i], batches[j]] = [batches[j], batches[i]];
 }
 // Timed as eval times: blocks of 16 batches, the model on a block then the runtime on the same
-// block (the order swaps every block), each block after one untimed call of its session.
+// block (the order swaps every block), each block after one untimed call of its session. Each
+// runtime call is taken as a multiple of the model's median in its own block, which cancels the
+// machine's drift (this machine's speed moves by 20-30% over minutes).
 const modelMs = [];
 const byExit = new Map();
+const byPrev = new Map();
+const push = (map, key, x) => {
+  if (!map.has(key)) map.set(key, []);
+  map.get(key).push(x);
+};
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const BLOCK = 16;
 for (let pass = 0; pass < passes; pass++) {
   for (let blk = 0; blk * BLOCK < batches.length; blk++) {
     const block = batches.slice(blk * BLOCK, (blk + 1) * BLOCK);
+    const blockModel = [];
+    const blockEe = [];
     const runModel = async () => {
       await base.run(data.feedsFor(block[0].idx), [plan.model.output]);
       for (const b of block) {
         const feeds = data.feedsFor(b.idx);
         const t0 = performance.now();
         await base.run(feeds, [plan.model.output]);
-        if (pass > 0) modelMs.push(performance.now() - t0);
+        blockModel.push(performance.now() - t0);
       }
     };
     const runEe = async () => {
       await ee.run(data.feedsFor(block[0].idx));
+      let prev = block[0].exit;
       for (const b of block) {
         const r = await ee.run(data.feedsFor(b.idx));
-        if (pass === 0) continue; // warm-up pass
         if (r.exits.some((e) => e !== b.exit)) throw new Error("a sample changed its exit between passes");
-        if (!byExit.has(b.exit)) byExit.set(b.exit, []);
-        byExit.get(b.exit).push(r.timings.totalMs);
+        const after = prev === b.exit ? "same" : b.exit >= 0 && (prev < 0 || prev > b.exit) ? "deeper" : "shallower";
+        blockEe.push({ exit: b.exit, after, ms: r.timings.totalMs });
+        prev = b.exit;
       }
     };
     if (blk % 2 === 0) { await runModel(); await runEe(); } else { await runEe(); await runModel(); }
+    if (pass === 0) continue; // warm-up pass
+    modelMs.push(...blockModel);
+    const ref = median(blockModel);
+    for (const x of blockEe) {
+      push(byExit, x.exit, x.ms / ref);
+      push(byPrev, `${x.exit}|${x.after}`, x.ms / ref);
+    }
   }
 }
 await ee.release();
 await base.release();
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+// The mean of the middle 80%: a path's expected time without the busy machine's outliers. A path's
+// calls cost more after a call that went deeper than after one of their own path, so its times
+// are two clusters, and the plan predicts their mean (its cost model weighs the two).
+const central = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.slice(Math.floor(s.length * 0.1), Math.ceil(s.length * 0.9));
+  return mid.reduce((a, b) => a + b, 0) / mid.length;
+};
 const m = median(modelMs) / batch;
-console.log(`batch ${batch}; cost model from ${costs.source === "exits" ? "each exit measured in the runtime" : "stage prefixes (an older profile)"}`);
-console.log(`model: measured p50 ${m.toFixed(3)} ms per row, profiled ${costs.baseline.toFixed(3)} ms`);
-console.log("exit  batches  measured p50 (ms/row, x model)  predicted (ms/row, x model)  off by");
+console.log(`batch ${batch}; cost model from ${costs.source === "exits" ? "each exit measured in the runtime" : "stage prefixes (an older profile)"}${fromPlan ? ", the plan's path costs" : ""}`);
+console.log(`model: measured p50 ${m.toFixed(3)} ms per row, profiled p50 ${costs.baseline.toFixed(3)} ms`);
+console.log("path     batches  measured x model (middle-80% mean; p50)  predicted (ms/row, x model)  off by");
 let worst = 0;
 for (const [e, xs] of [...byExit].sort((a, b) => (a[0] < 0 ? 1e9 : a[0]) - (b[0] < 0 ? 1e9 : b[0]))) {
   const p = e < 0 ? predicted.none : predicted.atRamp[order.indexOf(e)];
-  const got = median(xs) / batch;
-  const off = (got / m) / (p / costs.baseline) - 1;
+  const got = central(xs);
+  const off = got / (p / costs.baseline) - 1;
   worst = Math.max(worst, Math.abs(off));
-  const label = e < 0 ? "none" : String(e);
-  console.log(`${label.padEnd(4)}  ${String(xs.length).padEnd(7)}  ${got.toFixed(3)} (${(got / m).toFixed(3)})${" ".repeat(18)}${p.toFixed(3)} (${(p / costs.baseline).toFixed(3)})${" ".repeat(16)}${(off * 100).toFixed(1)}%`);
+  const label = e < 0 ? "none" : `exit ${e}`;
+  console.log(`${label.padEnd(7)}  ${String(xs.length).padEnd(7)}  ${got.toFixed(3)} (${median(xs).toFixed(3)})${" ".repeat(26)}${p.toFixed(3)} (${(p / costs.baseline).toFixed(3)})${" ".repeat(10)}${(off * 100).toFixed(1)}%`);
+}
+// Each path's calls by the path of the call before them in the same block (p50, x model).
+for (const [k, xs] of [...byPrev].sort()) {
+  const [e, prev] = k.split("|");
+  console.log(`  ${e < 0 ? "none" : `exit ${e}`} after ${prev === "same" ? "its own path" : `a ${prev} one`}: ${xs.length} batches, p50 ${median(xs).toFixed(3)} x model`);
 }
 console.log(`largest deviation ${(worst * 100).toFixed(1)}%: ${worst <= within ? "every path within" : "NOT every path within"} ${(within * 100).toFixed(0)}%`);
 process.exitCode = worst <= within ? 0 : 1;

@@ -5,7 +5,7 @@ import { CNN, TEXT, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
 import { loadProfile } from "../src/profile/merge.js";
 import type { Plan } from "../src/plan/plan.js";
 import { certifyFrontier, certifyLevels, DEFAULT_POINT_LEVELS, STEPS, testSequence } from "../src/plan/plan.js";
-import { additivity, buildCosts, buildProblem, candidateThresholds, evaluate, exitCosts, type Costs, type Problem } from "../src/plan/problem.js";
+import { additivity, buildCosts, buildProblem, candidateThresholds, deeperShares, evaluate, exitCosts, type Costs, type Problem } from "../src/plan/problem.js";
 import { autoSearch, exhaustiveSearch, greedySearch } from "../src/plan/search.js";
 import { binomialCdf, binomialUpperBound, hoeffdingBentkusPValue } from "../src/plan/certify.js";
 import { logisticFit, withFittedLosses } from "../src/plan/fitted.js";
@@ -13,6 +13,7 @@ import { Rng } from "../src/util/rng.js";
 import { validate } from "../src/util/schema.js";
 import type { BatchLatency, Profile } from "../src/profile/profile.js";
 import type { LatencyStats } from "../src/profile/timing.js";
+import { scoreLogits } from "../src/util/logits.js";
 
 const planSchema = JSON.parse(fs.readFileSync(path.join(ROOT, "docs/plan.schema.json"), "utf8")) as Record<string, unknown>;
 
@@ -81,6 +82,34 @@ describe("cost model", () => {
     expect(additivity(p, 2)).toEqual({ measured: 1.3, predicted: expect.closeTo(1.05, 9) as number });
   });
 
+  it("an exit after a request that went deeper: fire and fireAfterDeeper weighed by the share of requests going past it", () => {
+    // Per request at batch 2: ramp 7 (depth 1) fires at 0.3 after its own path, 0.4 after a deeper
+    // call; ramp 3 (depth 2) at 0.6 and 0.7.
+    const p = withLatency({
+      noExit: stats(1.9),
+      exits: [
+        { ramp: 3, fire: stats(1.2), fireAfterDeeper: stats(1.4), pass: stats(1.8), adds: stats(0) },
+        { ramp: 7, fire: stats(0.6), fireAfterDeeper: stats(0.8), pass: stats(2.1), adds: stats(0.2) },
+      ],
+    });
+    p.ramps = [{ id: 3, depth: 2 }, { id: 7, depth: 1 }] as Profile["ramps"];
+    const c = buildCosts(p, 2);
+    expect(c.fireAfter!.map((x) => Number(x.toFixed(9)))).toEqual([0.4, 0.7]);
+    // Without shares, each exit is priced after its own path.
+    expect(exitCosts(c, [0.5, 0.5]).atRamp.map((x) => Number(x.toFixed(9)))).toEqual([0.3, 0.7]);
+    // 3 of 8 samples exit at depth 1, 3 at depth 2, 2 nowhere: 5/8 go past the first exit, 2/8 the second.
+    const deeper = deeperShares([3, 3], 8);
+    expect(Array.from(deeper)).toEqual([5 / 8, 2 / 8]);
+    const mixed = exitCosts(c, [0.5, 0.5], deeper);
+    expect(mixed.atRamp[0]).toBeCloseTo((3 / 8) * 0.3 + (5 / 8) * 0.4, 9);
+    expect(mixed.atRamp[1]).toBeCloseTo(0.1 + (6 / 8) * 0.6 + (2 / 8) * 0.7, 9);
+    expect(mixed.none).toBeCloseTo(0.95 + 0.1, 9);
+    // evaluate() prices a configuration at its own shares.
+    const conf = [Float32Array.from([0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1, 0.1]), Float32Array.from([0, 0, 0, 0.9, 0.9, 0.9, 0.1, 0.1])];
+    const problem: Problem = { rampIds: [7, 3], n: 8, conf, loss: [new Int8Array(8), new Int8Array(8)], costs: c };
+    expect(evaluate(problem, [0.5, 0.5]).meanLatency).toBeCloseTo((3 * mixed.atRamp[0]! + 3 * mixed.atRamp[1]! + 2 * mixed.none) / 8, 9);
+  });
+
   it("the segments form: paths from the stages and ramps timed alone, one call fewer per merged cut", () => {
     // Per request at batch 2: call 0.05; stages alone 0.3, 0.4, 0.35; ramps alone 0.1, 0.15.
     const p = withLatency({
@@ -99,6 +128,16 @@ describe("cost model", () => {
     // Exit 1 with exit 0 active: two calls, stage 0 + ramp 0, then stage 1 + ramp 1.
     expect(both.atRamp[1]).toBeCloseTo(0.3 + 0.05 + 0.4 + 0.1, 9);
     expect(both.none).toBeCloseTo(1.2, 9);
+    // Measured as the runtime runs it, the form costs 0.2 per request beyond its parts: 0.1 at each
+    // of its two boundaries, added to what an active exit costs.
+    const handed = withLatency({
+      stages: [stats(0.6), stats(0.8), stats(0.7)], ramps: [stats(0.2), stats(0.3)],
+      forms: { oneCall: 3, segments: 2.6, segmentsParts: 2.2, faster: "segments" },
+    });
+    handed.ramps = p.ramps;
+    const h = buildCosts(handed, 2);
+    expect(h.fire).toEqual(c.fire);
+    expect(h.pass.map((x) => Number(x.toFixed(9)))).toEqual([0.2, 0.25]);
   });
 
   it("older profiles: the prefix model, stages as prefix differences made non-decreasing", () => {
@@ -430,7 +469,6 @@ describe("ee-tool plan --emit", () => {
     const { loadModel, serializeModel } = await import("../src/onnx/model.js");
     const { openCalibration } = await import("../src/data/calib.js");
     const { createSession, runSession } = await import("../src/ort/ort.js");
-    const { scoreLogits } = await import("../src/profile/samples.js");
     const ortWeb = await import("onnxruntime-web");
     ortWeb.env.wasm.numThreads = 1;
     const dir = tmpDir();

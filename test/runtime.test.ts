@@ -9,13 +9,13 @@ import { loadModel, serializeModel } from "../src/onnx/model.js";
 import { tensorToArray } from "../src/onnx/tensor.js";
 import { openCalibration } from "../src/data/calib.js";
 import { createSession, ort, runSession } from "../src/ort/ort.js";
-import { scoreLogits } from "../src/profile/samples.js";
 import type { EvalReport } from "../src/eval/eval.js";
 import { optimizeForRuntime, partSettings } from "../src/stages/optimize.js";
 import { buildExitModel, exitOutputs, readExitOutputs } from "../src/stages/exit-graph.js";
 import { createRunnable } from "../src/ort/sync.js";
 import { readRampMetadata } from "../src/ramps/metadata.js";
 import { declaredTypes, splitModel } from "../src/stages/split.js";
+import { scoreLogits } from "../src/util/logits.js";
 
 const FIX = (p: string): string => path.join(ROOT, "fixtures", p);
 const work = tmpDir();

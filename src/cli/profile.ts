@@ -74,16 +74,19 @@ export function renderProfile(p: Profile): string {
     if (l.exits) {
       if (l.noExit) lines.push(`  the runtime without exits p50 ${ms(l.noExit.p50)} (${pct(l.noExit.p50 / l.model.p50)} vs model); each exit as the runtime runs it alone (what the planner's cost model is built from):`);
       lines.push(table([
-        ["ramp", "exit taken p50", "x model", "not taken: adds", "the cut in onnxruntime's graph"],
+        ["ramp", "exit taken p50", "x model", "after a deeper call", "not taken: adds", "the cut in onnxruntime's graph"],
         ...l.exits.map((e) => {
           const r = p.ramps.find((x) => x.id === e.ramp);
           const adds = Math.max(0, e.adds.p50);
-          return [String(e.ramp), ms(e.fire.p50), (e.fire.p50 / l.model.p50).toFixed(3), `${ms(adds)} (${pct(1 + adds / l.model.p50)})`, describeFusion(r?.fusion)];
+          const after = e.fireAfterDeeper ? `${ms(e.fireAfterDeeper.p50)} (${pct(e.fireAfterDeeper.p50 / e.fire.p50)})` : "-";
+          return [String(e.ramp), ms(e.fire.p50), (e.fire.p50 / l.model.p50).toFixed(3), after, `${ms(adds)} (${pct(1 + adds / l.model.p50)})`, describeFusion(r?.fusion)];
         }),
       ]));
       const a = additivity(p, Number(b));
       if (a) lines.push(`  all exits active, none firing: measured ${ms(a.measured * Number(b))}, the exits' costs added up ${ms(a.predicted * Number(b))} (${pct(a.measured / a.predicted)})`);
     }
+    const f = l.forms;
+    if (f) lines.push(`  runtime forms, every exit active and none firing: one call ${ms(f.oneCall)}, one call per segment ${ms(f.segments)}${f.segmentsParts !== undefined ? ` (its parts timed alone add up to ${ms(f.segmentsParts)})` : ""}; plans at this batch size run ${f.faster === "segments" ? "one call per segment" : "one call"}`);
   }
   return lines.join("\n");
 }

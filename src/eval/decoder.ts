@@ -17,14 +17,13 @@ import { openTokens } from "../data/tokens.js";
 import { readDecoderMetadata } from "../ramps/metadata.js";
 import { teacherForced } from "../ramps/decoder-heads.js";
 import { originalDecoder, truncatedDecoder } from "../stages/decoder-split.js";
-import { scoreLogits } from "../profile/samples.js";
-import { confidenceOf } from "../plan/feedback.js";
 import { checkModelHash } from "../plan/write.js";
 import type { DecoderKvMode, DecoderPlan } from "../plan/decoder.js";
 import { EarlyExitGenerator, type GeneratedToken } from "../runtime/generator.js";
 import { EeToolError } from "../errors.js";
 import { decoderFeeds, type DecoderLayout } from "../analysis/decoder.js";
 import { tensorByteSize } from "../onnx/tensor.js";
+import { scoreLogits, confidenceOf } from "../util/logits.js";
 
 const require = createRequire(import.meta.url);
 

@@ -25,13 +25,13 @@ import * as path from "node:path";
 import type { DecoderProfile, SegmentLatency, VerifyLatency } from "../profile/decoder.js";
 import { PROFILE_FORMAT } from "../profile/profile.js";
 import { decodeSamples, type SampleData } from "../profile/samples.js";
-import { confidenceOf } from "./feedback.js";
 import type { Metric } from "../stages/exit-graph.js";
 import { bettingPValue, bettingUpperBound } from "./certify.js";
 import { Rng } from "../util/rng.js";
 import { EeToolError } from "../errors.js";
 import { TOOL_VERSION } from "../ramps/insert.js";
 import { PLAN_FORMAT } from "./plan.js";
+import { confidenceOf } from "../util/logits.js";
 
 export interface DecoderCertificate {
   method: "betting (Waudby-Smith-Ramdas), one loss per sequence";

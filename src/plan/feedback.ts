@@ -11,8 +11,8 @@ import type { OperatingPoints, Plan } from "./plan.js";
 import { binomialCdf, binomialUpperBound } from "./certify.js";
 import { EeToolError } from "../errors.js";
 import { writeBytesAtomic } from "../util/atomic.js";
-import { scoreLogits } from "../profile/samples.js";
 import type { Metric } from "./problem.js";
+import { scoreLogits, confidenceOf } from "../util/logits.js";
 
 export const TELEMETRY_FORMAT = "ee-tool.telemetry/1";
 
@@ -21,11 +21,6 @@ export interface Feedback {
   conf: number[];
   pred: number[];
   final: number;
-}
-
-/** A row's confidence under a metric (higher is more confident; entropy is negated), as the plan scores it. */
-export function confidenceOf(s: { maxprob: number; margin: number; entropy: number }, metric: Metric): number {
-  return metric === "maxprob" ? s.maxprob : metric === "margin" ? s.margin : -s.entropy;
 }
 
 /** Feedback for each row from every exit's logits [n, k] (in exit order) and the model's own. */

@@ -6,7 +6,7 @@ import type { ProfileResult } from "../profile/profile.js";
 import { EeToolError } from "../errors.js";
 import { TOOL_VERSION } from "../ramps/insert.js";
 import type { RuntimeForm } from "../stages/exit-graph.js";
-import { additivity, buildCosts, buildProblem, candidateThresholds, evaluate, exitCosts, type Against, type Config, type Costs, type Metric, type Problem } from "./problem.js";
+import { additivity, buildCosts, buildProblem, candidateThresholds, deeperShares, evaluate, exitCosts, exitsOf, type Against, type Config, type Costs, type Metric, type Problem } from "./problem.js";
 import { autoSearch, exhaustiveSearch, greedySearch, type Point, type SearchResult } from "./search.js";
 import { minimumCertifiable, pValueOf, binomialUpperBound, type Certificate } from "./certify.js";
 import { withFittedLosses } from "./fitted.js";
@@ -305,7 +305,7 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
     data: { tune: tune.n, certify: cert.n, split: `by content hash: ${Math.round(tuneFraction * 100)}% tune thresholds, the rest certify them` },
     baselineMs: costs.baseline,
     runtime: runtimeOf(profile, batch),
-    costModel: costModel(profile, batch, costs, order.map((r) => r.id), inModel(chosen.config)),
+    costModel: costModel(profile, batch, costs, order.map((r) => r.id), inModel(chosen.config), [tune, cert]),
     exits,
     expected: outcome(tune, cert, inModel(chosen.config)),
     certificate,
@@ -324,8 +324,11 @@ function runtimeOf(profile: ProfileResult["profile"], batch: number): Plan["runt
   return f ? { form: f.faster, oneCallMs: f.oneCall / batch, segmentsMs: f.segments / batch } : null;
 }
 
-function costModel(profile: ProfileResult["profile"], batch: number, costs: Costs, rampIds: number[], config: Config): Plan["costModel"] {
-  const { atRamp, none } = exitCosts(costs, config);
+/** The cost model's latency of each path of a configuration, at its shares of requests going deeper over the problems' samples. */
+function costModel(profile: ProfileResult["profile"], batch: number, costs: Costs, rampIds: number[], config: Config, problems: Problem[]): Plan["costModel"] {
+  const counts = new Array<number>(config.length).fill(0);
+  for (const p of problems) exitsOf(p, config).exits.forEach((c, j) => (counts[j]! += c));
+  const { atRamp, none } = exitCosts(costs, config, deeperShares(counts, problems.reduce((a, p) => a + p.n, 0)));
   const check = additivity(profile, batch);
   return {
     source: costs.source,

@@ -13,6 +13,11 @@
  * - a sample that exits at ramp j pays fire[j] plus pass[i] of every active exit i before j;
  * - a sample that never exits pays the runtime without exits (`noExit`) plus pass[i] of every
  *   active exit.
+ * What fire[j] costs depends on the request before: right after a call that went deeper (whose
+ * later layers took the cache) it is `fireAfter[j]`, measured so. Requests arrive in no order, so
+ * the one before a request that exits at j went deeper with the probability that a request does:
+ * the share of the configuration's requests that go past exit j. The exit's cost is the two
+ * weighed by that share (`exitCosts`' `deeper`; `evaluate` computes it for each configuration).
  * Assumed, not measured per configuration: that the pieces add up when several exits are active
  * (the profile's all-exits model checks it, see `additivity`), and that in a batch a row costs
  * its share of a batch whose rows all take its path.
@@ -30,8 +35,10 @@ export type { Metric };
 export type Against = "model" | "labels";
 
 export interface Costs {
-  /** Exiting at ramp j (depth order) with no active exit before it: the whole call. */
+  /** Exiting at ramp j (depth order) with no active exit before it: the whole call, after a call that took the same path. */
   fire: number[];
+  /** The same, right after a call that went through the whole model (absent for older profiles and the segments form: then fire). */
+  fireAfter?: number[];
   /** What ramp j, active and not firing, adds to every path through it. */
   pass: number[];
   /** The original model, measured end to end. */
@@ -77,15 +84,19 @@ export function buildCosts(profile: Profile, batch: number): Costs {
     // One call per segment: reaching exit j merges stages 0..j into one call (j calls fewer than
     // the stages alone); an active exit splits a segment (one call more) and adds its ramp, fused
     // into its segment (its time alone less the call it does not make).
+    // An active exit also hands its segment's tensors to the next call: what the form measured as
+    // the runtime runs it costs beyond its parts, shared by its boundaries.
     const rampNet = l.ramps.map((r) => Math.max(0, per(r.p50) - call)); // in cut (= depth) order
+    const handoff = l.forms.segmentsParts !== undefined && rampNet.length ? Math.max(0, per(l.forms.segments - l.forms.segmentsParts) / rampNet.length) : 0;
     let reach = 0;
     const fire = rampNet.map((rn, j) => (reach += per(l.stages[j]!.p50)) - j * call + rn);
     const all = l.stages.reduce((a, x) => a + per(x.p50), 0) - rampNet.length * call;
-    return { fire, pass: rampNet.map((rn) => call + rn), baseline, none: all, source: "segments" };
+    return { fire, pass: rampNet.map((rn) => call + handoff + rn), baseline, none: all, source: "segments" };
   }
   if (l.exits?.length === profile.ramps.length && l.noExit) {
     const exits = byDepth.map(({ r }) => l.exits!.find((e) => e.ramp === r.id)!);
-    return { fire: exits.map((e) => per(e.fire.p50)), pass: exits.map((e) => Math.max(0, per(e.adds.p50))), baseline, none: per(l.noExit.p50), source: "exits" };
+    const after = exits.every((e) => e.fireAfterDeeper) ? { fireAfter: exits.map((e) => per(e.fireAfterDeeper!.p50)) } : {};
+    return { fire: exits.map((e) => per(e.fire.p50)), ...after, pass: exits.map((e) => Math.max(0, per(e.adds.p50))), baseline, none: per(l.noExit.p50), source: "exits" };
   }
   // The prefix model (profiles without per-exit measurements): l.prefixes and l.ramps are in cut order.
   const net = (x: number): number => Math.max(0, per(x) - call);
@@ -152,39 +163,67 @@ export interface Evaluation {
   losses: Int8Array;
 }
 
-/** Cost of exiting at each ramp under the active set, and of not exiting. */
-export function exitCosts(costs: Costs, config: Config): { atRamp: number[]; none: number } {
+/**
+ * Cost of exiting at each ramp under the active set, and of not exiting. `deeper[j]`: the share of
+ * requests that go past ramp j (see `deeperShares`); without it every exit is priced as after a
+ * call that took its own path.
+ */
+export function exitCosts(costs: Costs, config: Config, deeper?: ArrayLike<number>): { atRamp: number[]; none: number } {
   const R = config.length;
   const atRamp = new Array<number>(R).fill(Infinity);
   let passed = 0;
   for (let j = 0; j < R; j++) {
     if (config[j] === Infinity) continue;
-    atRamp[j] = costs.fire[j]! + passed;
+    const d = costs.fireAfter && deeper ? deeper[j]! : 0;
+    atRamp[j] = (1 - d) * costs.fire[j]! + d * (costs.fireAfter?.[j] ?? 0) + passed;
     passed += costs.pass[j]!;
   }
   // With no exit active the runtime is the model itself.
   return { atRamp, none: config.every((t) => t === Infinity) ? costs.baseline : costs.none + passed };
 }
 
+/** deeper[j]: the share of requests that go past ramp j, from the counts exiting at each ramp (the rest exit nowhere). */
+export function deeperShares(exits: ArrayLike<number>, n: number): Float64Array {
+  const out = new Float64Array(exits.length);
+  let past = n;
+  for (let j = 0; j < exits.length; j++) {
+    past -= exits[j]!;
+    out[j] = past / Math.max(1, n);
+  }
+  return out;
+}
+
+/** The exit each sample takes under a configuration (-1: none), and the count at each ramp. */
+export function exitsOf(p: Problem, config: Config): { at: Int16Array; exits: number[] } {
+  const R = config.length;
+  const at = new Int16Array(p.n).fill(-1);
+  const exits = new Array<number>(R).fill(0);
+  for (let s = 0; s < p.n; s++) {
+    for (let j = 0; j < R; j++) {
+      if (config[j] !== Infinity && p.conf[j]![s]! >= config[j]!) {
+        at[s] = j;
+        exits[j]!++;
+        break;
+      }
+    }
+  }
+  return { at, exits };
+}
+
 export function evaluate(p: Problem, config: Config, withLosses = false): Evaluation {
   if (withLosses && p.loss.some((l) => !(l instanceof Int8Array))) throw new Error("per-sample losses need observed losses, not fitted ones");
-  const { atRamp, none } = exitCosts(p.costs, config);
-  const R = config.length;
-  const exits = new Array<number>(R).fill(0);
+  const { at, exits } = exitsOf(p, config);
+  const { atRamp, none } = exitCosts(p.costs, config, deeperShares(exits, p.n));
   const lat = new Float64Array(p.n);
   const losses = new Int8Array(withLosses ? p.n : 0);
   let total = 0;
   let lossSum = 0;
   for (let s = 0; s < p.n; s++) {
-    let cost = none;
-    for (let j = 0; j < R; j++) {
-      if (config[j] !== Infinity && p.conf[j]![s]! >= config[j]!) {
-        cost = atRamp[j]!;
-        lossSum += p.loss[j]![s]!;
-        if (withLosses) losses[s] = p.loss[j]![s]!;
-        exits[j]!++;
-        break;
-      }
+    const j = at[s]!;
+    const cost = j < 0 ? none : atRamp[j]!;
+    if (j >= 0) {
+      lossSum += p.loss[j]![s]!;
+      if (withLosses) losses[s] = p.loss[j]![s]!;
     }
     lat[s] = cost;
     total += cost;

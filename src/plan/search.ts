@@ -11,7 +11,7 @@
  *   violation).
  * - exhaustive: every combination of candidate thresholds (small instances only).
  */
-import { type Config, type Problem, evaluate, exitCosts } from "./problem.js";
+import { type Config, type Problem, deeperShares, evaluate, exitCosts, exitsOf } from "./problem.js";
 import { Rng } from "../util/rng.js";
 
 export interface Point {
@@ -43,16 +43,19 @@ export function confidenceOrders(p: Problem): Int32Array[] {
 
 /**
  * The best threshold for ramp j with the others fixed, under `score(meanLatency, drop)`.
- * Exact over the candidate thresholds (and "off") in one pass.
+ * Exact over the candidate thresholds (and "off") in one pass, with each exit priced at the
+ * current configuration's shares of requests going past it (a path's cost depends on them only
+ * slightly; `descend` checks the move it makes exactly).
  */
 function bestForRamp(p: Problem, config: Config, j: number, cands: number[], order: Int32Array, score: (lat: number, drop: number) => number): { t: number; lat: number; drop: number } {
   const R = config.length;
+  const deeper = deeperShares(exitsOf(p, config).exits, p.n);
   const off = config.slice();
   off[j] = OFF;
-  const costOff = exitCosts(p.costs, off);
+  const costOff = exitCosts(p.costs, off, deeper);
   const on = config.slice();
   on[j] = -Infinity;
-  const costOn = exitCosts(p.costs, on);
+  const costOn = exitCosts(p.costs, on, deeper);
   const reach = new Uint8Array(p.n);
   const passCost = new Float64Array(p.n);
   const passLoss = new Float64Array(p.n);
@@ -117,9 +120,14 @@ function descend(p: Problem, start: Config, cands: number[][], orders: Int32Arra
     let improved = false;
     for (let j = 0; j < config.length; j++) {
       const b = bestForRamp(p, config, j, cands[j]!, orders[j]!, score);
-      if (b.t !== config[j] && score(b.lat, b.drop) < score(cur.meanLatency, cur.drop) - 1e-12) {
+      if (b.t === config[j]) continue;
+      const trial = config.slice();
+      trial[j] = b.t;
+      // The move's latency at its own shares of requests going deeper, where the costs depend on them.
+      const lat = p.costs.fireAfter ? evaluate(p, trial).meanLatency : b.lat;
+      if (score(lat, b.drop) < score(cur.meanLatency, cur.drop) - 1e-12) {
         config[j] = b.t;
-        cur = { config: config.slice(), meanLatency: b.lat, drop: b.drop };
+        cur = { config: config.slice(), meanLatency: lat, drop: b.drop };
         visit(cur);
         improved = true;
       }

@@ -31,9 +31,10 @@ import { needed } from "../ir/needed.js";
 import { tensorByteSize } from "../onnx/tensor.js";
 import { EeToolError } from "../errors.js";
 import { TOOL_VERSION } from "../ramps/insert.js";
-import { emptySamples, scoreLogits, type ArraySpec, type SampleData } from "./samples.js";
+import { emptySamples, type ArraySpec, type SampleData } from "./samples.js";
 import { measure, type LatencyStats, type TimedItem } from "./timing.js";
 import { freshFeeds, modelHash, PROFILE_FORMAT, writeWithSidecar } from "./profile.js";
+import { scoreLogits } from "../util/logits.js";
 
 export const DEFAULT_CONTEXTS = [32, 128, 512];
 export const CARRIED = [1, 2, 4, 8];

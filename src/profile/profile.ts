@@ -18,9 +18,10 @@ import { ortProviderName, parseEp } from "../ort/providers.js";
 import { optimizeForRuntime, partSettings, type RuntimeModel } from "../stages/optimize.js";
 import { batchMode, batchTensorsAt, buildExitModel, exitOutputs, THRESHOLDS_INPUT, type BatchMode, type RuntimeForm } from "../stages/exit-graph.js";
 import type { StagePart } from "../stages/split.js";
+import { runSegments, type Segments } from "../stages/segments.js";
 import { serializeModel } from "../onnx/model.js";
 import { differenceName, measure, type LatencyStats, type TimedItem } from "./timing.js";
-import { emptySamples, encodeSamples, scoreLogits, type ArraySpec, type SampleData } from "./samples.js";
+import { emptySamples, encodeSamples, type ArraySpec, type SampleData } from "./samples.js";
 import { summarizeSamples, type RampSummary } from "./summary.js";
 import { EeToolError } from "../errors.js";
 import { makeValueInfo } from "../ir/shapes.js";
@@ -29,6 +30,7 @@ import { DataType } from "../onnx/dtype.js";
 import { TOOL_VERSION } from "../ramps/insert.js";
 import { sha256File } from "../util/hash.js";
 import { writeFileAtomic } from "../util/atomic.js";
+import { scoreLogits } from "../util/logits.js";
 
 export const PROFILE_FORMAT = "ee-tool.profile/1";
 /** Samples per shard slice: shard i of n takes slices i, i+n, i+2n, ... */
@@ -60,8 +62,14 @@ export interface BatchLatency {
    * a threshold every row meets (the whole path to that exit), `pass` with one no row meets (the
    * whole model through an exit that does not fire). The planner's cost model is built from these
    * (plan/problem.ts). Absent in profiles made before ee-tool measured them.
+   *
+   * `fire` is timed right after a call that took the same path, `fireAfterDeeper` right after a
+   * call of the same session that went through the whole model (`pass`): what a request that exits
+   * there pays when the request before it went deeper and left later layers' weights in cache
+   * instead of its own (6-17% more on the first exit of the fixtures at batch 1). The planner
+   * weighs the two by the share of requests that go deeper. Absent in older profiles.
    */
-  exits?: Array<{ ramp: number; fire: LatencyStats; pass: LatencyStats; adds: LatencyStats }>;
+  exits?: Array<{ ramp: number; fire: LatencyStats; fireAfterDeeper?: LatencyStats; pass: LatencyStats; adds: LatencyStats }>;
   /**
    * The runtime's graph with no exit (the model optimised without ramps, in the early-exit model's
    * form): the reference of each exit's `adds`, the median over rounds of `pass` less this, timed
@@ -69,12 +77,14 @@ export interface BatchLatency {
    */
   noExit?: LatencyStats;
   /**
-   * The two forms the runtime can take, each with every exit active and none firing (ms per call):
-   * `oneCall`, the If model (allExits); `segments`, one call per segment with its ramp fused in
-   * (the stages alone, plus each ramp less the call it no longer makes). `faster` is the form the
-   * plan uses on this provider.
+   * The two forms the runtime can take, each with every exit active and none firing (ms per call,
+   * measured as the runtime runs them): `oneCall`, the If model (allExits); `segments`, one call
+   * per segment with its ramp fused in, the exits decided in JavaScript. `segmentsParts`: the
+   * segments form added up from its parts timed alone (the stages, and each ramp less the call it
+   * no longer makes; absent in older profiles, whose `segments` was this sum). `faster` is the form
+   * the plan uses on this provider.
    */
-  forms?: { oneCall: number; segments: number; faster: RuntimeForm };
+  forms?: { oneCall: number; segments: number; segmentsParts?: number; faster: RuntimeForm };
   /**
    * Sum over stages of the mean and of the median, and their ratio to the whole model's. Running
    * S stages costs S - 1 more calls than running the model; `net` subtracts those calls' overhead.
@@ -361,6 +371,19 @@ async function measureLatency(
     }, settings, ["y"]);
     const never = meta.ramps.map((r) => ({ ramp: r.id, output: r.output, threshold: Infinity }));
     const { batchTensors, rowRemoval } = batchTensorsAt(rt.proto, never, meta.output);
+    // The segments form as the runtime runs it (stages/segments.ts): every ramp fused into the
+    // segment that ends at its exit, tensors handed from call to call, exits decided in JavaScript.
+    const fused = await splitWithTypes({ ...model, proto: rt.proto }, probe, rtSettings, { fuse: true });
+    const chain: Segments = { segments: [], exits: [], batchTensors, rowRemoval };
+    for (const [i, st] of fused.stages.entries()) {
+      const last = i === fused.stages.length - 1;
+      const outputs = last ? [meta.output] : st.outputs;
+      const exit = last ? undefined : never.find((e) => e.output === st.outputs[0]);
+      if (!last && !exit) throw new Error(`segment ${i} does not start its outputs with a ramp's logits`);
+      chain.segments.push({ session: await open(st.proto, rtSettings, outputs), inputs: st.inputs, outputs, ...(exit ? { exit } : {}) });
+      if (exit) chain.exits.push(exit);
+    }
+    const chainThresholds = new Float64Array(chain.exits.length).fill(Infinity);
     const allExits = new Map<BatchMode, RunnableSession>();
     const single = new Map<boolean, { exits: RunnableSession[]; none: RunnableSession }>();
     const cut0 = split.stages[0]!.outputs[0]!;
@@ -405,15 +428,19 @@ async function measureLatency(
       // Each timed call gets fresh copies of its inputs, as a request brings its own: a tensor
       // onnxruntime-node has not seen before cost it 10-13 µs more per call than a reused one
       // (measured for a small thresholds tensor on the CNN fixture's runtime).
-      const timed = (name: string, session: RunnableSession, f: Record<string, ort.Tensor>, fetches: readonly string[]): TimedItem => ({
+      const timed = (name: string, session: RunnableSession, f: Record<string, ort.Tensor>, fetches: readonly string[], after?: Record<string, ort.Tensor>): TimedItem => ({
         name, prepare: () => freshFeeds(f), run: (x) => session.run(x as Record<string, ort.Tensor>, fetches),
+        ...(after ? { before: () => session.run(freshFeeds(after), fetches) } : {}),
       });
       const items: TimedItem[] = [
         timed("model", whole, feeds, [meta.output]),
+        { name: "segments", prepare: () => freshFeeds(feeds), run: (x) => runSegments(chain, x as Record<string, ort.Tensor>, chainThresholds, "maxprob", meta.classes, meta.output) },
         timed("overhead", bare, cutTensor, ["y"]),
         timed("allExits", eeSession, eeFeeds, eeSession.outputNames),
         timed("noExit", noExit, noneFeeds, noExit.outputNames),
-        ...one.exits.flatMap((x, i) => [timed(`fire${i}`, x, fireFeeds, x.outputNames), timed(`pass${i}`, x, passFeeds, x.outputNames)]),
+        ...one.exits.flatMap((x, i) => [
+          timed(`fire${i}`, x, fireFeeds, x.outputNames), timed(`fireAfterDeeper${i}`, x, fireFeeds, x.outputNames, passFeeds), timed(`pass${i}`, x, passFeeds, x.outputNames),
+        ]),
         ...[...stages, ...ramps, ...prefixes].map((s) => timed(`${s.part.kind}${s.part.index}`, s.session, partFeeds(s.part, pool), s.fetches)),
       ];
       const stats = await measure(items, {
@@ -438,9 +465,9 @@ async function measureLatency(
         ramps: ramps.map((s) => stats.get(`ramp${s.part.index}`)!),
         callOverhead: overhead,
         allExits: stats.get("allExits")!,
-        exits: alone.map((m, i) => ({ ramp: m.meta.ramps[0]!.id, fire: stats.get(`fire${i}`)!, pass: stats.get(`pass${i}`)!, adds: stats.get(differenceName(`pass${i}`, "noExit"))! })),
+        exits: alone.map((m, i) => ({ ramp: m.meta.ramps[0]!.id, fire: stats.get(`fire${i}`)!, fireAfterDeeper: stats.get(`fireAfterDeeper${i}`)!, pass: stats.get(`pass${i}`)!, adds: stats.get(differenceName(`pass${i}`, "noExit"))! })),
         noExit: stats.get("noExit")!,
-        forms: runtimeForms(stats.get("allExits")!.p50, st.map((x) => x.p50), ramps.map((r) => stats.get(`ramp${r.part.index}`)!.p50), overhead.p50),
+        forms: runtimeForms(stats.get("allExits")!.p50, stats.get("segments")!.p50, st.map((x) => x.p50), ramps.map((r) => stats.get(`ramp${r.part.index}`)!.p50), overhead.p50),
         stageSum: {
           mean: sumMean, p50: sumP50, ratioMean: sumMean / whole1.mean, ratioP50: sumP50 / whole1.p50, netP50, netRatioP50: netP50 / whole1.p50,
           inPlaceP50: all.p50, inPlaceRatioP50: all.p50 / whole1.p50,
@@ -473,16 +500,21 @@ export function freshFeeds(feeds: Record<string, ort.Tensor>): Record<string, or
 }
 
 /**
- * Segments must beat the one-call form by this much to be chosen: the one-call form's paths are
- * measured exit by exit, the segments form's are added up from parts timed alone, so a near tie
- * goes to the one measured more directly.
+ * Segments must beat the one-call form by this much to be chosen: both are measured with every
+ * exit active, but the one-call form's paths are also measured exit by exit, while the segments
+ * form's are added up from parts timed alone, so a near tie goes to the one measured more directly.
  */
 export const SEGMENTS_MARGIN = 0.05;
 
-/** Both runtime forms with every exit active and none firing (BatchLatency.forms). */
-export function runtimeForms(oneCall: number, stages: number[], ramps: number[], call: number): NonNullable<BatchLatency["forms"]> {
-  const segments = stages.reduce((a, b) => a + b, 0) + ramps.reduce((a, r) => a + Math.max(0, r - call), 0);
-  return { oneCall, segments, faster: segments < (1 - SEGMENTS_MARGIN) * oneCall ? "segments" : "one-call" };
+/**
+ * Both runtime forms with every exit active and none firing (BatchLatency.forms): each measured
+ * as the runtime runs it, and the segments form also added up from its parts timed alone (each
+ * stage, and each ramp less the call it no longer makes), whose shortfall is the cost of handing
+ * tensors from call to call.
+ */
+export function runtimeForms(oneCall: number, segments: number, stages: number[], ramps: number[], call: number): NonNullable<BatchLatency["forms"]> {
+  const segmentsParts = stages.reduce((a, b) => a + b, 0) + ramps.reduce((a, r) => a + Math.max(0, r - call), 0);
+  return { oneCall, segments, segmentsParts, faster: segments < (1 - SEGMENTS_MARGIN) * oneCall ? "segments" : "one-call" };
 }
 
 /** Op types of the nodes the model's own output needs (a ramp's nodes are not among them). */

@@ -103,33 +103,6 @@ export function decodeSamples(file: string, arrays: ArraySpec[], count: number, 
   };
 }
 
-/** Prediction and confidence measures of logit rows. */
-export function scoreLogits(logits: Float32Array, k: number, row: number): { pred: number; maxprob: number; margin: number; entropy: number } {
-  let max = -Infinity;
-  let arg = 0;
-  for (let j = 0; j < k; j++) {
-    const v = logits[row * k + j]!;
-    if (v > max) {
-      max = v;
-      arg = j;
-    }
-  }
-  let sum = 0;
-  for (let j = 0; j < k; j++) sum += Math.exp(logits[row * k + j]! - max);
-  let p1 = 0;
-  let p2 = 0;
-  let entropy = 0;
-  for (let j = 0; j < k; j++) {
-    const p = Math.exp(logits[row * k + j]! - max) / sum;
-    if (p > p1) {
-      p2 = p1;
-      p1 = p;
-    } else if (p > p2) p2 = p;
-    if (p > 0) entropy -= p * Math.log(p);
-  }
-  return { pred: arg, maxprob: p1, margin: p1 - p2, entropy };
-}
-
 /** Select and reorder samples. */
 export function pickSamples(d: SampleData, order: ArrayLike<number>): SampleData {
   const n = order.length;

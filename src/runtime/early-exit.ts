@@ -19,7 +19,8 @@ import { EeToolError } from "../errors.js";
 import { fixedBatch, inputSpecs } from "../data/calib.js";
 import { PLAN_FORMAT } from "../plan/plan.js";
 import { runtimeExits } from "../plan/exits.js";
-import { openSegments, runSegments, runtimeModelOf, type Segments } from "./segments.js";
+import { openSegments, runtimeModelOf } from "./segments.js";
+import { runSegments, type Segments } from "../stages/segments.js";
 import type { RuntimeForm } from "../plan/plan.js";
 
 export interface EarlyExitResult {

@@ -26,9 +26,8 @@ import { cacheTensor, intTensor, isInt32Input, type DecoderLayout } from "../ana
 import { readDecoderMetadata, type DecoderMetadata } from "../ramps/metadata.js";
 import { decoderSegments, originalDecoder, type DecoderSegment } from "../stages/decoder-split.js";
 import type { Metric } from "../stages/exit-graph.js";
-import { scoreLogits } from "../profile/samples.js";
-import { confidenceOf } from "../plan/feedback.js";
 import { EeToolError } from "../errors.js";
+import { scoreLogits, confidenceOf } from "../util/logits.js";
 
 export interface GeneratedToken {
   token: number;

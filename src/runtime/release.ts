@@ -8,14 +8,15 @@
  * (serve/monitor.ts) at no extra model work.
  */
 import type { Plan } from "../plan/plan.js";
-import { confidenceOf, feedbackFromLogits, type Feedback } from "../plan/feedback.js";
+import { feedbackFromLogits, type Feedback } from "../plan/feedback.js";
 import type { ort, SessionSettings } from "../ort/ort.js";
-import { openSegments, runtimeModelOf, type Segment } from "./segments.js";
+import { openSegments, runtimeModelOf } from "./segments.js";
+import type { Segment } from "../stages/segments.js";
 import { callThresholds, type RunOptions } from "./early-exit.js";
 import { runtimeExits } from "../plan/exits.js";
 import type { ActiveExit } from "../stages/exit-graph.js";
-import { scoreLogits } from "../profile/samples.js";
 import { EeToolError } from "../errors.js";
+import { scoreLogits, confidenceOf } from "../util/logits.js";
 
 export interface ReleaseResult {
   /** Logits [N, classes], each row from the exit it took. */
