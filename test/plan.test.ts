@@ -61,9 +61,9 @@ describe("cost model", () => {
   it("paths from each exit measured alone: fire at the exit, pass through earlier active ones (paired, clamped at 0), the no-exit runtime at the end", () => {
     // Per request at batch 2: model 1.0, the runtime without exits 0.95; ramp 7 (depth 1) fires
     // at 0.3 and adds 0.1 when it does not fire; ramp 3 (depth 2) fires at 0.6 and adds -0.05
-    // (noise: nothing).
+    // (noise: nothing). The all-exits model measures 1.0, what the pieces add up to before clamping.
     const p = withLatency({
-      noExit: stats(1.9),
+      noExit: stats(1.9), allExits: stats(2.0),
       exits: [{ ramp: 3, fire: stats(1.2), pass: stats(1.8), adds: stats(-0.1) }, { ramp: 7, fire: stats(0.6), pass: stats(2.1), adds: stats(0.2) }],
     });
     p.ramps = [{ id: 3, depth: 2 }, { id: 7, depth: 1 }] as Profile["ramps"];
@@ -78,15 +78,34 @@ describe("cost model", () => {
     const deepOnly = exitCosts(c, [Infinity, 0.5]);
     expect(deepOnly.atRamp[1]).toBeCloseTo(0.6, 9);
     expect(deepOnly.none).toBeCloseTo(0.95, 9);
-    // The all-exits model (2.6 at batch 2) against the pieces: 0.95 + 0.1 + 0.
-    expect(additivity(p, 2)).toEqual({ measured: 1.3, predicted: expect.closeTo(1.05, 9) as number });
+    // The all-exits model (2.0 at batch 2) against the pieces: 0.95 + 0.1 + 0.
+    expect(additivity(p, 2)).toEqual({ measured: 1, predicted: expect.closeTo(1.05, 9) as number });
+    expect(c.addsShift).toBeCloseTo(0, 12);
+  });
+
+  it("the exits' paired differences are moved by one amount to add up to the all-exits model (a reference session that ran slow)", () => {
+    // Per request at batch 2: the no-exit reference measured 1.1 (0.1 slow), so both exits' paired
+    // differences came out 0.1 low: -0.05 and 0.0 for true costs 0.05 and 0.1. The all-exits
+    // model measures 1.15 = 1.0 + 0.05 + 0.1: the shift is (1.15 - 1.1 + 0.05) / 2 = 0.05.
+    const p = withLatency({
+      noExit: stats(2.2), allExits: stats(2.3),
+      exits: [{ ramp: 3, fire: stats(1.2), pass: stats(2.1), adds: stats(-0.1) }, { ramp: 7, fire: stats(0.6), pass: stats(2.2), adds: stats(0) }],
+    });
+    p.ramps = [{ id: 3, depth: 2 }, { id: 7, depth: 1 }] as Profile["ramps"];
+    const c = buildCosts(p, 2);
+    expect(c.addsShift).toBeCloseTo(0.05, 9);
+    // Depth order: ramp 7 (0 + 0.05), ramp 3 (-0.05 + 0.05). Unshifted, both would have been free.
+    expect(c.pass.map((x) => Number(x.toFixed(9)))).toEqual([0.05, 0]);
+    expect(exitCosts(c, [0.5, 0.5]).none).toBeCloseTo(1.1 + 0.05, 9);
+    // The check still reports the pieces as measured: 1.1 + 0 + 0 against 1.15.
+    expect(additivity(p, 2)).toEqual({ measured: 1.15, predicted: expect.closeTo(1.1, 9) as number });
   });
 
   it("an exit after a request that went deeper: fire and fireAfterDeeper weighed by the share of requests going past it", () => {
     // Per request at batch 2: ramp 7 (depth 1) fires at 0.3 after its own path, 0.4 after a deeper
     // call; ramp 3 (depth 2) at 0.6 and 0.7.
     const p = withLatency({
-      noExit: stats(1.9),
+      noExit: stats(1.9), allExits: stats(2.1),
       exits: [
         { ramp: 3, fire: stats(1.2), fireAfterDeeper: stats(1.4), pass: stats(1.8), adds: stats(0) },
         { ramp: 7, fire: stats(0.6), fireAfterDeeper: stats(0.8), pass: stats(2.1), adds: stats(0.2) },

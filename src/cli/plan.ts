@@ -58,7 +58,9 @@ export function renderPlan(p: Plan): string {
     lines.push(`predicted paths (x model): ${paths}; ${cm.source === "exits" ? "from each exit timed in the runtime" : cm.source === "segments" ? "from the stages and ramps timed alone (the segments form)" : "from stage prefixes (an older profile: profile again for per-exit timings)"}`);
     if (cm.allExits) {
       const off = cm.allExits.measuredMs / cm.allExits.predictedMs - 1;
-      lines.push(`${Math.abs(off) > 0.05 ? "warning: " : ""}all exits active and none firing measured ${pct(Math.abs(off))} ${off >= 0 ? "above" : "below"} the exits' costs added up${Math.abs(off) > 0.05 ? ": predictions for several active exits are less certain on this model (eval measures them)" : ""}`);
+      const shift = cm.allExits.shiftMs;
+      const moved = shift !== undefined ? `; each exit's cost moved by ${shift >= 0 ? "+" : ""}${(shift * 1000).toFixed(1)} µs to add up to it` : "";
+      lines.push(`${Math.abs(off) > 0.05 ? "warning: " : ""}all exits active and none firing measured ${pct(Math.abs(off))} ${off >= 0 ? "above" : "below"} the exits' costs added up${moved}${Math.abs(off) > 0.05 ? ": the profile's reference session ran off, or the exits' costs overlap; eval measures the paths" : ""}`);
     }
   }
   lines.push(`accuracy drop: ${pct(e.dropTune)} on the ${p.data.tune} tuning samples, ${pct(e.dropCertify)} on the ${p.data.certify} held-back samples`);

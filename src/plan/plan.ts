@@ -120,7 +120,8 @@ export interface Plan {
   costModel: {
     source: Costs["source"];
     paths: Array<{ ramp: number; ms: number }>;
-    allExits: { measuredMs: number; predictedMs: number } | null;
+    /** The all-exits model measured and the exits' paired differences added up, per request; shiftMs: how far each exit's cost was moved to add up to it (problem.ts, shiftedAdds). */
+    allExits: { measuredMs: number; predictedMs: number; shiftMs?: number } | null;
   };
   exits: PlannedExit[];
   expected: Outcome;
@@ -333,7 +334,7 @@ function costModel(profile: ProfileResult["profile"], batch: number, costs: Cost
   return {
     source: costs.source,
     paths: [...rampIds.flatMap((ramp, j) => (config[j] === Infinity || config[j] === PRESENT_OFF ? [] : [{ ramp, ms: atRamp[j]! }])), { ramp: -1, ms: none }],
-    allExits: check ? { measuredMs: check.measured, predictedMs: check.predicted } : null,
+    allExits: check ? { measuredMs: check.measured, predictedMs: check.predicted, ...(costs.addsShift !== undefined ? { shiftMs: costs.addsShift } : {}) } : null,
   };
 }
 

@@ -45,6 +45,8 @@ export interface Costs {
   baseline: number;
   /** The runtime with no exit firing and none active (the base of the no-exit path). */
   none: number;
+  /** How far every exit's pass cost was moved so that they add up to the all-exits model (`shiftedAdds`); source "exits" only. */
+  addsShift?: number;
   /**
    * Where fire and pass come from: each exit measured in the one-call runtime; the stages and
    * ramps timed alone, for the segments form (when the profile found it faster on its provider);
@@ -96,7 +98,9 @@ export function buildCosts(profile: Profile, batch: number): Costs {
   if (l.exits?.length === profile.ramps.length && l.noExit) {
     const exits = byDepth.map(({ r }) => l.exits!.find((e) => e.ramp === r.id)!);
     const after = exits.every((e) => e.fireAfterDeeper) ? { fireAfter: exits.map((e) => per(e.fireAfterDeeper!.p50)) } : {};
-    return { fire: exits.map((e) => per(e.fire.p50)), ...after, pass: exits.map((e) => Math.max(0, per(e.adds.p50))), baseline, none: per(l.noExit.p50), source: "exits" };
+    const { adds, shift } = shiftedAdds(l, batch);
+    const pass = exits.map((e) => Math.max(0, adds[l.exits!.indexOf(e)]!));
+    return { fire: exits.map((e) => per(e.fire.p50)), ...after, pass, baseline, none: per(l.noExit.p50), source: "exits", addsShift: shift };
   }
   // The prefix model (profiles without per-exit measurements): l.prefixes and l.ramps are in cut order.
   const net = (x: number): number => Math.max(0, per(x) - call);
@@ -114,14 +118,31 @@ export function buildCosts(profile: Profile, batch: number): Costs {
 }
 
 /**
+ * Each exit's pass cost per request (in the order of the profile's exits), moved by one amount so
+ * that they add up to what the all-exits model measured beyond the no-exit runtime. Every exit's
+ * paired difference has the same reference, the no-exit runtime's session; when that one session
+ * runs slow or fast (on this machine by up to 6% against sessions of the same computation in the
+ * same rounds), every difference moves alike: all of them came out 0.1 ms below zero on a ViT
+ * profile, and its plan, believing every exit free, took all eight. The all-exits model, another
+ * session, measures their sum directly; the shift trades a reference that is off for what the
+ * all-exits session is off, shared by all exits.
+ */
+export function shiftedAdds(l: NonNullable<Profile["latency"]>[string], batch: number): { adds: number[]; shift: number } {
+  const raw = (l.exits ?? []).map((e) => e.adds.p50 / batch);
+  if (!l.noExit || raw.length === 0) return { adds: raw, shift: 0 };
+  const shift = (l.allExits.p50 / batch - l.noExit.p50 / batch - raw.reduce((a, b) => a + b, 0)) / raw.length;
+  return { adds: raw.map((a) => a + shift), shift };
+}
+
+/**
  * How well the pieces add up: the all-exits model (every ramp active, none firing) measured, and
- * as the cost model predicts it (the model plus every exit's pass cost), per request.
+ * as the exits' paired differences add it up (the runtime without exits plus every exit's pass
+ * cost, each at least 0, before the shift above), per request.
  */
 export function additivity(profile: Profile, batch: number): { measured: number; predicted: number } | null {
   const l = profile.latency?.[String(batch)];
-  if (!l?.exits) return null;
-  const c = buildCosts(profile, batch);
-  return { measured: l.allExits.p50 / batch, predicted: c.none + c.pass.reduce((a, b) => a + b, 0) };
+  if (!l?.exits || !l.noExit) return null;
+  return { measured: l.allExits.p50 / batch, predicted: (l.noExit.p50 + l.exits.reduce((a, e) => a + Math.max(0, e.adds.p50), 0)) / batch };
 }
 
 /** Build the problem over a subset of the profile's samples. */
