@@ -414,10 +414,19 @@ describe("ee-tool plan", () => {
     expect(plan.costModel.source).toBe("exits");
     const byDepth = [...prof.ramps].sort((a, b) => a.depth - b.depth).map((x) => x.id);
     const config = byDepth.map((id) => plan.exits.find((e) => e.ramp === id)?.threshold ?? Infinity);
-    const { atRamp, none } = exitCosts(costs, config);
-    expect(plan.costModel.paths).toEqual([...plan.exits.map((e) => ({ ramp: e.ramp, ms: atRamp[byDepth.indexOf(e.ramp)] })), { ramp: -1, ms: none }]);
+    // Each exit priced at the plan's share of samples (tuning and held back) going past it.
+    const n = plan.data.tune + plan.data.certify;
+    const counts = byDepth.map((id) => {
+      const e = plan.exits.find((x) => x.ramp === id);
+      return e ? e.exitRateTune * plan.data.tune + e.exitRateCertify * plan.data.certify : 0;
+    });
+    const deeper = deeperShares(counts, n);
+    const { atRamp, none } = exitCosts(costs, config, deeper);
+    expect(plan.costModel.paths.map((x) => x.ramp)).toEqual([...plan.exits.map((e) => e.ramp), -1]);
+    plan.exits.forEach((e, k) => expect(plan.costModel.paths[k]!.ms).toBeCloseTo(atRamp[byDepth.indexOf(e.ramp)]!, 9));
+    expect(plan.costModel.paths.at(-1)!.ms).toBeCloseTo(none, 9);
     const first = byDepth.indexOf(plan.exits[0]!.ramp);
-    expect(plan.costModel.paths[0]!.ms).toBe(costs.fire[first]);
+    expect(plan.costModel.paths[0]!.ms).toBeCloseTo((1 - deeper[first]!) * costs.fire[first]! + deeper[first]! * costs.fireAfter![first]!, 9);
     expect(plan.truncation.map((t) => t.latencyMs)).toEqual(byDepth.map((_, j) => costs.fire[j]));
     expect(plan.costModel.allExits!.measuredMs).toBe(prof.latency!["1"]!.allExits.p50);
     expect(plan.model.sha256).toMatch(/^[0-9a-f]{64}$/);
@@ -442,8 +451,12 @@ describe("ee-tool plan", () => {
   it("keeps the model unchanged when no exit can pay for itself", async () => {
     const { planFromProfile } = await import("../src/plan/plan.js");
     const result = loadProfile(files.cnn.profile);
-    // Every exit that does not fire costs ten times the model on top of it.
-    for (const l of Object.values(result.profile.latency!)) for (const e of l.exits!) e.adds = { ...l.model, p50: 10 * l.model.p50 };
+    // Every exit that does not fire costs ten times the model on top of it (and all of them
+    // together, as the all-exits model measures them, what they add up to).
+    for (const l of Object.values(result.profile.latency!)) {
+      for (const e of l.exits!) e.adds = { ...l.model, p50: 10 * l.model.p50 };
+      l.allExits = { ...l.allExits, p50: l.noExit!.p50 + l.exits!.length * 10 * l.model.p50 };
+    }
     const plan = planFromProfile(result, { maxDrop: 0.01 });
     expect(plan.exits).toEqual([]);
     expect(plan.expected.saving).toBeCloseTo(0, 12);

@@ -56,7 +56,8 @@ describe("--ep webgpu (SwiftShader)", () => {
 
   it("insert, profile, plan and eval give the CPU provider's results and record the provider", () => {
     // insert: the extraction pass on each provider; the ramps are fitted on the CPU from its features.
-    for (const ep of ["webgpu", "cpu"]) cli(["insert", CNN, "--calib", f("calib.npy"), "--ep", ep, "--ramp", "linear", "--pool", "gap", "-o", f(`${ep}.ee.onnx`), "-q"]);
+    // Two exits: every exit adds sessions to profile, and the software device takes 0.2-0.7 s a call.
+    for (const ep of ["webgpu", "cpu"]) cli(["insert", CNN, "--calib", f("calib.npy"), "--ep", ep, "--ramp", "linear", "--pool", "gap", "--exits", "2", "-o", f(`${ep}.ee.onnx`), "-q"]);
     const meta = (ep: string) => readRampMetadata(loadModel(f(`${ep}.ee.onnx`)).proto)!;
     expect(meta("webgpu").ramps.map((r) => r.fit.holdoutAgreement)).toEqual(meta("cpu").ramps.map((r) => r.fit.holdoutAgreement));
     expect(meta("webgpu").calibration.fitHashes).toBe(meta("cpu").calibration.fitHashes);
