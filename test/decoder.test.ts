@@ -598,7 +598,7 @@ describe("ee-tool on the SOTU decoder", () => {
     expect(t.exits.map((e) => e.exit)).toEqual([...earlier.map((e) => e.id), lplan.truncation.chosen!.exit]);
     expect(t.layers.meanRun).toBeLessThanOrEqual(lplan.truncation.chosen!.layers + 1e-9);
     expect(t.memory!.weightBytesTruncated).toBeLessThan(t.memory!.weightBytesFull);
-  });
+  }, 300_000); // 80-90 s beside another test file
 
   it("inspect finds the layout and the per-layer exit points of a decoder with a past cache", () => {
     const r = runCli(["inspect", LM]);
