@@ -49,7 +49,7 @@ export function confidenceOrders(p: Problem): Int32Array[] {
  */
 function bestForRamp(p: Problem, config: Config, j: number, cands: number[], order: Int32Array, score: (lat: number, drop: number) => number): { t: number; lat: number; drop: number } {
   const R = config.length;
-  const deeper = deeperShares(exitsOf(p, config).exits, p.n);
+  const deeper = p.costs.fireAfter ? deeperShares(exitsOf(p, config).exits, p.n) : undefined;
   const off = config.slice();
   off[j] = OFF;
   const costOff = exitCosts(p.costs, off, deeper);

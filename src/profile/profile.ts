@@ -18,7 +18,7 @@ import { ortProviderName, parseEp } from "../ort/providers.js";
 import { optimizeForRuntime, partSettings, type RuntimeModel } from "../stages/optimize.js";
 import { batchMode, batchTensorsAt, buildExitModel, exitOutputs, THRESHOLDS_INPUT, type BatchMode, type RuntimeForm } from "../stages/exit-graph.js";
 import type { StagePart } from "../stages/split.js";
-import { runSegments, type Segments } from "../stages/segments.js";
+import { openSegmentChain, runSegments, type Segments } from "../stages/segments.js";
 import { serializeModel } from "../onnx/model.js";
 import { differenceName, measure, type LatencyStats, type TimedItem } from "./timing.js";
 import { emptySamples, encodeSamples, type ArraySpec, type SampleData } from "./samples.js";
@@ -374,15 +374,13 @@ async function measureLatency(
     // The segments form as the runtime runs it (stages/segments.ts): every ramp fused into the
     // segment that ends at its exit, tensors handed from call to call, exits decided in JavaScript.
     const fused = await splitWithTypes({ ...model, proto: rt.proto }, probe, rtSettings, { fuse: true });
-    const chain: Segments = { segments: [], exits: [], batchTensors, rowRemoval };
-    for (const [i, st] of fused.stages.entries()) {
-      const last = i === fused.stages.length - 1;
-      const outputs = last ? [meta.output] : st.outputs;
-      const exit = last ? undefined : never.find((e) => e.output === st.outputs[0]);
-      if (!last && !exit) throw new Error(`segment ${i} does not start its outputs with a ramp's logits`);
-      chain.segments.push({ session: await open(st.proto, rtSettings, outputs), inputs: st.inputs, outputs, ...(exit ? { exit } : {}) });
-      if (exit) chain.exits.push(exit);
-    }
+    // A fused stage's first output is its ramp's logits: the exits in the segments' order.
+    const chainExits = fused.stages.slice(0, -1).map((st, i) => {
+      const e = never.find((x) => x.output === st.outputs[0]);
+      if (!e) throw new Error(`segment ${i} does not start its outputs with a ramp's logits`);
+      return e;
+    });
+    const chain: Segments = { segments: await openSegmentChain(fused.stages, chainExits, meta.output, (proto, outputs) => open(proto, rtSettings, outputs)), exits: chainExits, batchTensors, rowRemoval };
     const chainThresholds = new Float64Array(chain.exits.length).fill(Infinity);
     const allExits = new Map<BatchMode, RunnableSession>();
     const single = new Map<boolean, { exits: RunnableSession[]; none: RunnableSession }>();

@@ -13,7 +13,7 @@ import { runtimeBytes, type SessionSettings } from "../ort/ort.js";
 import { createRunnable } from "../ort/sync.js";
 import { optimizeForRuntime, partSettings, type RuntimeModel } from "../stages/optimize.js";
 import { batchTensorsAt } from "../stages/exit-graph.js";
-import { type Segment, type Segments } from "../stages/segments.js";
+import { openSegmentChain, type Segments } from "../stages/segments.js";
 import { runtimeExits } from "../plan/exits.js";
 
 /** The plan's model as the runtime optimises it: the plan's ramps only (stages/optimize.ts). */
@@ -25,11 +25,7 @@ export function runtimeModelOf(plan: Plan, modelPath: string, settings: SessionS
 export async function openSegments(plan: Plan, rt: RuntimeModel, settings: SessionSettings): Promise<Segments> {
   const exits = runtimeExits(plan);
   const split = splitModel(rt.proto, declaredTypes(rt.proto), { rampIds: exits.map((e) => e.ramp), fuse: true });
-  const segments: Segment[] = [];
-  for (const [i, st] of split.stages.entries()) {
-    const outputs = i === split.stages.length - 1 ? [plan.model.output] : st.outputs;
-    segments.push({ session: await createRunnable(runtimeBytes(st.proto, rt.readExternal), partSettings(rt, settings), outputs), inputs: st.inputs, outputs, ...(exits[i] ? { exit: exits[i] } : {}) });
-  }
+  const segments = await openSegmentChain(split.stages, exits, plan.model.output, (proto, outputs) => createRunnable(runtimeBytes(proto, rt.readExternal), partSettings(rt, settings), outputs));
   const { batchTensors, rowRemoval } = exits.length ? batchTensorsAt(rt.proto, exits, plan.model.output) : { batchTensors: new Set<string>(), rowRemoval: true };
   return { segments, exits, batchTensors, rowRemoval };
 }

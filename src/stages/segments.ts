@@ -8,6 +8,8 @@
 import { ort } from "../ort/ort.js";
 import type { RunnableSession } from "../ort/sync.js";
 import type { ActiveExit, Metric } from "./exit-graph.js";
+import type { StagePart } from "./split.js";
+import type { ModelProto } from "../onnx/types.js";
 import { confidenceOf, scoreLogits } from "../util/logits.js";
 
 export interface Segment {
@@ -24,6 +26,19 @@ export interface Segments {
   /** Tensors passed between segments whose first dimension is the batch, and whether rows may leave. */
   batchTensors: Set<string>;
   rowRemoval: boolean;
+}
+
+/**
+ * One session per fused stage (a split with `fuse: true`): stage i ends at `exits[i]`, the last at
+ * the model's `output`. `open` makes the session with the caller's settings.
+ */
+export async function openSegmentChain(stages: readonly StagePart[], exits: readonly ActiveExit[], output: string, open: (proto: ModelProto, outputs: string[]) => Promise<RunnableSession>): Promise<Segment[]> {
+  const segments: Segment[] = [];
+  for (const [i, st] of stages.entries()) {
+    const outputs = i === stages.length - 1 ? [output] : st.outputs;
+    segments.push({ session: await open(st.proto, outputs), inputs: st.inputs, outputs, ...(exits[i] ? { exit: exits[i] } : {}) });
+  }
+  return segments;
 }
 
 /** Rows `rows` of a tensor whose first dimension is the batch. */
