@@ -181,14 +181,35 @@ export function runSearch(p: Problem, cands: number[][], maxDrop: number, method
  * only a fraction q of the tuning samples it took: a point between the model and `point`.
  */
 export function shrink(tune: Problem, point: Point, q: number): Point {
+  const sorted = descendingConfidences(tune);
   const config = point.config.map((t, j) => {
     if (t === Infinity) return t;
-    const above = Array.from(tune.conf[j]!).filter((c) => c >= t).sort((a, b) => b - a);
-    const keep = Math.floor(above.length * q);
-    return keep === 0 ? Infinity : above[keep - 1]!;
+    // The confidences at or above t: a prefix of the ramp's confidences, highest first.
+    const c = sorted[j]!;
+    let lo = 0;
+    let hi = c.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (c[mid]! >= t) lo = mid + 1;
+      else hi = mid;
+    }
+    const keep = Math.floor(lo * q);
+    return keep === 0 ? Infinity : c[keep - 1]!;
   });
   const e = evaluate(tune, config);
   return { config, meanLatency: e.meanLatency, drop: e.drop };
+}
+
+const sortedConfidences = new WeakMap<Problem, Float32Array[]>();
+
+/** Each ramp's confidences on a problem's samples, highest first (computed once per problem). */
+function descendingConfidences(p: Problem): Float32Array[] {
+  let out = sortedConfidences.get(p);
+  if (!out) {
+    out = p.conf.map((c) => Float32Array.from(c).filter((x) => !Number.isNaN(x)).sort().reverse());
+    sortedConfidences.set(p, out);
+  }
+  return out;
 }
 
 /** The fractions of a frontier point's tuning exits taken by the steps tested before it: 1/40 ... 39/40. */
@@ -203,15 +224,22 @@ export const STEPS: readonly number[] = Array.from({ length: 39 }, (_, i) => (i 
  * Testing stops at the first failure, so finer steps stop closer to what the data can certify.
  */
 export function testSequence(frontier: Point[], maxDrop: number, tune?: Problem): Point[] {
+  return [...sequence(frontier, maxDrop, tune)];
+}
+
+/** The sequence above, one point at a time (testing stops at its first failure: no need to build the rest). */
+function* sequence(frontier: Point[], maxDrop: number, tune?: Problem): Generator<Point> {
   const ordered = [...frontier].filter((f) => f.drop <= maxDrop + 1e-12).sort((a, b) => a.drop - b.drop || b.meanLatency - a.meanLatency);
-  if (!tune) return ordered;
-  return ordered.flatMap((f) => [...STEPS.map((q) => shrink(tune, f, q)), f]);
+  for (const f of ordered) {
+    if (tune) for (const q of STEPS) yield shrink(tune, f, q);
+    yield f;
+  }
 }
 
 /** Fixed-sequence testing along the sequence above; returns the last certified point. */
 export function certifyFrontier(frontier: Point[], cert: Problem, maxDrop: number, confidence: number, signed = false, tune?: Problem): { point: Point; certificate: Certificate } | undefined {
   const delta = 1 - confidence;
-  const ordered = testSequence(frontier, maxDrop, tune);
+  const ordered = sequence(frontier, maxDrop, tune);
   let last: { point: Point; certificate: Certificate } | undefined;
   let tested = 0;
   for (const point of ordered) {

@@ -234,23 +234,29 @@ export function exitsOf(p: Problem, config: Config): { at: Int16Array; exits: nu
 export function evaluate(p: Problem, config: Config, withLosses = false): Evaluation {
   if (withLosses && p.loss.some((l) => !(l instanceof Int8Array))) throw new Error("per-sample losses need observed losses, not fitted ones");
   const { at, exits } = exitsOf(p, config);
-  const { atRamp, none } = exitCosts(p.costs, config, deeperShares(exits, p.n));
-  const lat = new Float64Array(p.n);
+  const { atRamp, none: noneCost } = exitCosts(p.costs, config, deeperShares(exits, p.n));
   const losses = new Int8Array(withLosses ? p.n : 0);
-  let total = 0;
   let lossSum = 0;
   for (let s = 0; s < p.n; s++) {
     const j = at[s]!;
-    const cost = j < 0 ? none : atRamp[j]!;
     if (j >= 0) {
       lossSum += p.loss[j]![s]!;
       if (withLosses) losses[s] = p.loss[j]![s]!;
     }
-    lat[s] = cost;
-    total += cost;
   }
-  lat.sort();
-  const median = p.n ? (p.n % 2 ? lat[(p.n - 1) / 2]! : (lat[p.n / 2 - 1]! + lat[p.n / 2]!) / 2) : 0;
+  // Every sample's latency is one of R + 1 path costs: the mean and median from the counts.
+  const none = exits.reduce((a, e) => a - e, p.n);
+  const paths = [...exits.map((count, j) => ({ cost: atRamp[j]!, count })), { cost: noneCost, count: none }].filter((x) => x.count > 0).sort((a, b) => a.cost - b.cost);
+  const total = paths.reduce((a, x) => a + x.cost * x.count, 0);
+  const nth = (i: number): number => {
+    let seen = 0;
+    for (const x of paths) {
+      seen += x.count;
+      if (i < seen) return x.cost;
+    }
+    return 0;
+  };
+  const median = p.n ? (p.n % 2 ? nth((p.n - 1) / 2) : (nth(p.n / 2 - 1) + nth(p.n / 2)) / 2) : 0;
   return { meanLatency: total / Math.max(1, p.n), medianLatency: median, drop: lossSum / Math.max(1, p.n), exitRates: exits.map((e) => e / Math.max(1, p.n)), losses };
 }
 
