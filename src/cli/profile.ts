@@ -63,6 +63,7 @@ export function renderProfile(p: Profile): string {
     lines.push("");
     const pct = (r: number): string => `${r >= 1 ? "+" : ""}${((r - 1) * 100).toFixed(1)}%`;
     lines.push(`latency at batch ${b} (ms, ${p.environment.executionProvider}): model p50 ${ms(l.model.p50)} mean ${ms(l.model.mean)}`);
+    if (l.sessions) lines.push(`  the model's ${l.sessions.model.length} sessions p50 ${l.sessions.model.map(ms).join(", ")}; the runtime without exits ${l.sessions.noExit.map(ms).join(", ")} (the middle one of each is the figure used)`);
     lines.push(`  sum of ${l.stages.length} stages in place (all in one call) p50 ${ms(l.stageSum.inPlaceP50)} (${pct(l.stageSum.inPlaceRatioP50)} vs model)`);
     lines.push(`  sum of ${l.stages.length} stages each alone p50 ${ms(l.stageSum.p50)} (${pct(l.stageSum.ratioP50)} vs model); one call costs ${ms(l.callOverhead.p50)}, net of the ${l.stages.length - 1} extra calls ${ms(l.stageSum.netP50)} (${pct(l.stageSum.netRatioP50)})`);
     lines.push(`  one-call model with all ${l.ramps.length} exits active, none firing: p50 ${ms(l.allExits.p50)} (${pct(l.allExits.p50 / l.model.p50)} vs model)`);

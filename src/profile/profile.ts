@@ -36,9 +36,19 @@ export const PROFILE_FORMAT = "ee-tool.profile/1";
 /** Samples per shard slice: shard i of n takes slices i, i+n, i+2n, ... */
 export const SHARD_SLICE = 256;
 export const MIN_SCORED = 50;
+/**
+ * Sessions the model and the no-exit runtime are each timed in: every path is predicted as a
+ * multiple of the one and from differences against the other, and one session in about four or
+ * five profiles ran 3-6% off the others of its graph all along (timing.ts). The median of three
+ * outvotes one.
+ */
+export const REFERENCE_SESSIONS = 3;
 
 export interface BatchLatency {
+  /** The model, timed in REFERENCE_SESSIONS sessions: the one whose median is the middle one (timing.ts, medians). */
   model: LatencyStats;
+  /** The median (ms per call) of each session behind `model` and `noExit`, to see one that ran off. Absent in older profiles. */
+  sessions?: { model: number[]; noExit: number[] };
   /** Each stage timed alone, in its own call (so each pays one call's fixed cost). */
   stages: LatencyStats[];
   /**
@@ -73,7 +83,8 @@ export interface BatchLatency {
   /**
    * The runtime's graph with no exit (the model optimised without ramps, in the early-exit model's
    * form): the reference of each exit's `adds`, the median over rounds of `pass` less this, timed
-   * in the same round (timing.ts, paired differences). Present with `exits`.
+   * in the same round (timing.ts, paired differences). Timed, like the model, in REFERENCE_SESSIONS
+   * sessions: the one with the middle median, and the differences against it. Present with `exits`.
    */
   noExit?: LatencyStats;
   /**
@@ -363,7 +374,8 @@ async function measureLatency(
     const ramps = await openTimed(split.ramps, model.readExternal, rtSettings);
     const prefixes = await openTimed(split.stages.map((_, k) => prefixPart(split.stages, k)), model.readExternal, rtSettings);
     opened.push(...[...stages, ...ramps, ...prefixes].map((p) => p.session));
-    const whole = await open(original, settings, [meta.output]);
+    const wholes: RunnableSession[] = [];
+    for (let k = 0; k < REFERENCE_SESSIONS; k++) wholes.push(await open(original, settings, [meta.output]));
     // A bare call: read the first cut tensor, return one number (as a timed stage does).
     const bare = await open({
       ir_version: 8, opset_import: [{ domain: "", version: 13 }],
@@ -383,7 +395,7 @@ async function measureLatency(
     const chain: Segments = { segments: await openSegmentChain(fused.stages, chainExits, meta.output, (proto, outputs) => open(proto, rtSettings, outputs)), exits: chainExits, batchTensors, rowRemoval };
     const chainThresholds = new Float64Array(chain.exits.length).fill(Infinity);
     const allExits = new Map<BatchMode, RunnableSession>();
-    const single = new Map<boolean, { exits: RunnableSession[]; none: RunnableSession }>();
+    const single = new Map<boolean, { exits: RunnableSession[]; none: RunnableSession[] }>();
     const cut0 = split.stages[0]!.outputs[0]!;
     for (const b of batches) {
       const mode = batchMode(b, rowRemoval);
@@ -410,7 +422,9 @@ async function measureLatency(
         };
         const exits: RunnableSession[] = [];
         for (const m of alone) exits.push(await form(m));
-        one = { exits, none: await form(noRamps) };
+        const none: RunnableSession[] = [];
+        for (let k = 0; k < REFERENCE_SESSIONS; k++) none.push(await form(noRamps));
+        one = { exits, none };
         single.set(b === 1, one);
       }
       const pool = pools.get(b)!;
@@ -420,7 +434,7 @@ async function measureLatency(
       const fireFeeds = { ...feeds, [THRESHOLDS_INPUT]: thresholds(1, -Infinity) };
       const passFeeds = { ...feeds, [THRESHOLDS_INPUT]: thresholds(1, Infinity) };
       const noneFeeds = { ...feeds, [THRESHOLDS_INPUT]: thresholds(0, Infinity) };
-      const noExit = one.none;
+      const noExits = one.none;
       const cutTensor = { x: pool.get(cut0)! };
       const eeSession = ee;
       // Each timed call gets fresh copies of its inputs, as a request brings its own: a tensor
@@ -431,11 +445,11 @@ async function measureLatency(
         ...(after ? { before: () => session.run(freshFeeds(after), fetches) } : {}),
       });
       const items: TimedItem[] = [
-        timed("model", whole, feeds, [meta.output]),
+        ...wholes.map((w, k) => timed(`model#${k}`, w, feeds, [meta.output])),
         { name: "segments", prepare: () => freshFeeds(feeds), run: (x) => runSegments(chain, x as Record<string, ort.Tensor>, chainThresholds, "maxprob", meta.classes, meta.output) },
         timed("overhead", bare, cutTensor, ["y"]),
         timed("allExits", eeSession, eeFeeds, eeSession.outputNames),
-        timed("noExit", noExit, noneFeeds, noExit.outputNames),
+        ...noExits.map((x, k) => timed(`noExit#${k}`, x, noneFeeds, x.outputNames)),
         ...one.exits.flatMap((x, i) => [
           timed(`fire${i}`, x, fireFeeds, x.outputNames), timed(`fireAfterDeeper${i}`, x, fireFeeds, x.outputNames, passFeeds), timed(`pass${i}`, x, passFeeds, x.outputNames),
         ]),
@@ -443,6 +457,7 @@ async function measureLatency(
       ];
       const stats = await measure(items, {
         budgetMs: options.budgetMs ?? 10_000, tolerance: options.tolerance ?? 0.02,
+        medians: ["model", "noExit"].map((name) => ({ name, of: Array.from({ length: REFERENCE_SESSIONS }, (_, k) => `${name}#${k}`) })),
         differences: one.exits.map((_, i) => ({ item: `pass${i}`, reference: "noExit" })),
         onRound: (d, t) => progress(`latency b=${b}`, d, t),
       });
@@ -455,8 +470,10 @@ async function measureLatency(
       const pre = prefixes.map((s) => stats.get(`prefix${s.part.index}`)!);
       const inPlace = pre.map((p, k) => ({ mean: p.mean - (pre[k - 1]?.mean ?? 0), p50: p.p50 - (pre[k - 1]?.p50 ?? 0) }));
       const all = pre[pre.length - 1]!;
+      const sessionsOf = (name: string): number[] => Array.from({ length: REFERENCE_SESSIONS }, (_, k) => stats.get(`${name}#${k}`)!.p50);
       latency[String(b)] = {
         model: whole1,
+        sessions: { model: sessionsOf("model"), noExit: sessionsOf("noExit") },
         stages: st,
         prefixes: pre,
         inPlace,

@@ -13,6 +13,12 @@
  * difference between an item and a reference timed in the same round cancels what the round
  * shares. `differences` names such pairs; they converge when the CI of that median is within
  * `differenceTolerance` of the reference's median.
+ *
+ * Sessions of one model differ: one session runs 3-6% slow or fast against others of the same
+ * graph timed in the same rounds, all along (seen on this machine in about one profile in five).
+ * `medians` names items timed in several sessions of one graph: the session whose median is the
+ * middle one is returned under the median's name, and may be a difference's reference, so one
+ * session that runs off moves neither.
  */
 import { Rng } from "../util/rng.js";
 
@@ -54,9 +60,13 @@ export interface MeasureOptions {
   repeat?: number;
   /** Paired differences to estimate: item less reference, round by round. */
   differences?: Array<{ item: string; reference: string }>;
+  /** Items of one graph in several sessions: the one with the middle median, returned as `name` (a difference may use it as its item or reference). */
+  medians?: Array<{ name: string; of: string[] }>;
   /** Target half-width of a difference's median CI, relative to the reference's median (default 0.005). */
   differenceTolerance?: number;
   onRound?: (done: number, total: number) => void;
+  /** Milliseconds now (default performance.now; tests pass a clock their items advance). */
+  clock?: () => number;
 }
 
 /** Name under which measure() returns a paired difference. */
@@ -112,33 +122,50 @@ export async function measure(items: TimedItem[], options: MeasureOptions = {}):
   const pairs = options.differences ?? [];
   const diffTolerance = options.differenceTolerance ?? 0.005;
   const rng = new Rng(options.seed ?? 1);
+  const now = options.clock ?? (() => performance.now());
   // Warm-up: `warmup` runs of each item, or fewer when they take long (at least one, at most about
   // WARMUP_MS of an item's time): a slow call is its own warm-up, and a software GPU's calls take 0.2 s.
   for (const it of items) {
-    const t0 = performance.now();
-    for (let i = 0; i < warmup && (i === 0 || performance.now() - t0 < WARMUP_MS); i++) await it.run(it.prepare?.());
+    const t0 = now();
+    for (let i = 0; i < warmup && (i === 0 || now() - t0 < WARMUP_MS); i++) await it.run(it.prepare?.());
   }
   const samples = new Map(items.map((it) => [it.name, [] as number[]]));
+  const medians = options.medians ?? [];
+  for (const m of medians) {
+    const missing = m.of.find((x) => !samples.has(x));
+    if (missing !== undefined || samples.has(m.name)) throw new Error(`median ${m.name}: ${missing !== undefined ? `no item ${missing}` : "its name is an item's"}`);
+  }
+  // An item's times, or a median's: those of its session whose median is the middle one. (The
+  // round-by-round median of the sessions would be biased: with one session off, it is the larger
+  // of the other two in each round.)
+  const series = (name: string): number[] => {
+    const own = samples.get(name);
+    if (own) return own;
+    const m = medians.find((x) => x.name === name);
+    if (!m) throw new Error(`no item or median named ${name}`);
+    const ranked = m.of.map((x) => ({ x, p50: summarize(samples.get(x)!, false).p50 })).sort((a, b) => a.p50 - b.p50);
+    return samples.get(ranked[(ranked.length - 1) >> 1]!.x)!;
+  };
   const diffs = (p: { item: string; reference: string }): number[] => {
-    const a = samples.get(p.item)!;
-    const b = samples.get(p.reference)!;
+    const a = series(p.item);
+    const b = series(p.reference);
     return a.map((x, i) => x - b[i]!);
   };
-  const pairConverged = (p: { item: string; reference: string }): boolean => ciHalfWidth(diffs(p)) <= diffTolerance * summarize(samples.get(p.reference)!, false).p50;
-  const start = performance.now();
+  const pairConverged = (p: { item: string; reference: string }): boolean => ciHalfWidth(diffs(p)) <= diffTolerance * summarize(series(p.reference), false).p50;
+  const start = now();
   let converged = 0;
   const goal = items.length + pairs.length;
   // Every item runs once per round, until all have converged: an item that stopped early would be
   // measured over a shorter stretch of the machine's drift than the others it is compared with.
-  for (let round = 1; round <= maxRuns && performance.now() - start < budget; round++) {
+  for (let round = 1; round <= maxRuns && now() - start < budget; round++) {
     for (const idx of rng.permutation(items.length)) {
       const it = items[idx]!;
       if (it.before) await it.before();
       else for (let r = 1; r < repeat; r++) await it.run(it.prepare?.());
       const arg = it.prepare?.();
-      const t0 = performance.now();
+      const t0 = now();
       await it.run(arg);
-      samples.get(it.name)!.push(performance.now() - t0);
+      samples.get(it.name)!.push(now() - t0);
     }
     if (round >= minRuns && round % 10 === 0) {
       converged = [...samples.values()].filter((list) => summarize(list, false).ciRelative <= tolerance).length + pairs.filter(pairConverged).length;
@@ -152,10 +179,14 @@ export async function measure(items: TimedItem[], options: MeasureOptions = {}):
     const s = summarize(list, false);
     out.set(it.name, { ...s, converged: s.ciRelative <= tolerance });
   }
+  for (const m of medians) {
+    const s = summarize(series(m.name), false);
+    out.set(m.name, { ...s, converged: s.ciRelative <= tolerance });
+  }
   // A difference's median may be 0 or negative: its CI is given relative to the reference's median.
   for (const p of pairs) {
     const d = diffs(p);
-    out.set(differenceName(p.item, p.reference), { ...summarize(d, false), ciRelative: ciHalfWidth(d) / summarize(samples.get(p.reference)!, false).p50, converged: pairConverged(p) });
+    out.set(differenceName(p.item, p.reference), { ...summarize(d, false), ciRelative: ciHalfWidth(d) / summarize(series(p.reference), false).p50, converged: pairConverged(p) });
   }
   return out;
 }

@@ -1,0 +1,50 @@
+/** measure(): medians over sessions and differences against them, on a clock the items advance. */
+import { describe, expect, it } from "vitest";
+import { differenceName, measure, type TimedItem } from "../src/profile/timing.js";
+import { Rng } from "../src/util/rng.js";
+
+/** Items whose calls take `ms` plus a little seeded noise, shared within a round by `drift`. */
+function fakeItems(spec: Record<string, number>): { items: TimedItem[]; clock: () => number } {
+  let t = 0;
+  const rng = new Rng(7);
+  let calls = 0;
+  const items = Object.entries(spec).map(([name, ms]) => ({
+    name,
+    run: async (): Promise<void> => {
+      calls++;
+      // The machine's speed drifts slowly (every item alike), and each call has its own jitter.
+      const drift = 1 + 0.3 * Math.sin(calls / 200);
+      t += ms * drift * (1 + 0.02 * (rng.next() - 0.5));
+    },
+  }));
+  return { items, clock: () => t };
+}
+
+describe("measure", () => {
+  it("takes the session of one graph with the middle median, so one that runs off moves neither it nor a difference against it", async () => {
+    // Three sessions of one reference graph, one of them 6% slow all along; an exit that adds 0.1 ms.
+    const { items, clock } = fakeItems({ "ref#0": 2, "ref#1": 2.12, "ref#2": 2.002, exit: 2.1 });
+    const stats = await measure(items, {
+      clock, budgetMs: 1e9, minRuns: 30, maxRuns: 400, tolerance: 0.001, warmup: 1,
+      medians: [{ name: "ref", of: ["ref#0", "ref#1", "ref#2"] }],
+      differences: [{ item: "exit", reference: "ref" }, { item: "exit", reference: "ref#1" }],
+    });
+    const ref = stats.get("ref")!;
+    expect(ref.runs).toBe(stats.get("ref#0")!.runs);
+    // The median session is 2.0-2.002 ms at the drift's middle; the slow one is 6% above it.
+    expect(ref.p50 / stats.get("ref#0")!.p50).toBeGreaterThan(0.995);
+    expect(ref.p50 / stats.get("ref#0")!.p50).toBeLessThan(1.005);
+    expect(stats.get("ref#1")!.p50 / ref.p50).toBeGreaterThan(1.05);
+    const d = stats.get(differenceName("exit", "ref"))!;
+    expect(d.p50).toBeGreaterThan(0.08);
+    expect(d.p50).toBeLessThan(0.12);
+    // Against the slow session alone the exit would look free.
+    expect(stats.get(differenceName("exit", "ref#1"))!.p50).toBeLessThan(0);
+  });
+
+  it("refuses a median of items it does not time", async () => {
+    const { items, clock } = fakeItems({ a: 1 });
+    await expect(measure(items, { clock, medians: [{ name: "m", of: ["a", "b"] }] })).rejects.toThrow(/no item b/);
+    await expect(measure(items, { clock, medians: [{ name: "a", of: ["a"] }] })).rejects.toThrow(/item's/);
+  });
+});
