@@ -1,15 +1,18 @@
 // How well the profile predicted each exit path: runs the original model and the plan's
 // EarlyExitSession interleaved on the samples of a data file, groups the early-exit latencies by
-// the exit each sample took, and prints each path's measured time (the mean of its middle 80%, and
-// its median) beside the plan's cost model (both as multiples of the model, so that machine drift
+// the exit each sample took, and prints each path's measured time (the mean of its middle 80%)
+// beside the plan's cost model (both as multiples of the model, so that machine drift
 // between profile and run cancels), and each path's median by the path of the call before it.
 // Batches of all paths are shuffled together, so a path's call follows one of another path about
 // as often as a request in a mixed stream does.
 // At --batch B > 1 every timed batch holds B samples that all take the same exit (found by a first
 // pass), so each path is timed as a whole batch; a path with fewer than B samples is not timed.
 // Batches are timed in blocks, as eval times them (each call after one of the same session).
+// Both sides run in --sessions sessions (default 3): one session of a graph can run 3-6% off the
+// others all along; the model's reference in each block is the middle of its sessions' medians,
+// and each path's figure the middle of its figures in the runtime's sessions (each printed).
 // Ends with the largest deviation and whether every path is within --within (default 5%).
-//   npm run build && node bench/exit-paths.mjs <plan.json> <data.npz> [--profile p.json] [--batch B] [--passes 2] [--within 0.05]
+//   npm run build && node bench/exit-paths.mjs <plan.json> <data.npz> [--profile p.json] [--batch B] [--passes 2] [--sessions 3] [--within 0.05]
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { EarlyExitSession } from "../dist/index.js";
@@ -25,11 +28,12 @@ const args = process.argv.slice(2);
 const opt = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1] : dflt);
 const [planFile, dataFile] = args.filter((a, i) => !a.startsWith("--") && !args[i - 1]?.startsWith("--"));
 if (!planFile || !dataFile) {
-  console.error("usage: node bench/exit-paths.mjs <plan.json> <data.npz> [--profile p.json] [--batch B] [--passes 2] [--within 0.05]");
+  console.error("usage: node bench/exit-paths.mjs <plan.json> <data.npz> [--profile p.json] [--batch B] [--passes 2] [--sessions 3] [--within 0.05]");
   process.exit(1);
 }
 const batch = Number(opt("--batch", "1"));
 const passes = Number(opt("--passes", "2"));
+const nSessions = Math.max(1, Number(opt("--sessions", "3")));
 const within = Number(opt("--within", "0.05"));
 const plan = JSON.parse(fs.readFileSync(planFile, "utf8"));
 const { profile } = loadProfile(opt("--profile", planFile.replace(/\.plan\.json$/, ".profile.json")));
@@ -45,8 +49,14 @@ const predicted = fromPlan
 const settings = { optimization: "all", spinning: false };
 const modelPath = path.resolve(path.dirname(planFile), plan.model.file);
 const model = loadModel(modelPath);
-const base = await createRunnable(runtimeBytes(splitModel(model.proto, declaredTypes(model.proto)).original, model.readExternal), settings, [plan.model.output]);
-const ee = await EarlyExitSession.fromPlan(plan, modelPath, settings);
+const originalBytes = runtimeBytes(splitModel(model.proto, declaredTypes(model.proto)).original, model.readExternal);
+const bases = [];
+const ees = [];
+for (let k = 0; k < nSessions; k++) {
+  bases.push(await createRunnable(originalBytes, settings, [plan.model.output]));
+  ees.push(await EarlyExitSession.fromPlan(plan, modelPath, settings));
+}
+const ee = ees[0];
 const data = openCalibration(dataFile, model.proto);
 
 // The exit of every sample, then batches of samples that share one.
@@ -70,11 +80,12 @@ for (let i = batches.length - 1; i > 0; i--) {
   const j = seed % (i + 1);
   [batches[i], batches[j]] = [batches[j], batches[i]];
 }
-// Timed as eval times: blocks of 16 batches, the model on a block then the runtime on the same
-// block (the order swaps every block), each block after one untimed call of its session. Each
-// runtime call is taken as a multiple of the model's median in its own block, which cancels the
+// Timed as eval times: blocks of 16 batches, the model on a block (in each of its sessions) then
+// the runtime on the same block (in one of its sessions, in turn; the order swaps every block),
+// each block after one untimed call of its session. Each runtime call is taken as a multiple of
+// the model's median in its own block (the middle one of its sessions'), which cancels the
 // machine's drift (this machine's speed moves by 20-30% over minutes).
-const modelMs = [];
+const modelMs = bases.map(() => []);
 const byExit = new Map();
 const byPrev = new Map();
 const push = (map, key, x) => {
@@ -86,15 +97,19 @@ const BLOCK = 16;
 for (let pass = 0; pass < passes; pass++) {
   for (let blk = 0; blk * BLOCK < batches.length; blk++) {
     const block = batches.slice(blk * BLOCK, (blk + 1) * BLOCK);
-    const blockModel = [];
+    const blockModel = bases.map(() => []);
     const blockEe = [];
+    const session = blk % nSessions;
+    const ee = ees[session];
     const runModel = async () => {
-      await base.run(data.feedsFor(block[0].idx), [plan.model.output]);
-      for (const b of block) {
-        const feeds = data.feedsFor(b.idx);
-        const t0 = performance.now();
-        await base.run(feeds, [plan.model.output]);
-        blockModel.push(performance.now() - t0);
+      for (const [k, base] of bases.entries()) {
+        await base.run(data.feedsFor(block[0].idx), [plan.model.output]);
+        for (const b of block) {
+          const feeds = data.feedsFor(b.idx);
+          const t0 = performance.now();
+          await base.run(feeds, [plan.model.output]);
+          blockModel[k].push(performance.now() - t0);
+        }
       }
     };
     const runEe = async () => {
@@ -110,16 +125,15 @@ for (let pass = 0; pass < passes; pass++) {
     };
     if (blk % 2 === 0) { await runModel(); await runEe(); } else { await runEe(); await runModel(); }
     if (pass === 0) continue; // warm-up pass
-    modelMs.push(...blockModel);
-    const ref = median(blockModel);
+    blockModel.forEach((xs, k) => modelMs[k].push(...xs));
+    const ref = median(blockModel.map(median));
     for (const x of blockEe) {
-      push(byExit, x.exit, x.ms / ref);
+      push(byExit, `${x.exit}|${session}`, x.ms / ref);
       push(byPrev, `${x.exit}|${x.after}`, x.ms / ref);
     }
   }
 }
-await ee.release();
-await base.release();
+for (const s of [...ees, ...bases]) await s.release();
 // The mean of the middle 80%: a path's expected time without the busy machine's outliers. A path's
 // calls cost more after a call that went deeper than after one of their own path, so its times
 // are two clusters, and the plan predicts their mean (its cost model weighs the two).
@@ -128,18 +142,26 @@ const central = (xs) => {
   const mid = s.slice(Math.floor(s.length * 0.1), Math.ceil(s.length * 0.9));
   return mid.reduce((a, b) => a + b, 0) / mid.length;
 };
-const m = median(modelMs) / batch;
+const m = median(modelMs.map(median)) / batch;
 console.log(`batch ${batch}; cost model from ${costs.source === "exits" ? "each exit measured in the runtime" : "stage prefixes (an older profile)"}${fromPlan ? ", the plan's path costs" : ""}`);
-console.log(`model: measured p50 ${m.toFixed(3)} ms per row, profiled p50 ${costs.baseline.toFixed(3)} ms`);
-console.log("path     batches  measured x model (middle-80% mean; p50)  predicted (ms/row, x model)  off by");
+console.log(`model: measured p50 ${m.toFixed(3)} ms per row (its ${nSessions} sessions: ${modelMs.map((xs) => (median(xs) / batch).toFixed(3)).join(", ")}), profiled p50 ${costs.baseline.toFixed(3)} ms`);
+console.log(`path     batches  measured x model (the middle of its ${nSessions} runtime sessions' middle-80% means: each)  predicted (ms/row, x model)  off by`);
+const paths = new Map();
+for (const [k, xs] of byExit) {
+  const [e, session] = k.split("|").map(Number);
+  if (!paths.has(e)) paths.set(e, []);
+  paths.get(e)[session] = xs;
+}
 let worst = 0;
-for (const [e, xs] of [...byExit].sort((a, b) => (a[0] < 0 ? 1e9 : a[0]) - (b[0] < 0 ? 1e9 : b[0]))) {
+for (const [e, perSession] of [...paths].sort((a, b) => (a[0] < 0 ? 1e9 : a[0]) - (b[0] < 0 ? 1e9 : b[0]))) {
   const p = e < 0 ? predicted.none : predicted.atRamp[order.indexOf(e)];
-  const got = central(xs);
+  const figures = perSession.filter((xs) => xs && xs.length).map(central);
+  const got = [...figures].sort((x, y) => x - y)[(figures.length - 1) >> 1];
   const off = got / (p / costs.baseline) - 1;
   worst = Math.max(worst, Math.abs(off));
   const label = e < 0 ? "none" : `exit ${e}`;
-  console.log(`${label.padEnd(7)}  ${String(xs.length).padEnd(7)}  ${got.toFixed(3)} (${median(xs).toFixed(3)})${" ".repeat(26)}${p.toFixed(3)} (${(p / costs.baseline).toFixed(3)})${" ".repeat(10)}${(off * 100).toFixed(1)}%`);
+  const n = perSession.reduce((a, xs) => a + (xs?.length ?? 0), 0);
+  console.log(`${label.padEnd(7)}  ${String(n).padEnd(7)}  ${got.toFixed(3)} (${figures.map((f) => f.toFixed(3)).join(", ")})${" ".repeat(12)}${p.toFixed(3)} (${(p / costs.baseline).toFixed(3)})${" ".repeat(10)}${(off * 100).toFixed(1)}%`);
 }
 // Each path's calls by the path of the call before them in the same block (p50, x model).
 for (const [k, xs] of [...byPrev].sort()) {

@@ -9,7 +9,7 @@ import { loadModel, serializeModel } from "../src/onnx/model.js";
 import { tensorToArray } from "../src/onnx/tensor.js";
 import { openCalibration } from "../src/data/calib.js";
 import { createSession, ort, runSession } from "../src/ort/ort.js";
-import type { EvalReport } from "../src/eval/eval.js";
+import { EVAL_SESSIONS, sessionsThatFit, type EvalReport } from "../src/eval/eval.js";
 import { optimizeForRuntime, partSettings } from "../src/stages/optimize.js";
 import { buildExitModel, exitOutputs, readExitOutputs } from "../src/stages/exit-graph.js";
 import { createRunnable } from "../src/ort/sync.js";
@@ -287,6 +287,15 @@ describe("EarlyExitSession", () => {
 });
 
 describe("ee-tool eval", () => {
+  it("opens as many sessions as fit in half the free memory, at least one", () => {
+    const mb = 1 << 20;
+    expect(sessionsThatFit(3, 45 * mb, 16_000 * mb)).toBe(3);
+    // Two sessions per pair, each about twice the model: a pair of a 1.3 GB model needs 5.2 GB.
+    expect(sessionsThatFit(3, 1300 * mb, 24_000 * mb)).toBe(2);
+    expect(sessionsThatFit(3, 4000 * mb, 8_000 * mb)).toBe(1);
+    expect(sessionsThatFit(1, 45 * mb, 16_000 * mb)).toBe(1);
+  });
+
   it("measures drop, exits and latency beside the plan's predictions; --assert fails with exit 3 and says why", () => {
     const r = runCli(["eval", f("text", "plan.json"), "--data", FIX("text/eval.npz"), "--labels", FIX("text/eval_labels.npy"), "--json"]);
     expect(r.code).toBe(0);
@@ -298,6 +307,8 @@ describe("ee-tool eval", () => {
     expect(rates).toBeCloseTo(1, 6);
     for (const e of report.exits) expect(Math.abs(e.measured - e.predicted)).toBeLessThan(0.05);
     expect(report.latency.model.runs).toBe(2000);
+    // Blocks of calls take turns in three sessions of each (the fixture fits many times over).
+    expect(report.runtime.sessions).toBe(EVAL_SESSIONS);
     expect(report.latency.earlyExit.runs).toBe(2000);
     // At batch 1 every exit path has its measured median beside the plan's prediction.
     for (const e of report.exits.filter((x) => x.measured > 0)) {

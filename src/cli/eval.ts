@@ -21,7 +21,7 @@ export function renderEval(r: EvalReport): string {
   const a = r.accuracy;
   const l = r.latency;
   const lines = [
-    `${r.samples} samples at batch ${r.batch} on ${r.runtime.ep}, runtime form ${r.runtime.form}${r.runtime.ep !== r.runtime.planEp ? ` (note: the plan was profiled on ${r.runtime.planEp}; its latency predictions are for that provider)` : ""}`,
+    `${r.samples} samples at batch ${r.batch} on ${r.runtime.ep} (${r.runtime.sessions} session${r.runtime.sessions === 1 ? "" : "s"} each of the model and the runtime, taking turns by block), runtime form ${r.runtime.form}${r.runtime.ep !== r.runtime.planEp ? ` (note: the plan was profiled on ${r.runtime.planEp}; its latency predictions are for that provider)` : ""}`,
     table([
       ["", "measured", "plan predicted"],
       ["accuracy drop vs model", pct(a.dropVsModel), a.against === "model" ? pct(a.predictedDrop) : "-"],
@@ -75,13 +75,14 @@ export function registerEval(program: Command): void {
     .option("--ep <provider>", EP_HELP, "cpu")
     .option("--throughput <sizes>", "also measure latency per row and rows per second of the model, the one-call runtime and the release-early mode at these batch sizes (comma-separated, e.g. 1,8,32,64)")
     .option("--threads <n>", "onnxruntime intra-op threads")
+    .option("--sessions <n>", "classifier plans: sessions of the model and of the runtime each, which blocks of calls take turns in (default 3, fewer where they would not fit in half the free memory): one session can run a few percent off another of the same graph")
     .option("--assert", "exit 3 when the measured drop exceeds the plan's maximum or the saving falls short of the prediction")
     .option("--saving-tolerance <f>", "allowed shortfall of the measured mean saving below the prediction (absolute)", "0.1")
     .option("--junit <file>", "write the assertions as JUnit XML (one test case each)")
     .option("--json", "print the report as JSON on stdout")
     .addHelpText("after", "\nWith $GITHUB_STEP_SUMMARY set, a Markdown summary is appended to it; with $GITHUB_OUTPUT, the outputs verdict, saving and drop.\n" +
       "\nExamples:\n  $ ee-tool eval cnn.plan.json --data fixtures/cnn/eval.npz --labels fixtures/cnn/eval_labels.npy\n  $ ee-tool eval plan.json --data holdout.npz --assert --json > eval.json\n  $ ee-tool eval plan.json --data holdout.npz --assert --junit junit.xml")
-    .action(async (planPath: string, opts: { data?: string; prompts?: string; maxNewTokens: string; text?: string; eos?: string; truncated?: boolean; labels?: string; batch?: string; ep: string; throughput?: string; threads?: string; assert?: boolean; savingTolerance: string; junit?: string; json?: boolean }) => {
+    .action(async (planPath: string, opts: { data?: string; prompts?: string; maxNewTokens: string; text?: string; eos?: string; truncated?: boolean; labels?: string; batch?: string; ep: string; throughput?: string; threads?: string; sessions?: string; assert?: boolean; savingTolerance: string; junit?: string; json?: boolean }) => {
       parseEp(opts.ep); // a bad --ep fails before any work
       const batch = opts.batch === undefined ? undefined : Number(opts.batch);
       if (batch !== undefined && !(Number.isInteger(batch) && batch >= 1)) throw new EeToolError("USAGE", `--batch must be a positive integer, got '${opts.batch}'`);
@@ -114,9 +115,11 @@ export function registerEval(program: Command): void {
         return;
       }
       if (!opts.data) throw new EeToolError("USAGE", "a classifier plan is evaluated on held-out inputs: give --data <inputs>");
+      const sessions = opts.sessions === undefined ? undefined : Number(opts.sessions);
+      if (sessions !== undefined && !(Number.isInteger(sessions) && sessions >= 1)) throw new EeToolError("USAGE", `--sessions must be a positive integer, got '${opts.sessions}'`);
       const report = await evaluatePlan(planPath, {
         data: opts.data, ...(opts.labels ? { labels: opts.labels } : {}), ...(batch ? { batch } : {}),
-        settings: { ep: opts.ep, ...(threads ? { threads } : {}) }, savingTolerance: tolerance, ...(throughput ? { throughput } : {}),
+        settings: { ep: opts.ep, ...(threads ? { threads } : {}) }, savingTolerance: tolerance, ...(throughput ? { throughput } : {}), ...(sessions ? { sessions } : {}),
         onProgress: (p, d, t) => bars.update(p, d, t),
       });
       bars.stop();

@@ -5,13 +5,14 @@
  */
 import * as path from "node:path";
 import * as fs from "node:fs";
+import * as os from "node:os";
 import type { Plan, RuntimeForm } from "../plan/plan.js";
 import { EarlyExitSession } from "../runtime/early-exit.js";
 import { loadModel } from "../onnx/model.js";
 import { checkBatch, openCalibration, openLabels } from "../data/calib.js";
 import { declaredTypes, splitModel } from "../stages/split.js";
 import { runtimeBytes, type SessionSettings } from "../ort/ort.js";
-import { createRunnable } from "../ort/sync.js";
+import { createRunnable, type RunnableSession } from "../ort/sync.js";
 import { summarize, type LatencyStats } from "../profile/timing.js";
 import { checkModelHash } from "../plan/write.js";
 import { EeToolError } from "../errors.js";
@@ -44,8 +45,11 @@ export interface EvalReport {
     savingMedian: number;
     predicted: { meanMs: number; medianMs: number; baselineMs: number; saving: number; savingMedian: number };
   };
-  /** ep: the provider eval ran on; planEp: the one the plan's profile measured (they may differ). */
-  runtime: { direct: boolean; rowRemoval: boolean; optimizedGraph: boolean; ep: string; planEp: string; form: RuntimeForm };
+  /**
+   * ep: the provider eval ran on; planEp: the one the plan's profile measured (they may differ).
+   * sessions: how many sessions of the model and of the runtime the blocks of calls took turns in.
+   */
+  runtime: { direct: boolean; rowRemoval: boolean; optimizedGraph: boolean; ep: string; planEp: string; form: RuntimeForm; sessions: number };
   /** With `throughput`: latency per row and rows per second at each batch size, three modes (throughput.ts). */
   throughput: BatchThroughput[] | null;
   /** `--assert`'s checks: failures holds the messages of those that failed. */
@@ -69,6 +73,11 @@ export interface EvalOptions {
   /** Allowed shortfall of the measured mean saving below the predicted one (absolute, e.g. 0.1). */
   savingTolerance?: number;
   warmup?: number;
+  /**
+   * Sessions of the model and of the runtime each (default EVAL_SESSIONS, fewer where they would
+   * not fit in half the free memory); block k of calls runs in pair k mod sessions.
+   */
+  sessions?: number;
   /** Batch sizes at which to measure latency per row and throughput of the model, the runtime and release-early. */
   throughput?: number[];
   onProgress?: (phase: string, done: number, total: number) => void;
@@ -76,6 +85,22 @@ export interface EvalOptions {
 
 /** Calls per block of eval's interleaved timing. */
 const EVAL_BLOCK = 16;
+
+/**
+ * Sessions of the model and of the runtime that eval's blocks take turns in. One session of a
+ * graph can run 3-6% slow or fast against others of the same graph all along (profile.ts,
+ * REFERENCE_SESSIONS); with one session each, that luck would move the measured saving by as
+ * many points. Over three, each session's share is a third.
+ */
+export const EVAL_SESSIONS = 3;
+
+/**
+ * Sessions that fit: each session holds about twice the model's bytes (its weights and
+ * onnxruntime's copies of them), and eval opens two per pair; at most half the free memory.
+ */
+export function sessionsThatFit(wanted: number, modelBytes: number, freeBytes = os.freemem()): number {
+  return Math.max(1, Math.min(wanted, Math.floor(freeBytes / 2 / (4 * Math.max(1, modelBytes)))));
+}
 
 export async function evaluatePlan(planPath: string, options: EvalOptions): Promise<EvalReport> {
   let plan: Plan;
@@ -93,8 +118,25 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
   checkBatch(data.specs, batch, options.batch === undefined ? "the plan's batch" : "eval --batch");
   const labels = options.labels ? openLabels(options.labels, data.size) : undefined;
   const original = splitModel(model.proto, declaredTypes(model.proto)).original;
-  const base = await createRunnable(runtimeBytes(original, model.readExternal), settings, [plan.model.output]);
-  const ee = await EarlyExitSession.fromPlan(plan, modelPath, settings);
+  const originalBytes = runtimeBytes(original, model.readExternal);
+  if (options.sessions !== undefined && !(Number.isInteger(options.sessions) && options.sessions >= 1)) throw new EeToolError("USAGE", `--sessions must be a positive integer, got ${options.sessions}`);
+  const nSessions = options.sessions ?? sessionsThatFit(EVAL_SESSIONS, originalBytes.byteLength);
+  const bases: RunnableSession[] = [];
+  const ees: EarlyExitSession[] = [];
+  const release = async (): Promise<void> => {
+    for (const s of [...bases, ...ees]) await s.release();
+  };
+  try {
+    for (let i = 0; i < nSessions; i++) {
+      bases.push(await createRunnable(originalBytes, settings, [plan.model.output]));
+      ees.push(await EarlyExitSession.fromPlan(plan, modelPath, settings));
+    }
+  } catch (e) {
+    await release();
+    throw e;
+  }
+  const base = bases[0]!;
+  const ee = ees[0]!;
   const k = plan.model.classes;
   const n = data.size;
   const basePred = new Int32Array(n);
@@ -104,20 +146,23 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
   const tEe: number[] = [];
   let throughput: BatchThroughput[] | null = null;
   try {
+    // The warm-up calls shared out over the sessions (each gets at least one).
     const warm = Math.min(options.warmup ?? 20, Math.floor(n / batch));
-    for (let w = 0; w < warm; w++) {
-      const f = data.feeds(w * batch, (w + 1) * batch);
-      await base.run(f, [plan.model.output]);
-      await ee.run(f);
+    for (let w = 0; w < Math.max(warm, nSessions); w++) {
+      const f = data.feeds((w % Math.max(1, warm)) * batch, ((w % Math.max(1, warm)) + 1) * batch);
+      await bases[w % nSessions]!.run(f, [plan.model.output]);
+      await ees[w % nSessions]!.run(f);
     }
     // Blocks of calls: the model on a block, then the runtime on the same block (the order swaps
     // every block), each block after one untimed call of its session. Every timed call follows a
     // call of the same session, as on a server that runs one model (its weights in cache), and
-    // both see the same stretch of the machine's drift.
+    // both see the same stretch of the machine's drift. Blocks take turns in the sessions.
     const starts: number[] = [];
     for (let s = 0; s + batch <= n; s += batch) starts.push(s);
     for (let blk = 0; blk * EVAL_BLOCK < starts.length; blk++) {
       const block = starts.slice(blk * EVAL_BLOCK, (blk + 1) * EVAL_BLOCK);
+      const base = bases[blk % nSessions]!;
+      const ee = ees[blk % nSessions]!;
       const runBase = async (): Promise<void> => {
         await base.run(data.feeds(block[0]!, block[0]! + batch), [plan.model.output]);
         for (const s of block) {
@@ -151,8 +196,7 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
       throughput = await measureThroughput(plan, modelPath, data, options.throughput, base, ee, settings, options.onProgress);
     }
   } finally {
-    await base.release();
-    await ee.release();
+    await release();
   }
   const m = Math.floor(n / batch) * batch;
   let agree = 0;
@@ -217,7 +261,7 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
       model: baseStats, earlyExit: early, saving, savingMedian,
       predicted: { meanMs: plan.expected.meanLatencyMs, medianMs: plan.expected.medianLatencyMs, baselineMs: plan.baselineMs, saving: plan.expected.saving, savingMedian: plan.expected.savingMedian },
     },
-    runtime: { direct: base.direct, rowRemoval: ee.rowRemoval, optimizedGraph: ee.optimizedGraph, ep: settings.ep ?? "cpu", planEp: plan.profile.ep ?? "cpu", form: ee.form },
+    runtime: { direct: base.direct, rowRemoval: ee.rowRemoval, optimizedGraph: ee.optimizedGraph, ep: settings.ep ?? "cpu", planEp: plan.profile.ep ?? "cpu", form: ee.form, sessions: nSessions },
     throughput,
     assertions: { passed: failures.length === 0, failures, savingTolerance: tolerance, checks },
   };
