@@ -6,7 +6,8 @@
 // Batches of all paths are shuffled together, so a path's call follows one of another path about
 // as often as a request in a mixed stream does.
 // At --batch B > 1 every timed batch holds B samples that all take the same exit (found by a first
-// pass), so each path is timed as a whole batch; a path with fewer than B samples is not timed.
+// pass), so each path is timed as a whole batch; a path with fewer than B samples is not timed,
+// and one with fewer than 32 batches has them timed again until it has 32.
 // Batches are timed in blocks, as eval times them (each call after one of the same session).
 // Both sides run in --sessions sessions (default 3): one session of a graph can run 3-6% off the
 // others all along; the model's reference in each block is the middle of its sessions' medians,
@@ -71,8 +72,18 @@ for (const [s, e] of bySample) {
   if (!groups.has(e)) groups.set(e, []);
   groups.get(e).push(s);
 }
+// A path with fewer than MIN_BATCHES batches has its batches timed again until it has that many:
+// at batch 8 a rare path can have 2-6 batches, whose mean is noise (one run: 0.533 and 0.841 x
+// model for the same path in two sessions).
+const MIN_BATCHES = 32;
 const batches = [];
-for (const [e, ss] of groups) for (let i = 0; i + batch <= ss.length; i += batch) batches.push({ exit: e, idx: ss.slice(i, i + batch) });
+const distinct = new Map();
+for (const [e, ss] of groups) {
+  const own = [];
+  for (let i = 0; i + batch <= ss.length; i += batch) own.push({ exit: e, idx: ss.slice(i, i + batch) });
+  distinct.set(e, own.length);
+  for (let k = 0; own.length && k < Math.max(own.length, MIN_BATCHES); k++) batches.push(own[k % own.length]);
+}
 // Paths mixed in time (a seeded shuffle), so no path is timed over one stretch of the machine's drift.
 let seed = 12345;
 for (let i = batches.length - 1; i > 0; i--) {
@@ -145,6 +156,8 @@ const central = (xs) => {
 const m = median(modelMs.map(median)) / batch;
 console.log(`batch ${batch}; cost model from ${costs.source === "exits" ? "each exit measured in the runtime" : "stage prefixes (an older profile)"}${fromPlan ? ", the plan's path costs" : ""}`);
 console.log(`model: measured p50 ${m.toFixed(3)} ms per row (its ${nSessions} sessions: ${modelMs.map((xs) => (median(xs) / batch).toFixed(3)).join(", ")}), profiled p50 ${costs.baseline.toFixed(3)} ms`);
+const state = m / costs.baseline - 1;
+if (Math.abs(state) > 0.05) console.log(`note: the machine ran the model ${(Math.abs(state) * 100).toFixed(0)}% ${state > 0 ? "slower" : "faster"} than during the profile; the paths' ratios move with its state (docs/profile.md)`);
 console.log(`path     batches  measured x model (the middle of its ${nSessions} runtime sessions' middle-80% means: each)  predicted (ms/row, x model)  off by`);
 const paths = new Map();
 for (const [k, xs] of byExit) {
@@ -161,7 +174,8 @@ for (const [e, perSession] of [...paths].sort((a, b) => (a[0] < 0 ? 1e9 : a[0]) 
   worst = Math.max(worst, Math.abs(off));
   const label = e < 0 ? "none" : `exit ${e}`;
   const n = perSession.reduce((a, xs) => a + (xs?.length ?? 0), 0);
-  console.log(`${label.padEnd(7)}  ${String(n).padEnd(7)}  ${got.toFixed(3)} (${figures.map((f) => f.toFixed(3)).join(", ")})${" ".repeat(12)}${p.toFixed(3)} (${(p / costs.baseline).toFixed(3)})${" ".repeat(10)}${(off * 100).toFixed(1)}%`);
+  const d = distinct.get(e);
+  console.log(`${label.padEnd(7)}  ${(d < n ? `${n} (${d} distinct)` : String(n)).padEnd(7)}  ${got.toFixed(3)} (${figures.map((f) => f.toFixed(3)).join(", ")})${" ".repeat(12)}${p.toFixed(3)} (${(p / costs.baseline).toFixed(3)})${" ".repeat(10)}${(off * 100).toFixed(1)}%`);
 }
 // Each path's calls by the path of the call before them in the same block (p50, x model).
 for (const [k, xs] of [...byPrev].sort()) {
