@@ -5,7 +5,7 @@ import { CNN, TEXT, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
 import { loadProfile } from "../src/profile/merge.js";
 import type { Plan } from "../src/plan/plan.js";
 import { certifyFrontier, certifyLevels, DEFAULT_POINT_LEVELS, STEPS, testSequence } from "../src/plan/plan.js";
-import { additivity, buildCosts, buildProblem, candidateThresholds, deeperShares, evaluate, exitCosts, type Costs, type Problem } from "../src/plan/problem.js";
+import { additivity, passFloors, buildCosts, buildProblem, candidateThresholds, deeperShares, evaluate, exitCosts, type Costs, type Problem } from "../src/plan/problem.js";
 import { autoSearch, exhaustiveSearch, greedySearch } from "../src/plan/search.js";
 import { binomialCdf, binomialUpperBound, hoeffdingBentkusPValue } from "../src/plan/certify.js";
 import { logisticFit, withFittedLosses } from "../src/plan/fitted.js";
@@ -56,7 +56,8 @@ function synthetic(seed: number, n: number, R: number, adversarial = false): Pro
 
 describe("cost model", () => {
   const stats = (p50: number): LatencyStats => ({ mean: p50, p50, p90: p50, p99: p50, std: 0, runs: 30, converged: true, ciRelative: 0 });
-  const withLatency = (l: Partial<BatchLatency>): Profile => ({ latency: { "2": { model: stats(2), stages: [], ramps: [stats(0.2), stats(0.4)], callOverhead: stats(0.1), allExits: stats(2.6), stageSum: { mean: 0, p50: 0, ratioMean: 0, ratioP50: 0, netP50: 0, netRatioP50: 0 }, ...l } } }) as unknown as Profile;
+  // Unless a test says otherwise, each ramp alone costs no more than its call (no floor on its pass cost).
+  const withLatency = (l: Partial<BatchLatency>): Profile => ({ latency: { "2": { model: stats(2), stages: [], ramps: [stats(0.1), stats(0.1)], callOverhead: stats(0.1), allExits: stats(2.6), stageSum: { mean: 0, p50: 0, ratioMean: 0, ratioP50: 0, netP50: 0, netRatioP50: 0 }, ...l } } }) as unknown as Profile;
 
   it("paths from each exit measured alone: fire at the exit, pass through earlier active ones (paired, clamped at 0), the no-exit runtime at the end", () => {
     // Per request at batch 2: model 1.0, the runtime without exits 0.95; ramp 7 (depth 1) fires
@@ -99,6 +100,22 @@ describe("cost model", () => {
     expect(exitCosts(c, [0.5, 0.5]).none).toBeCloseTo(1.1 + 0.05, 9);
     // The check still reports the pieces as measured: 1.1 + 0 + 0 against 1.15.
     expect(additivity(p, 2)).toEqual({ measured: 1.15, predicted: expect.closeTo(1.1, 9) as number });
+  });
+
+  it("no exit adds less than its own ramp timed alone (two whole-model sessions' difference can come out below it)", () => {
+    // Per request at batch 2: ramp 7 (depth 1) alone costs 0.1 beyond its call, ramp 3 (depth 2)
+    // 0.02. Their paired differences came out 0.3 (above the floor: kept) and -0.04 (a pass
+    // session that ran fast: floored at its ramp's 0.02, not taken as free).
+    const p = withLatency({
+      noExit: stats(1.9), allExits: stats(2.42), ramps: [stats(0.3), stats(0.14)],
+      exits: [{ ramp: 3, fire: stats(1.2), pass: stats(1.82), adds: stats(-0.08) }, { ramp: 7, fire: stats(0.6), pass: stats(2.5), adds: stats(0.6) }],
+    });
+    p.ramps = [{ id: 3, depth: 2 }, { id: 7, depth: 1 }] as Profile["ramps"];
+    expect(passFloors(p.latency!["2"]!, 2).map((x) => Number(x.toFixed(9)))).toEqual([0.1, 0.02]);
+    const c = buildCosts(p, 2);
+    expect(c.addsShift).toBeCloseTo(0, 9);
+    expect(c.pass.map((x) => Number(x.toFixed(9)))).toEqual([0.3, 0.02]);
+    expect(exitCosts(c, [0.5, 0.5]).none).toBeCloseTo(0.95 + 0.3 + 0.02, 9);
   });
 
   it("an exit after a request that went deeper: fire and fireAfterDeeper weighed by the share of requests going past it", () => {
@@ -161,7 +178,8 @@ describe("cost model", () => {
 
   it("older profiles: the prefix model, stages as prefix differences made non-decreasing", () => {
     // Per request at batch 2: call 0.05, prefixes 0.4 0.35 (noise: lower) 0.9, model 1.0.
-    const p = withLatency({ stages: [stats(9), stats(9), stats(9)], prefixes: [stats(0.8), stats(0.7), stats(1.8)] });
+    const ramps = [stats(0.2), stats(0.4)];
+    const p = withLatency({ stages: [stats(9), stats(9), stats(9)], prefixes: [stats(0.8), stats(0.7), stats(1.8)], ramps });
     p.ramps = [{ id: 0, depth: 0 }, { id: 1, depth: 1 }] as Profile["ramps"];
     const c = buildCosts(p, 2);
     expect(c.source).toBe("prefixes");
@@ -170,7 +188,7 @@ describe("cost model", () => {
     expect(c.pass.map((x) => Number(x.toFixed(9)))).toEqual([0.1, 0.2]);
     expect(c.fire.map((x) => Number(x.toFixed(9)))).toEqual([0.5, 0.6]);
     // Ramps that cost less in place than alone: the all-exits cost in proportion to their net times.
-    const cheap = withLatency({ stages: [stats(9), stats(9), stats(9)], prefixes: [stats(0.8), stats(0.7), stats(1.8)], allExits: stats(2.2) });
+    const cheap = withLatency({ stages: [stats(9), stats(9), stats(9)], prefixes: [stats(0.8), stats(0.7), stats(1.8)], allExits: stats(2.2), ramps });
     cheap.ramps = p.ramps;
     expect(buildCosts(cheap, 2).pass.map((x) => Number(x.toFixed(9)))).toEqual([0.025, 0.075]);
   });

@@ -99,7 +99,9 @@ export function buildCosts(profile: Profile, batch: number): Costs {
     const exits = byDepth.map(({ r }) => l.exits!.find((e) => e.ramp === r.id)!);
     const after = exits.every((e) => e.fireAfterDeeper) ? { fireAfter: exits.map((e) => per(e.fireAfterDeeper!.p50)) } : {};
     const { adds, shift } = shiftedAdds(l, batch);
-    const pass = exits.map((e) => Math.max(0, adds[l.exits!.indexOf(e)]!));
+    // Passing an exit runs its ramp: its pass cost is at least the ramp's own time (passFloors).
+    const floors = passFloors(l, batch);
+    const pass = exits.map((e, k) => Math.max(floors[k] ?? 0, adds[l.exits!.indexOf(e)]!));
     return { fire: exits.map((e) => per(e.fire.p50)), ...after, pass, baseline, none: per(l.noExit.p50), source: "exits", addsShift: shift };
   }
   // The prefix model (profiles without per-exit measurements): l.prefixes and l.ramps are in cut order.
@@ -132,6 +134,18 @@ export function shiftedAdds(l: NonNullable<Profile["latency"]>[string], batch: n
   if (!l.noExit || raw.length === 0) return { adds: raw, shift: 0 };
   const shift = (l.allExits.p50 / batch - l.noExit.p50 / batch - raw.reduce((a, b) => a + b, 0)) / raw.length;
   return { adds: raw.map((a) => a + shift), shift };
+}
+
+/**
+ * The least each exit (in depth order) can add to a request that passes it: its ramp's own time,
+ * net of the call it was timed in (`ramps`, a session whose work is the ramp alone). An exit's
+ * paired difference comes from two sessions of the whole model, and each session's own speed
+ * (1-3% of the model, either way) can be more than the exit costs: on one text profile four of
+ * seven exits came out below their own ramp's time, two below zero, and the plan took those as
+ * free. The If and the confidence test come on top, so the floor is on the low side.
+ */
+export function passFloors(l: NonNullable<Profile["latency"]>[string], batch: number): number[] {
+  return l.ramps.map((r) => Math.max(0, (r.p50 - l.callOverhead.p50) / batch));
 }
 
 /**
