@@ -147,9 +147,10 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
   let throughput: BatchThroughput[] | null = null;
   try {
     // The warm-up calls shared out over the sessions (each gets at least one).
-    const warm = Math.min(options.warmup ?? 20, Math.floor(n / batch));
-    for (let w = 0; w < Math.max(warm, nSessions); w++) {
-      const f = data.feeds((w % Math.max(1, warm)) * batch, ((w % Math.max(1, warm)) + 1) * batch);
+    const calls = Math.floor(n / batch);
+    const warm = Math.max(nSessions, Math.min(options.warmup ?? 20, calls));
+    for (let w = 0; w < warm; w++) {
+      const f = data.feeds((w % calls) * batch, ((w % calls) + 1) * batch);
       await bases[w % nSessions]!.run(f, [plan.model.output]);
       await ees[w % nSessions]!.run(f);
     }
