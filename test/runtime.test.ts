@@ -270,6 +270,10 @@ describe("EarlyExitSession", () => {
     const bad = runCli(["eval", f("cnn", "plan.json"), "--data", FIX("cnn/eval.npz"), "--throughput", "0,x"]);
     expect(bad.code).toBe(1);
     expect(bad.stderr).toMatch(/--throughput takes positive batch sizes separated by commas, got '0,x'/);
+    // A bad --sessions fails before anything is read.
+    const none = runCli(["eval", "missing.plan.json", "--data", FIX("cnn/eval.npz"), "--sessions", "0"]);
+    expect(none.code).toBe(1);
+    expect(none.stderr).toMatch(/^ee-tool: error \[USAGE\]: --sessions must be a positive integer, got '0'/);
   });
 
   it("refuses a plan whose model file changed", async () => {

@@ -91,6 +91,8 @@ export function registerEval(program: Command): void {
       const threads = opts.threads ? Number(opts.threads) : undefined;
       const throughput = opts.throughput === undefined ? undefined : opts.throughput.split(",").map((x) => Number(x.trim()));
       if (throughput?.some((b) => !(Number.isInteger(b) && b >= 1))) throw new EeToolError("USAGE", `--throughput takes positive batch sizes separated by commas, got '${opts.throughput}'`);
+      const sessions = opts.sessions === undefined ? undefined : Number(opts.sessions);
+      if (sessions !== undefined && !(Number.isInteger(sessions) && sessions >= 1)) throw new EeToolError("USAGE", `--sessions must be a positive integer, got '${opts.sessions}'`);
       const bars = progressBars();
       const t0 = performance.now();
       const parsed = readPlanFile(planPath);
@@ -115,8 +117,6 @@ export function registerEval(program: Command): void {
         return;
       }
       if (!opts.data) throw new EeToolError("USAGE", "a classifier plan is evaluated on held-out inputs: give --data <inputs>");
-      const sessions = opts.sessions === undefined ? undefined : Number(opts.sessions);
-      if (sessions !== undefined && !(Number.isInteger(sessions) && sessions >= 1)) throw new EeToolError("USAGE", `--sessions must be a positive integer, got '${opts.sessions}'`);
       const report = await evaluatePlan(planPath, {
         data: opts.data, ...(opts.labels ? { labels: opts.labels } : {}), ...(batch ? { batch } : {}),
         settings: { ep: opts.ep, ...(threads ? { threads } : {}) }, savingTolerance: tolerance, ...(throughput ? { throughput } : {}), ...(sessions ? { sessions } : {}),
