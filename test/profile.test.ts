@@ -4,7 +4,7 @@ import * as path from "node:path";
 import { CNN, TEXT, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
 import { validate } from "../src/util/schema.js";
 import { loadProfile } from "../src/profile/merge.js";
-import type { Profile } from "../src/profile/profile.js";
+import { REFERENCE_SESSIONS, type Profile } from "../src/profile/profile.js";
 import { loadModel, serializeModel } from "../src/onnx/model.js";
 import { openCalibration } from "../src/data/calib.js";
 import { readRampMetadata, unpackHashes } from "../src/ramps/metadata.js";
@@ -93,6 +93,11 @@ describe("ee-tool profile", () => {
       expect(l.prefixes.length).toBe(l.stages.length);
       // Every item runs once per round: all have the same number of runs.
       for (const s of [...l.stages, ...l.ramps, ...l.prefixes, l.callOverhead, l.allExits, l.noExit!, ...l.exits!.flatMap((e) => [e.fire, e.fireAfterDeeper!, e.pass, e.adds])]) expect(s.runs).toBe(l.model.runs);
+      // The model and the no-exit runtime in three sessions each; the figure is the middle one's.
+      for (const [stat, own] of [[l.model, l.sessions!.model], [l.noExit!, l.sessions!.noExit]] as const) {
+        expect(own.length).toBe(REFERENCE_SESSIONS);
+        expect(stat.p50).toBe([...own].sort((a, c) => a - c)[(REFERENCE_SESSIONS - 1) >> 1]);
+      }
       // Both runtime forms timed as they run, the segments form also added up from its parts.
       expect(l.forms!.oneCall).toBe(l.allExits.p50);
       expect(l.forms!.segments).toBeGreaterThan(0);

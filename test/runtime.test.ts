@@ -313,6 +313,12 @@ describe("ee-tool eval", () => {
     expect(report.latency.model.runs).toBe(2000);
     // Blocks of calls take turns in three sessions of each (the fixture fits many times over).
     expect(report.runtime.sessions).toBe(EVAL_SESSIONS);
+    // Every session pair took its turn: each has calls of its own, near the others'.
+    const bySession = report.latency.sessions;
+    expect(bySession.model.length).toBe(EVAL_SESSIONS);
+    for (const p50 of bySession.model) expect(p50 / Math.min(...bySession.model)).toBeLessThan(1.5);
+    expect(bySession.saving.length).toBe(EVAL_SESSIONS);
+    for (const s of bySession.saving) expect(Math.abs(s - report.latency.saving)).toBeLessThan(0.15);
     expect(report.latency.earlyExit.runs).toBe(2000);
     // At batch 1 every exit path has its measured median beside the plan's prediction.
     for (const e of report.exits.filter((x) => x.measured > 0)) {

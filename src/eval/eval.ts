@@ -41,6 +41,12 @@ export interface EvalReport {
   latency: {
     model: LatencyStats;
     earlyExit: LatencyStats;
+    /**
+     * Per session pair, in order: the model's median (ms per row; every call the same work, so a
+     * session that ran off shows here) and the mean saving over the pair's blocks (the runtime's
+     * calls mix paths, so only its saving against the model on the same samples compares).
+     */
+    sessions: { model: number[]; saving: number[] };
     saving: number;
     savingMedian: number;
     predicted: { meanMs: number; medianMs: number; baselineMs: number; saving: number; savingMedian: number };
@@ -109,6 +115,7 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
   } catch (e) {
     throw new EeToolError(fs.existsSync(planPath) ? "PROFILE_INVALID" : "FILE_NOT_FOUND", `cannot read plan ${planPath}: ${(e as Error).message}`);
   }
+  if (options.sessions !== undefined && !(Number.isInteger(options.sessions) && options.sessions >= 1)) throw new EeToolError("USAGE", `--sessions must be a positive integer, got ${options.sessions}`);
   const modelPath = path.resolve(path.dirname(planPath), plan.model.file);
   checkModelHash(modelPath, plan.model.sha256);
   const settings: SessionSettings = { optimization: "all", spinning: false, ...options.settings };
@@ -119,7 +126,6 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
   const labels = options.labels ? openLabels(options.labels, data.size) : undefined;
   const original = splitModel(model.proto, declaredTypes(model.proto)).original;
   const originalBytes = runtimeBytes(original, model.readExternal);
-  if (options.sessions !== undefined && !(Number.isInteger(options.sessions) && options.sessions >= 1)) throw new EeToolError("USAGE", `--sessions must be a positive integer, got ${options.sessions}`);
   const nSessions = options.sessions ?? sessionsThatFit(EVAL_SESSIONS, originalBytes.byteLength);
   const bases: RunnableSession[] = [];
   const ees: EarlyExitSession[] = [];
@@ -144,6 +150,8 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
   const exits = new Int32Array(n);
   const tBase: number[] = [];
   const tEe: number[] = [];
+  // The session each timed call ran in (its block's).
+  const sessionOf: number[] = [];
   let throughput: BatchThroughput[] | null = null;
   try {
     // The warm-up calls shared out over the sessions (each gets at least one).
@@ -164,6 +172,7 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
       const block = starts.slice(blk * EVAL_BLOCK, (blk + 1) * EVAL_BLOCK);
       const base = bases[blk % nSessions]!;
       const ee = ees[blk % nSessions]!;
+      for (const s of block) sessionOf[s / batch] = blk % nSessions;
       const runBase = async (): Promise<void> => {
         await base.run(data.feeds(block[0]!, block[0]! + batch), [plan.model.output]);
         for (const s of block) {
@@ -213,6 +222,11 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
   const per = (xs: number[]): number[] => xs.map((x) => x / batch);
   const baseStats = summarize(per(tBase), true);
   const early = summarize(per(tEe), true);
+  const ofSession = (xs: number[], i: number): number[] => per(xs.filter((_, c) => sessionOf[c] === i));
+  const sessions = {
+    model: bases.map((_, i) => summarize(ofSession(tBase, i), true).p50),
+    saving: bases.map((_, i) => 1 - summarize(ofSession(tEe, i), true).mean / summarize(ofSession(tBase, i), true).mean),
+  };
   const dropVsModel = (m - agree) / m;
   const dropVsLabels = labels ? (baseRight - eeRight) / m : null;
   const against = plan.settings.against;
@@ -259,7 +273,7 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
       { ramp: -1, measured: exits.subarray(0, m).filter((x) => x === -1).length / m, predicted: 1 - rampIds.reduce((a, e) => a + e.exitRateCertify, 0), path: pathOf(-1) },
     ],
     latency: {
-      model: baseStats, earlyExit: early, saving, savingMedian,
+      model: baseStats, earlyExit: early, sessions, saving, savingMedian,
       predicted: { meanMs: plan.expected.meanLatencyMs, medianMs: plan.expected.medianLatencyMs, baselineMs: plan.baselineMs, saving: plan.expected.saving, savingMedian: plan.expected.savingMedian },
     },
     runtime: { direct: base.direct, rowRemoval: ee.rowRemoval, optimizedGraph: ee.optimizedGraph, ep: settings.ep ?? "cpu", planEp: plan.profile.ep ?? "cpu", form: ee.form, sessions: nSessions },

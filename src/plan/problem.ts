@@ -259,8 +259,8 @@ export function evaluate(p: Problem, config: Config, withLosses = false): Evalua
     }
   }
   // Every sample's latency is one of R + 1 path costs: the mean and median from the counts.
-  const none = exits.reduce((a, e) => a - e, p.n);
-  const paths = [...exits.map((count, j) => ({ cost: atRamp[j]!, count })), { cost: noneCost, count: none }].filter((x) => x.count > 0).sort((a, b) => a.cost - b.cost);
+  const noneCount = exits.reduce((a, e) => a - e, p.n);
+  const paths = [...exits.map((count, j) => ({ cost: atRamp[j]!, count })), { cost: noneCost, count: noneCount }].filter((x) => x.count > 0).sort((a, b) => a.cost - b.cost);
   const total = paths.reduce((a, x) => a + x.cost * x.count, 0);
   const nth = (i: number): number => {
     let seen = 0;

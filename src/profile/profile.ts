@@ -44,6 +44,11 @@ export const MIN_SCORED = 50;
  */
 export const REFERENCE_SESSIONS = 3;
 
+/** The timed items of a reference's sessions: `model#0`, `model#1`, ... */
+function sessionItems(name: string): string[] {
+  return Array.from({ length: REFERENCE_SESSIONS }, (_, k) => `${name}#${k}`);
+}
+
 export interface BatchLatency {
   /** The model, timed in REFERENCE_SESSIONS sessions: the one whose median is the middle one (timing.ts, medians). */
   model: LatencyStats;
@@ -457,7 +462,7 @@ async function measureLatency(
       ];
       const stats = await measure(items, {
         budgetMs: options.budgetMs ?? 10_000, tolerance: options.tolerance ?? 0.02,
-        medians: ["model", "noExit"].map((name) => ({ name, of: Array.from({ length: REFERENCE_SESSIONS }, (_, k) => `${name}#${k}`) })),
+        medians: ["model", "noExit"].map((name) => ({ name, of: sessionItems(name) })),
         differences: one.exits.map((_, i) => ({ item: `pass${i}`, reference: "noExit" })),
         onRound: (d, t) => progress(`latency b=${b}`, d, t),
       });
@@ -470,7 +475,7 @@ async function measureLatency(
       const pre = prefixes.map((s) => stats.get(`prefix${s.part.index}`)!);
       const inPlace = pre.map((p, k) => ({ mean: p.mean - (pre[k - 1]?.mean ?? 0), p50: p.p50 - (pre[k - 1]?.p50 ?? 0) }));
       const all = pre[pre.length - 1]!;
-      const sessionsOf = (name: string): number[] => Array.from({ length: REFERENCE_SESSIONS }, (_, k) => stats.get(`${name}#${k}`)!.p50);
+      const sessionsOf = (name: string): number[] => sessionItems(name).map((item) => stats.get(item)!.p50);
       latency[String(b)] = {
         model: whole1,
         sessions: { model: sessionsOf("model"), noExit: sessionsOf("noExit") },
