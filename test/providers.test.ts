@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { parseEp, providerOption, ortProviderName } from "../src/ort/providers.js";
+import { parseEp, providerHint, providerOption, ortProviderName } from "../src/ort/providers.js";
 import { countPlacement } from "../src/ort/placement.js";
 import { describeFusion } from "../src/cli/profile.js";
 import { runtimeForms, SEGMENTS_MARGIN } from "../src/profile/profile.js";
@@ -22,6 +22,9 @@ describe("execution providers", () => {
     expect(() => parseEp("rocm")).toThrow(EeToolError);
     expect(() => parseEp("rocm")).toThrow(/--ep takes one of cpu, webgpu, cuda, tensorrt/);
     expect(() => parseEp("cpu:1")).toThrow(/--ep cpu takes no device id/);
+    // WebGPU without a Vulkan loader or driver says "No supported adapters": the hint names both.
+    expect(providerHint("Failed to get a WebGPU adapter: No supported adapters")).toMatch(/libvulkan1.*VK_ICD_FILENAMES/);
+    expect(providerHint("Failed to load shared library")).toMatch(/CUDA binaries/);
     // The commands check --ep before any work, in one line with a hint.
     const r = runCli(["eval", "x.plan.json", "--data", "y.npz", "--ep", "gpu"]);
     expect(r.code).toBe(1);

@@ -8,7 +8,7 @@ import { type OnnxModel, serializeModel } from "../onnx/model.js";
 import { allTensors } from "../onnx/walk.js";
 import { isExternal, tensorRawBytes } from "../onnx/tensor.js";
 import { EeToolError, messageOf } from "../errors.js";
-import { providerOption } from "./providers.js";
+import { providerHint, providerOption } from "./providers.js";
 
 export { ort };
 
@@ -70,7 +70,7 @@ export async function createSession(bytes: Uint8Array, settings: SessionSettings
     const msg = messageOf(e);
     if (settings.ep && settings.ep !== "cpu" && /provider|backend|not (found|supported|available)|cuda|registered/i.test(msg)) {
       throw new EeToolError("RUNTIME_FAILED", `execution provider '${settings.ep}' is not available: ${ortMessage(msg)}`, {
-        hint: "Install an onnxruntime-node build with that provider (for cuda: the CUDA binaries and drivers), or use --ep cpu.",
+        hint: providerHint(msg),
       });
     }
     throw new EeToolError("RUNTIME_FAILED", `onnxruntime could not load the model: ${ortMessage(msg)}`);

@@ -42,6 +42,13 @@ export function ortProviderName(ep: string | undefined): string {
   return { cpu: "CPUExecutionProvider", webgpu: "WebGpuExecutionProvider", cuda: "CUDAExecutionProvider", tensorrt: "TensorrtExecutionProvider" }[parseEp(ep).name]!;
 }
 
+/** What to do when a provider cannot start, given onnxruntime's message. */
+export function providerHint(message: string): string {
+  return /adapter/i.test(message)
+    ? "WebGPU runs over Vulkan: it needs the Vulkan loader (libvulkan.so.1, Debian's libvulkan1) and a driver; without a GPU, apt-get install libvulkan1 chromium and set VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json and XDG_RUNTIME_DIR. Or use --ep cpu."
+    : "Install an onnxruntime-node build with that provider (for cuda: the CUDA binaries and drivers), or use --ep cpu.";
+}
+
 /** A one-node model (y = x + x) to try a provider on. */
 function probeModel(): Uint8Array {
   const vi = (name: string) => ({ name, type: { tensor_type: { elem_type: DataType.FLOAT, shape: { dim: [{ dim_value: 4 }] } } } });
