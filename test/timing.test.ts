@@ -43,6 +43,26 @@ describe("measure", () => {
     expect(stats.get(differenceName("exit", "ref#1"))!.p50).toBeLessThan(0);
   });
 
+  it("sessions taking turns run one per round, and a difference pairs each run with the reference's of the same round", async () => {
+    // An exit in three sessions, one 15% slow, taking turns; the reference runs every round. The
+    // machine's drift (30%) is far larger than the exit's 0.1 ms: pairing runs of different rounds would lose it.
+    const { items, clock } = fakeItems({ ref: 2.06, "exit#0": 2.16, "exit#1": 2.48, "exit#2": 2.14 });
+    const turns = items.map((it) => (it.name.startsWith("exit#") ? { ...it, turn: { of: 3, at: Number(it.name.slice(5)) } } : it));
+    const stats = await measure(turns, {
+      clock, budgetMs: 1e9, minRuns: 30, maxRuns: 600, tolerance: 0.0001, warmup: 1,
+      medians: [{ name: "exit", of: ["exit#0", "exit#1", "exit#2"] }],
+      differences: [{ item: "exit", reference: "ref" }],
+    });
+    expect(stats.get("ref")!.runs).toBe(600);
+    for (const k of [0, 1, 2]) expect(stats.get(`exit#${k}`)!.runs).toBe(200);
+    expect(stats.get("exit")).toEqual(stats.get("exit#0")); // the middle of 2.14, 2.16 and 2.48
+    const d = stats.get(differenceName("exit", "ref"))!;
+    expect(d.runs).toBe(200);
+    expect(d.p50).toBeGreaterThan(0.08);
+    expect(d.p50).toBeLessThan(0.12);
+    await expect(measure([{ ...items[0]!, turn: { of: 2, at: 2 } }], { clock })).rejects.toThrow(/bad turn/);
+  });
+
   it("refuses a median of items it does not time", async () => {
     const { items, clock } = fakeItems({ a: 1 });
     await expect(measure(items, { clock, medians: [{ name: "m", of: ["a", "b"] }] })).rejects.toThrow(/no item b/);

@@ -83,6 +83,8 @@ export function renderProfile(p: Profile): string {
           return [String(e.ramp), ms(e.fire.p50), (e.fire.p50 / l.model.p50).toFixed(3), after, `${ms(adds)} (${pct(1 + adds / l.model.p50)})`, describeFusion(r?.fusion)];
         }),
       ]));
+      const own = l.sessions?.exits;
+      if (own?.length) lines.push(`  each exit timed in ${own[0]!.length} session${own[0]!.length > 1 ? "s taking turns (the middle one's figures used); not taken, p50 per session" : "; not taken, p50"}: ${own.map((xs, i) => `${l.exits![i]!.ramp}: ${xs.map(ms).join(", ")}`).join("; ")}`);
       const a = additivity(p, Number(b));
       if (a) lines.push(`  all exits active, none firing: measured ${ms(a.measured * Number(b))}, the exits' costs added up ${ms(a.predicted * Number(b))} (${pct(a.measured / a.predicted)})`);
     }

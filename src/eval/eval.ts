@@ -5,13 +5,12 @@
  */
 import * as path from "node:path";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import type { Plan, RuntimeForm } from "../plan/plan.js";
 import { EarlyExitSession } from "../runtime/early-exit.js";
 import { loadModel } from "../onnx/model.js";
 import { checkBatch, openCalibration, openLabels } from "../data/calib.js";
 import { declaredTypes, splitModel } from "../stages/split.js";
-import { runtimeBytes, type SessionSettings } from "../ort/ort.js";
+import { runtimeBytes, sessionsThatFit, type SessionSettings } from "../ort/ort.js";
 import { createRunnable, type RunnableSession } from "../ort/sync.js";
 import { summarize, type LatencyStats } from "../profile/timing.js";
 import { checkModelHash } from "../plan/write.js";
@@ -100,13 +99,6 @@ const EVAL_BLOCK = 16;
  */
 export const EVAL_SESSIONS = 3;
 
-/**
- * Sessions that fit: each session holds about twice the model's bytes (its weights and
- * onnxruntime's copies of them), and eval opens two per pair; at most half the free memory.
- */
-export function sessionsThatFit(wanted: number, modelBytes: number, freeBytes = os.freemem()): number {
-  return Math.max(1, Math.min(wanted, Math.floor(freeBytes / 2 / (4 * Math.max(1, modelBytes)))));
-}
 
 export async function evaluatePlan(planPath: string, options: EvalOptions): Promise<EvalReport> {
   let plan: Plan;
@@ -126,7 +118,8 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
   const labels = options.labels ? openLabels(options.labels, data.size) : undefined;
   const original = splitModel(model.proto, declaredTypes(model.proto)).original;
   const originalBytes = runtimeBytes(original, model.readExternal);
-  const nSessions = options.sessions ?? sessionsThatFit(EVAL_SESSIONS, originalBytes.byteLength);
+  // Each pair is a session of the model and one of the runtime, about twice the model's bytes each.
+  const nSessions = options.sessions ?? sessionsThatFit(EVAL_SESSIONS, 4 * originalBytes.byteLength);
   const bases: RunnableSession[] = [];
   const ees: EarlyExitSession[] = [];
   const release = async (): Promise<void> => {

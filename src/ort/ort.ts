@@ -2,6 +2,7 @@
  * onnxruntime-node sessions for models held in memory. External tensors are inlined into the
  * serialized copy handed to onnxruntime (which, given a buffer, cannot resolve relative paths).
  */
+import * as os from "node:os";
 import * as ort from "onnxruntime-node";
 import type { ModelProto, TensorProto } from "../onnx/types.js";
 import { type OnnxModel, serializeModel } from "../onnx/model.js";
@@ -39,6 +40,15 @@ export function sessionOptions(s: SessionSettings = {}): ort.InferenceSession.Se
     logSeverityLevel: 4,
     ...(s.spinning === false ? { extra: { session: { intra_op: { allow_spinning: "0" }, inter_op: { allow_spinning: "0" } } } } : {}),
   };
+}
+
+/**
+ * How many sets of sessions to open (at least one, at most `wanted`): a session holds about twice
+ * its graph's bytes (the weights and onnxruntime's copies of them), and all sets together take at
+ * most half the free memory. `bytesPerSet`: what one set's sessions hold together.
+ */
+export function sessionsThatFit(wanted: number, bytesPerSet: number, freeBytes = os.freemem()): number {
+  return Math.max(1, Math.min(wanted, Math.floor(freeBytes / 2 / Math.max(1, bytesPerSet))));
 }
 
 /** Serialize a ModelProto for onnxruntime, reading external tensors back inline. */

@@ -11,7 +11,7 @@ import { readRampMetadata, unpackHashes, type RampMetadata } from "../ramps/meta
 import { splitWithTypes, partFeeds } from "../stages/runner.js";
 import { needed, prefixPart } from "../stages/split.js";
 import { Graph } from "../ir/graph.js";
-import { createSession, runSession, runtimeBytes, ort, type SessionSettings } from "../ort/ort.js";
+import { createSession, runSession, runtimeBytes, sessionsThatFit, ort, type SessionSettings } from "../ort/ort.js";
 import { createRunnable, type RunnableSession } from "../ort/sync.js";
 import { measurePlacement, type Placement } from "../ort/placement.js";
 import { ortProviderName, parseEp } from "../ort/providers.js";
@@ -44,16 +44,28 @@ export const MIN_SCORED = 50;
  */
 export const REFERENCE_SESSIONS = 3;
 
-/** The timed items of a reference's sessions: `model#0`, `model#1`, ... */
-function sessionItems(name: string): string[] {
-  return Array.from({ length: REFERENCE_SESSIONS }, (_, k) => `${name}#${k}`);
+/**
+ * Sessions each exit's runtime graph is timed in (fewer where memory is short): the runtime's
+ * sessions of one exit path differ as the model's do (one bench run at batch 8: 0.958, 1.113 and
+ * 0.883 x model for the same path). They take turns round by round (timing.ts, `turn`), so three
+ * cost a round what one does; each exit's figures are its middle session's.
+ */
+export const EXIT_SESSIONS = 3;
+
+/** The timed items of an item's sessions: `model#0`, `model#1`, ... */
+function sessionItems(name: string, n = REFERENCE_SESSIONS): string[] {
+  return Array.from({ length: n }, (_, k) => `${name}#${k}`);
 }
 
 export interface BatchLatency {
   /** The model, timed in REFERENCE_SESSIONS sessions: the one whose median is the middle one (timing.ts, medians). */
   model: LatencyStats;
-  /** The median (ms per call) of each session behind `model` and `noExit`, to see one that ran off. Absent in older profiles. */
-  sessions?: { model: number[]; noExit: number[] };
+  /**
+   * The median (ms per call) of each session behind `model` and `noExit`, and behind each exit's
+   * `pass` (in the order of `exits`), to see one that ran off. Absent in older profiles (`exits`
+   * also in those made before exits were timed in several sessions).
+   */
+  sessions?: { model: number[]; noExit: number[]; exits?: number[][] };
   /** Each stage timed alone, in its own call (so each pays one call's fixed cost). */
   stages: LatencyStats[];
   /**
@@ -353,11 +365,12 @@ async function measureLatency(
   const split = await splitWithTypes({ ...model, proto: rt.proto }, probe, rtSettings);
   const meta = rt.meta;
   const opened: RunnableSession[] = [];
-  const open = async (proto: OnnxModel["proto"], s: SessionSettings, outputs: string[]): Promise<RunnableSession> => {
-    const r = await createRunnable(runtimeBytes(proto, model.readExternal), s, outputs);
+  const openBytes = async (bytes: Uint8Array, s: SessionSettings, outputs: string[]): Promise<RunnableSession> => {
+    const r = await createRunnable(bytes, s, outputs);
     opened.push(r);
     return r;
   };
+  const open = (proto: OnnxModel["proto"], s: SessionSettings, outputs: string[]): Promise<RunnableSession> => openBytes(runtimeBytes(proto, model.readExternal), s, outputs);
   const latency: Record<string, BatchLatency> = {};
   let placement: Placement | undefined;
   try {
@@ -400,7 +413,7 @@ async function measureLatency(
     const chain: Segments = { segments: await openSegmentChain(fused.stages, chainExits, meta.output, (proto, outputs) => open(proto, rtSettings, outputs)), exits: chainExits, batchTensors, rowRemoval };
     const chainThresholds = new Float64Array(chain.exits.length).fill(Infinity);
     const allExits = new Map<BatchMode, RunnableSession>();
-    const single = new Map<boolean, { exits: RunnableSession[]; none: RunnableSession[] }>();
+    const single = new Map<boolean, { exits: RunnableSession[][]; none: RunnableSession[] }>();
     const cut0 = split.stages[0]!.outputs[0]!;
     for (const b of batches) {
       const mode = batchMode(b, rowRemoval);
@@ -418,17 +431,27 @@ async function measureLatency(
       // Batch 1 and larger batches differ in form (batchMode); each exit's own model decides row removal.
       let one = single.get(b === 1);
       if (!one) {
-        const form = async (m: RuntimeModel): Promise<RunnableSession> => {
+        // The runtime's graph with m's ramps as its exits, in the form of this batch size.
+        const form = (m: RuntimeModel): { bytes: Uint8Array; outputs: string[] } => {
           const exit = m.meta.ramps.map((r) => ({ ramp: r.id, output: r.output, threshold: Infinity }));
           const at = batchTensorsAt(m.proto, exit, meta.output);
           const f = batchMode(b, at.rowRemoval);
           const proto = buildExitModel(m.proto, { exits: exit, metric: "maxprob", classes: meta.classes, output: meta.output, mode: f, batchTensors: at.batchTensors, thresholdInput: THRESHOLDS_INPUT, thresholdDefault: false });
-          return open(proto, partSettings(m, settings), exitOutputs(f));
+          return { bytes: runtimeBytes(proto, model.readExternal), outputs: exitOutputs(f) };
         };
-        const exits: RunnableSession[] = [];
-        for (const m of alone) exits.push(await form(m));
         const none: RunnableSession[] = [];
-        for (let k = 0; k < REFERENCE_SESSIONS; k++) none.push(await form(noRamps));
+        const noneGraph = form(noRamps);
+        for (let k = 0; k < REFERENCE_SESSIONS; k++) none.push(await openBytes(noneGraph.bytes, partSettings(noRamps, settings), noneGraph.outputs));
+        // Every exit in as many sessions as fit (about twice its graph's bytes each, in half the free memory).
+        let perExit = 0;
+        const exits: RunnableSession[][] = [];
+        for (const m of alone) {
+          const g = form(m);
+          perExit ||= sessionsThatFit(EXIT_SESSIONS, 2 * g.bytes.byteLength * alone.length);
+          const own: RunnableSession[] = [];
+          for (let k = 0; k < perExit; k++) own.push(await openBytes(g.bytes, partSettings(m, settings), g.outputs));
+          exits.push(own);
+        }
         one = { exits, none };
         single.set(b === 1, one);
       }
@@ -455,14 +478,18 @@ async function measureLatency(
         timed("overhead", bare, cutTensor, ["y"]),
         timed("allExits", eeSession, eeFeeds, eeSession.outputNames),
         ...noExits.map((x, k) => timed(`noExit#${k}`, x, noneFeeds, x.outputNames)),
-        ...one.exits.flatMap((x, i) => [
-          timed(`fire${i}`, x, fireFeeds, x.outputNames), timed(`fireAfterDeeper${i}`, x, fireFeeds, x.outputNames, passFeeds), timed(`pass${i}`, x, passFeeds, x.outputNames),
-        ]),
+        // An exit's sessions take turns, one per round, each timed taken, taken after a deeper call, and not taken.
+        ...one.exits.flatMap((own, i) => own.flatMap((x, k) => [
+          timed(`fire${i}#${k}`, x, fireFeeds, x.outputNames), timed(`fireAfterDeeper${i}#${k}`, x, fireFeeds, x.outputNames, passFeeds), timed(`pass${i}#${k}`, x, passFeeds, x.outputNames),
+        ].map((item) => ({ ...item, turn: { of: own.length, at: k } })))),
         ...[...stages, ...ramps, ...prefixes].map((s) => timed(`${s.part.kind}${s.part.index}`, s.session, partFeeds(s.part, pool), s.fetches)),
       ];
       const stats = await measure(items, {
         budgetMs: options.budgetMs ?? 10_000, tolerance: options.tolerance ?? 0.02,
-        medians: ["model", "noExit"].map((name) => ({ name, of: sessionItems(name) })),
+        medians: [
+          ...["model", "noExit"].map((name) => ({ name, of: sessionItems(name) })),
+          ...one.exits.flatMap((own, i) => ["fire", "fireAfterDeeper", "pass"].map((kind) => ({ name: `${kind}${i}`, of: sessionItems(`${kind}${i}`, own.length) }))),
+        ],
         differences: one.exits.map((_, i) => ({ item: `pass${i}`, reference: "noExit" })),
         onRound: (d, t) => progress(`latency b=${b}`, d, t),
       });
@@ -475,10 +502,10 @@ async function measureLatency(
       const pre = prefixes.map((s) => stats.get(`prefix${s.part.index}`)!);
       const inPlace = pre.map((p, k) => ({ mean: p.mean - (pre[k - 1]?.mean ?? 0), p50: p.p50 - (pre[k - 1]?.p50 ?? 0) }));
       const all = pre[pre.length - 1]!;
-      const sessionsOf = (name: string): number[] => sessionItems(name).map((item) => stats.get(item)!.p50);
+      const sessionsOf = (name: string, n = REFERENCE_SESSIONS): number[] => sessionItems(name, n).map((item) => stats.get(item)!.p50);
       latency[String(b)] = {
         model: whole1,
-        sessions: { model: sessionsOf("model"), noExit: sessionsOf("noExit") },
+        sessions: { model: sessionsOf("model"), noExit: sessionsOf("noExit"), exits: one.exits.map((own, i) => sessionsOf(`pass${i}`, own.length)) },
         stages: st,
         prefixes: pre,
         inPlace,

@@ -18,7 +18,9 @@
  * graph timed in the same rounds, all along (seen on this machine in about one profile in five).
  * `medians` names items timed in several sessions of one graph: the session whose median is the
  * middle one is returned under the median's name, and may be a difference's reference, so one
- * session that runs off moves neither.
+ * session that runs off moves neither. Sessions may take turns (`turn`): each runs in every n-th
+ * round only, so three sessions of an item cost a round what one does; a difference then pairs
+ * each of its item's runs with the reference's run of the same round.
  */
 import { Rng } from "../util/rng.js";
 
@@ -45,6 +47,8 @@ export interface TimedItem {
   run: (prepared?: unknown) => Promise<unknown>;
   /** Untimed, right before the timed run, instead of the repeats: the call the timed one follows in use (another session's). */
   before?: () => Promise<unknown>;
+  /** Runs only in rounds whose number modulo `of` is `at` (sessions of one graph taking turns); default every round. */
+  turn?: { of: number; at: number };
 }
 
 export interface MeasureOptions {
@@ -130,6 +134,11 @@ export async function measure(items: TimedItem[], options: MeasureOptions = {}):
     for (let i = 0; i < warmup && (i === 0 || now() - t0 < WARMUP_MS); i++) await it.run(it.prepare?.());
   }
   const samples = new Map(items.map((it) => [it.name, [] as number[]]));
+  // The round of each sample, for pairing items that take turns with their references.
+  const rounds = new Map(items.map((it) => [it.name, [] as number[]]));
+  for (const it of items) {
+    if (it.turn && !(Number.isInteger(it.turn.of) && it.turn.of >= 1 && Number.isInteger(it.turn.at) && it.turn.at >= 0 && it.turn.at < it.turn.of)) throw new Error(`item ${it.name}: bad turn ${JSON.stringify(it.turn)}`);
+  }
   const medians = options.medians ?? [];
   for (const m of medians) {
     const missing = m.of.find((x) => !samples.has(x));
@@ -138,18 +147,25 @@ export async function measure(items: TimedItem[], options: MeasureOptions = {}):
   // An item's times, or a median's: those of its session whose median is the middle one. (The
   // round-by-round median of the sessions would be biased: with one session off, it is the larger
   // of the other two in each round.)
-  const series = (name: string): number[] => {
-    const own = samples.get(name);
-    if (own) return own;
+  const sessionOf = (name: string): string => {
+    if (samples.has(name)) return name;
     const m = medians.find((x) => x.name === name);
     if (!m) throw new Error(`no item or median named ${name}`);
     const ranked = m.of.map((x) => ({ x, p50: summarize(samples.get(x)!, false).p50 })).sort((a, b) => a.p50 - b.p50);
-    return samples.get(ranked[(ranked.length - 1) >> 1]!.x)!;
+    return ranked[(ranked.length - 1) >> 1]!.x;
   };
+  const series = (name: string): number[] => samples.get(sessionOf(name))!;
+  // Each run of the item less the reference's run in the same round (rounds where both ran).
   const diffs = (p: { item: string; reference: string }): number[] => {
-    const a = series(p.item);
-    const b = series(p.reference);
-    return a.map((x, i) => x - b[i]!);
+    const a = sessionOf(p.item);
+    const b = sessionOf(p.reference);
+    const ref = new Map(rounds.get(b)!.map((r, i) => [r, samples.get(b)![i]!]));
+    const out: number[] = [];
+    rounds.get(a)!.forEach((r, i) => {
+      const y = ref.get(r);
+      if (y !== undefined) out.push(samples.get(a)![i]! - y);
+    });
+    return out;
   };
   const pairConverged = (p: { item: string; reference: string }): boolean => ciHalfWidth(diffs(p)) <= diffTolerance * summarize(series(p.reference), false).p50;
   const start = now();
@@ -160,12 +176,14 @@ export async function measure(items: TimedItem[], options: MeasureOptions = {}):
   for (let round = 1; round <= maxRuns && now() - start < budget; round++) {
     for (const idx of rng.permutation(items.length)) {
       const it = items[idx]!;
+      if (it.turn && round % it.turn.of !== it.turn.at) continue;
       if (it.before) await it.before();
       else for (let r = 1; r < repeat; r++) await it.run(it.prepare?.());
       const arg = it.prepare?.();
       const t0 = now();
       await it.run(arg);
       samples.get(it.name)!.push(now() - t0);
+      rounds.get(it.name)!.push(round);
     }
     if (round >= minRuns && round % 10 === 0) {
       converged = [...samples.values()].filter((list) => summarize(list, false).ciRelative <= tolerance).length + pairs.filter(pairConverged).length;
