@@ -91,12 +91,11 @@ describe("ee-tool profile", () => {
       const l = p.latency![b]!;
       expect(l.stages.length).toBe(p.ramps.length + 1);
       expect(l.prefixes.length).toBe(l.stages.length);
-      // Every item runs once per round: all have the same number of runs. Each exit's sessions
-      // take turns: each runs in every third round.
-      for (const s of [...l.stages, ...l.ramps, ...l.prefixes, l.callOverhead, l.allExits, l.noExit!]) expect(s.runs).toBe(l.model.runs);
-      for (const s of l.exits!.flatMap((e) => [e.fire, e.fireAfterDeeper!, e.pass, e.adds])) expect(Math.abs(s.runs - l.model.runs / EXIT_SESSIONS)).toBeLessThanOrEqual(1);
-      // The model and the no-exit runtime in three sessions each, each exit in three (the test
-      // machine has the memory); the figure is the middle one's.
+      // Every item runs once per round: all have the same number of runs (an exit's, over its
+      // sessions, which take turns).
+      for (const s of [...l.stages, ...l.ramps, ...l.prefixes, l.callOverhead, l.allExits, l.noExit!, ...l.exits!.flatMap((e) => [e.fire, e.fireAfterDeeper!, e.pass, e.adds])]) expect(s.runs).toBe(l.model.runs);
+      // The model and the no-exit runtime in three sessions each, the figure the middle one's;
+      // each exit in three (the test machine has the memory), the figure over all their runs.
       const middle = (own: number[]): number => [...own].sort((a, c) => a - c)[(own.length - 1) >> 1]!;
       for (const [stat, own] of [[l.model, l.sessions!.model], [l.noExit!, l.sessions!.noExit]] as const) {
         expect(own.length).toBe(REFERENCE_SESSIONS);
@@ -104,8 +103,10 @@ describe("ee-tool profile", () => {
       }
       expect(l.sessions!.exits!.length).toBe(l.exits!.length);
       l.exits!.forEach((e, i) => {
-        expect(l.sessions!.exits![i]!.length).toBe(EXIT_SESSIONS);
-        expect(e.pass.p50).toBe(middle(l.sessions!.exits![i]!));
+        const own = l.sessions!.exits![i]!;
+        expect(own.length).toBe(EXIT_SESSIONS);
+        expect(e.pass.p50).toBeGreaterThanOrEqual(0.99 * Math.min(...own));
+        expect(e.pass.p50).toBeLessThanOrEqual(1.01 * Math.max(...own));
       });
       // Both runtime forms timed as they run, the segments form also added up from its parts.
       expect(l.forms!.oneCall).toBe(l.allExits.p50);

@@ -43,24 +43,36 @@ describe("measure", () => {
     expect(stats.get(differenceName("exit", "ref#1"))!.p50).toBeLessThan(0);
   });
 
-  it("sessions taking turns run one per round, and a difference pairs each run with the reference's of the same round", async () => {
+  it("sessions taking turns run one per round, pooled into one item; a difference pairs each run with the reference's of the same round", async () => {
     // An exit in three sessions, one 15% slow, taking turns; the reference runs every round. The
     // machine's drift (30%) is far larger than the exit's 0.1 ms: pairing runs of different rounds would lose it.
     const { items, clock } = fakeItems({ ref: 2.06, "exit#0": 2.16, "exit#1": 2.48, "exit#2": 2.14 });
     const turns = items.map((it) => (it.name.startsWith("exit#") ? { ...it, turn: { of: 3, at: Number(it.name.slice(5)) } } : it));
     const stats = await measure(turns, {
       clock, budgetMs: 1e9, minRuns: 30, maxRuns: 600, tolerance: 0.0001, warmup: 1,
-      medians: [{ name: "exit", of: ["exit#0", "exit#1", "exit#2"] }],
-      differences: [{ item: "exit", reference: "ref" }],
+      pools: [{ name: "exit", of: ["exit#0", "exit#1", "exit#2"] }],
+      differences: [{ item: "exit", reference: "ref" }, { item: "exit#0", reference: "ref" }],
     });
     expect(stats.get("ref")!.runs).toBe(600);
+    // One session against the reference: its 200 runs, each paired with the reference's run of its round.
+    const one = stats.get(differenceName("exit#0", "ref"))!;
+    expect(one.runs).toBe(200);
+    expect(one.p50).toBeGreaterThan(0.08);
+    expect(one.p50).toBeLessThan(0.12);
     for (const k of [0, 1, 2]) expect(stats.get(`exit#${k}`)!.runs).toBe(200);
-    expect(stats.get("exit")).toEqual(stats.get("exit#0")); // the middle of 2.14, 2.16 and 2.48
+    // The pool holds every session's runs, as many as an item that runs every round.
+    const pool = stats.get("exit")!;
+    expect(pool.runs).toBe(600);
+    expect(pool.p50).toBeGreaterThan(stats.get("exit#2")!.p50);
+    expect(pool.p50).toBeLessThan(stats.get("exit#1")!.p50);
+    // Paired by round: the drift cancels, leaving the sessions' mean excess over the reference
+    // (0.1, 0.42 and 0.08 ms); the slow session holds a third of the pairs, so the median is near the others'.
     const d = stats.get(differenceName("exit", "ref"))!;
-    expect(d.runs).toBe(200);
+    expect(d.runs).toBe(600);
     expect(d.p50).toBeGreaterThan(0.08);
-    expect(d.p50).toBeLessThan(0.12);
+    expect(d.p50).toBeLessThan(0.16);
     await expect(measure([{ ...items[0]!, turn: { of: 2, at: 2 } }], { clock })).rejects.toThrow(/bad turn/);
+    await expect(measure(items, { clock, pools: [{ name: "p", of: ["exit#0", "x"] }] })).rejects.toThrow(/pool p: no item x/);
   });
 
   it("refuses a median of items it does not time", async () => {

@@ -84,7 +84,7 @@ export function renderProfile(p: Profile): string {
         }),
       ]));
       const own = l.sessions?.exits;
-      if (own?.length) lines.push(`  each exit timed in ${own[0]!.length} session${own[0]!.length > 1 ? "s taking turns (the middle one's figures used); not taken, p50 per session" : "; not taken, p50"}: ${own.map((xs, i) => `${l.exits![i]!.ramp}: ${xs.map(ms).join(", ")}`).join("; ")}`);
+      if (own?.length) lines.push(`  each exit timed in ${own[0]!.length} session${own[0]!.length > 1 ? "s taking turns (the figures are over all their runs); not taken, p50 per session" : "; not taken, p50"}: ${own.map((xs, i) => `${l.exits![i]!.ramp}: ${xs.map(ms).join(", ")}`).join("; ")}`);
       const a = additivity(p, Number(b));
       if (a) lines.push(`  all exits active, none firing: measured ${ms(a.measured * Number(b))}, the exits' costs added up ${ms(a.predicted * Number(b))} (${pct(a.measured / a.predicted)})`);
     }

@@ -19,8 +19,9 @@
  * `medians` names items timed in several sessions of one graph: the session whose median is the
  * middle one is returned under the median's name, and may be a difference's reference, so one
  * session that runs off moves neither. Sessions may take turns (`turn`): each runs in every n-th
- * round only, so three sessions of an item cost a round what one does; a difference then pairs
- * each of its item's runs with the reference's run of the same round.
+ * round only, so three sessions of an item cost a round what one does, and `pools` returns all
+ * their runs as one item; a difference pairs each of its item's runs with the reference's run of
+ * the same round.
  */
 import { Rng } from "../util/rng.js";
 
@@ -66,6 +67,13 @@ export interface MeasureOptions {
   differences?: Array<{ item: string; reference: string }>;
   /** Items of one graph in several sessions: the one with the middle median, returned as `name` (a difference may use it as its item or reference). */
   medians?: Array<{ name: string; of: string[] }>;
+  /**
+   * Items of one graph in sessions that take turns (`turn`): every run of any of them, returned as
+   * one item `name` (a difference may use it). It has the runs of an item that runs every round,
+   * where a median of sessions taking turns would have a third of them, and a session that runs
+   * off holds only its share of the runs.
+   */
+  pools?: Array<{ name: string; of: string[] }>;
   /** Target half-width of a difference's median CI, relative to the reference's median (default 0.005). */
   differenceTolerance?: number;
   onRound?: (done: number, total: number) => void;
@@ -140,37 +148,46 @@ export async function measure(items: TimedItem[], options: MeasureOptions = {}):
     if (it.turn && !(Number.isInteger(it.turn.of) && it.turn.of >= 1 && Number.isInteger(it.turn.at) && it.turn.at >= 0 && it.turn.at < it.turn.of)) throw new Error(`item ${it.name}: bad turn ${JSON.stringify(it.turn)}`);
   }
   const medians = options.medians ?? [];
-  for (const m of medians) {
+  const pools = options.pools ?? [];
+  for (const m of [...medians, ...pools]) {
     const missing = m.of.find((x) => !samples.has(x));
-    if (missing !== undefined || samples.has(m.name)) throw new Error(`median ${m.name}: ${missing !== undefined ? `no item ${missing}` : "its name is an item's"}`);
+    if (missing !== undefined || samples.has(m.name)) throw new Error(`${medians.includes(m) ? "median" : "pool"} ${m.name}: ${missing !== undefined ? `no item ${missing}` : "its name is an item's"}`);
   }
-  // An item's times, or a median's: those of its session whose median is the middle one. (The
-  // round-by-round median of the sessions would be biased: with one session off, it is the larger
-  // of the other two in each round.)
-  const sessionOf = (name: string): string => {
-    if (samples.has(name)) return name;
+  // An item's times (with their rounds); a median's: those of its session whose median is the
+  // middle one (the round-by-round median of the sessions would be biased: with one session off,
+  // it is the larger of the other two in each round); a pool's: all its sessions' runs, by round.
+  const seriesOf = (name: string): { values: number[]; rounds: number[] } => {
+    if (samples.has(name)) return { values: samples.get(name)!, rounds: rounds.get(name)! };
     const m = medians.find((x) => x.name === name);
-    if (!m) throw new Error(`no item or median named ${name}`);
-    const ranked = m.of.map((x) => ({ x, p50: summarize(samples.get(x)!, false).p50 })).sort((a, b) => a.p50 - b.p50);
-    return ranked[(ranked.length - 1) >> 1]!.x;
+    if (m) {
+      const ranked = m.of.map((x) => ({ x, p50: summarize(samples.get(x)!, false).p50 })).sort((a, b) => a.p50 - b.p50);
+      return seriesOf(ranked[(ranked.length - 1) >> 1]!.x);
+    }
+    const pool = pools.find((x) => x.name === name);
+    if (!pool) throw new Error(`no item, median or pool named ${name}`);
+    const runs = pool.of.flatMap((x) => samples.get(x)!.map((v, i) => ({ v, r: rounds.get(x)![i]! }))).sort((a, b) => a.r - b.r);
+    return { values: runs.map((x) => x.v), rounds: runs.map((x) => x.r) };
   };
-  const series = (name: string): number[] => samples.get(sessionOf(name))!;
+  const series = (name: string): number[] => seriesOf(name).values;
   // Each run of the item less the reference's run in the same round (rounds where both ran).
   const diffs = (p: { item: string; reference: string }): number[] => {
-    const a = sessionOf(p.item);
-    const b = sessionOf(p.reference);
-    const ref = new Map(rounds.get(b)!.map((r, i) => [r, samples.get(b)![i]!]));
+    const a = seriesOf(p.item);
+    const b = seriesOf(p.reference);
+    const ref = new Map(b.rounds.map((r, i) => [r, b.values[i]!]));
     const out: number[] = [];
-    rounds.get(a)!.forEach((r, i) => {
+    a.rounds.forEach((r, i) => {
       const y = ref.get(r);
-      if (y !== undefined) out.push(samples.get(a)![i]! - y);
+      if (y !== undefined) out.push(a.values[i]! - y);
     });
     return out;
   };
   const pairConverged = (p: { item: string; reference: string }): boolean => ciHalfWidth(diffs(p)) <= diffTolerance * summarize(series(p.reference), false).p50;
+  // What must converge: each item not in a pool, each pool as a whole, each difference.
+  const pooled = new Set(pools.flatMap((x) => x.of));
+  const targets = [...items.map((it) => it.name).filter((x) => !pooled.has(x)), ...pools.map((x) => x.name)];
   const start = now();
   let converged = 0;
-  const goal = items.length + pairs.length;
+  const goal = targets.length + pairs.length;
   // Every item runs once per round, until all have converged: an item that stopped early would be
   // measured over a shorter stretch of the machine's drift than the others it is compared with.
   for (let round = 1; round <= maxRuns && now() - start < budget; round++) {
@@ -186,7 +203,7 @@ export async function measure(items: TimedItem[], options: MeasureOptions = {}):
       rounds.get(it.name)!.push(round);
     }
     if (round >= minRuns && round % 10 === 0) {
-      converged = [...samples.values()].filter((list) => summarize(list, false).ciRelative <= tolerance).length + pairs.filter(pairConverged).length;
+      converged = targets.filter((x) => summarize(series(x), false).ciRelative <= tolerance).length + pairs.filter(pairConverged).length;
     }
     options.onRound?.(converged, goal);
     if (converged === goal) break;
@@ -197,7 +214,7 @@ export async function measure(items: TimedItem[], options: MeasureOptions = {}):
     const s = summarize(list, false);
     out.set(it.name, { ...s, converged: s.ciRelative <= tolerance });
   }
-  for (const m of medians) {
+  for (const m of [...medians, ...pools]) {
     const s = summarize(series(m.name), false);
     out.set(m.name, { ...s, converged: s.ciRelative <= tolerance });
   }
