@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import { parseEp, providerHint, providerOption, ortProviderName } from "../src/ort/providers.js";
 import { countPlacement } from "../src/ort/placement.js";
 import { describeFusion } from "../src/cli/profile.js";
+import { renderProviders } from "../src/cli/inspect.js";
 import { runtimeForms, SEGMENTS_MARGIN } from "../src/profile/profile.js";
 import { EeToolError } from "../src/errors.js";
 import { loadModel } from "../src/onnx/model.js";
@@ -25,6 +26,10 @@ describe("execution providers", () => {
     // WebGPU without a Vulkan loader or driver says "No supported adapters": the hint names both.
     expect(providerHint("Failed to get a WebGPU adapter: No supported adapters")).toMatch(/libvulkan1.*VK_ICD_FILENAMES/);
     expect(providerHint("Failed to load shared library")).toMatch(/CUDA binaries/);
+    // inspect --providers adds that hint only where WebGPU found no adapter.
+    const row = (available: boolean, reason: string | null) => [{ name: "cpu", bundled: true, available: true, reason: null }, { name: "webgpu", bundled: true, available, reason }];
+    expect(renderProviders(row(false, "Failed to get a WebGPU adapter: No supported adapters"))).toMatch(/\n  hint \(webgpu\): .*libvulkan1/);
+    expect(renderProviders(row(true, null))).not.toMatch(/hint/);
     // The commands check --ep before any work, in one line with a hint.
     const r = runCli(["eval", "x.plan.json", "--data", "y.npz", "--ep", "gpu"]);
     expect(r.code).toBe(1);

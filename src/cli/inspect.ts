@@ -8,7 +8,7 @@ import { analyzeExits, syntheticFeeds } from "../analysis/analyze.js";
 import type { ExitAnalysis } from "../analysis/exits.js";
 import { inputSpecs, openCalibration } from "../data/calib.js";
 import { readRampMetadata } from "../ramps/metadata.js";
-import { providerHint, providerStatus, type ProviderStatus } from "../ort/providers.js";
+import { noWebGpuAdapter, providerHint, providerStatus, type ProviderStatus } from "../ort/providers.js";
 import { asDecoder, analyzeDecoder } from "../ramps/decoder-heads.js";
 import { describeDecoder } from "../analysis/decoder.js";
 import { readDecoderMetadata } from "../ramps/metadata.js";
@@ -57,7 +57,7 @@ export function renderProviders(list: readonly ProviderStatus[]): string {
   return "execution providers of this onnxruntime build (--ep)\n" + table([
     ["  provider", "in the npm package", "runs here", "why not"],
     ...list.map((p) => [`  ${p.name}`, p.bundled ? "bundled" : "downloaded by its install script", p.available ? "yes" : "no", p.reason ?? ""]),
-  ]) + list.filter((p) => p.name === "webgpu" && p.reason && /adapter/i.test(p.reason)).map((p) => `\n  hint (webgpu): ${providerHint(p.reason!)}`).join("");
+  ]) + list.filter((p) => p.name === "webgpu" && p.reason && noWebGpuAdapter(p.reason)).map((p) => `\n  hint (webgpu): ${providerHint(p.reason!)}`).join("");
 }
 
 export function registerInspect(program: Command): void {

@@ -99,7 +99,6 @@ const EVAL_BLOCK = 16;
  */
 export const EVAL_SESSIONS = 3;
 
-
 export async function evaluatePlan(planPath: string, options: EvalOptions): Promise<EvalReport> {
   let plan: Plan;
   try {

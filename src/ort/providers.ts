@@ -42,9 +42,14 @@ export function ortProviderName(ep: string | undefined): string {
   return { cpu: "CPUExecutionProvider", webgpu: "WebGpuExecutionProvider", cuda: "CUDAExecutionProvider", tensorrt: "TensorrtExecutionProvider" }[parseEp(ep).name]!;
 }
 
+/** Whether onnxruntime's message says WebGPU found no device (no Vulkan loader or driver). */
+export function noWebGpuAdapter(message: string): boolean {
+  return /adapter/i.test(message);
+}
+
 /** What to do when a provider cannot start, given onnxruntime's message. */
 export function providerHint(message: string): string {
-  return /adapter/i.test(message)
+  return noWebGpuAdapter(message)
     ? "WebGPU runs over Vulkan: it needs the Vulkan loader (libvulkan.so.1, Debian's libvulkan1) and a driver; without a GPU, apt-get install libvulkan1 chromium and set VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json and XDG_RUNTIME_DIR. Or use --ep cpu."
     : "Install an onnxruntime-node build with that provider (for cuda: the CUDA binaries and drivers), or use --ep cpu.";
 }
