@@ -1,9 +1,10 @@
-// End to end on the fixtures (CNN, text, ViT): insert (default ramps, or --ramp KIND), profile, plan at --max-drop 0.01, then eval on the
+// End to end on the fixtures (CNN, text, ViT): insert (default ramps, or --ramp KIND), profile, plan at --max-drop 0.01 (its paths
+// measured in its runtime on the calibration data, plan --calib; --modelled: the cost model alone), then eval on the
 // evaluation slices at batch 1 on CPU. Prints measured latency reduction and accuracy drop beside
 // the plan's predictions (original model and early-exit runtime measured interleaved in one run).
 // --runs N repeats the whole pipeline N times and ends with each fixture's range and mean: on a
 // noisy machine one run's figure can be several points off its neighbours'.
-//   npm run build && node bench/e2e.mjs [--budget 10000] [--runs 1] [--ramp linear|mlp|auto] [--only cnn,text,vit]
+//   npm run build && node bench/e2e.mjs [--budget 10000] [--runs 1] [--ramp linear|mlp|auto] [--only cnn,text,vit] [--modelled]
 import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -14,6 +15,8 @@ const opt = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1] 
 const budget = opt("--budget", "10000");
 const runs = Number(opt("--runs", "1"));
 const ramp = opt("--ramp", undefined);
+// --modelled: predict from the cost model alone (plan without --calib, which measures the plan's paths in its runtime).
+const modelled = args.includes("--modelled");
 const here = path.dirname(new URL(import.meta.url).pathname);
 const cli = path.join(here, "..", "bin", "ee-tool.js");
 const fx = (p) => path.join(here, "..", "fixtures", p);
@@ -29,7 +32,7 @@ for (let k = 1; k <= runs; k++) {
     const ee = path.join(dir, `${name}.ee.onnx`), prof = path.join(dir, `${name}.profile.json`), plan = path.join(dir, `${name}.plan.json`);
     run(["insert", fx(`${name}/model.onnx`), "--calib", fx(`${name}/calib.npz`), ...(ramp ? ["--ramp", ramp] : []), "-o", ee, "-q"]);
     run(["profile", ee, "--calib", fx(`${name}/calib.npz`), "--batch", "1", "--budget", budget, "-o", prof, "-q"]);
-    run(["plan", prof, "--max-drop", "0.01", "-o", plan, "-q"]);
+    run(["plan", prof, "--max-drop", "0.01", ...(modelled ? [] : ["--calib", fx(`${name}/calib.npz`)]), "-o", plan, "-q"]);
     const r = JSON.parse(run(["eval", plan, "--data", fx(`${name}/eval.npz`), "--labels", fx(`${name}/eval_labels.npy`), "--json", "-q"]));
     const p = JSON.parse(fs.readFileSync(plan, "utf8"));
     results[name].push({ saving: r.latency.saving, predicted: p.expected.saving, drop: r.accuracy.dropVsModel });

@@ -481,6 +481,55 @@ describe("ee-tool plan", () => {
     expect(plan.certificate).toBeNull();
   });
 
+  it("--calib: the plan's paths measured in its runtime, the expected latency from them at the plan's exit shares, the cost model's kept", () => {
+    const modelledOut = path.join(work, "cnn.modelled.plan.json");
+    const measuredOut = path.join(work, "cnn.measured.plan.json");
+    expect(runCli(["plan", files.cnn.profile, "--max-drop", "0.01", "-o", modelledOut, "-q"]).code).toBe(0);
+    const r = runCli(["plan", files.cnn.profile, "--max-drop", "0.01", "--calib", FIX("cnn/calib.npz"), "--measure-budget", "500", "-o", measuredOut]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/paths measured in the plan's runtime \(x model, \d+ samples/);
+    const modelled = JSON.parse(fs.readFileSync(modelledOut, "utf8")) as Plan;
+    const plan = JSON.parse(fs.readFileSync(measuredOut, "utf8")) as Plan;
+    expect(validate(plan, planSchema)).toEqual([]);
+    const m = plan.costModel.measured!;
+    // The same exits; what the cost model alone predicted is kept beside the measurement.
+    expect(plan.exits).toEqual(modelled.exits);
+    expect(m.modelled.paths).toEqual(modelled.costModel.paths);
+    expect(m.modelled.saving).toBeCloseTo(modelled.expected.saving, 12);
+    // Only samples that did not fit the ramps, every path of the plan timed at least 96 times.
+    expect(m.samples).toBeGreaterThan(100);
+    expect(m.paths.map((x) => x.ramp).sort()).toEqual(plan.costModel.paths.map((x) => x.ramp).sort());
+    for (const x of m.paths) {
+      expect(x.calls).toBeGreaterThanOrEqual(96);
+      expect(plan.costModel.paths.find((y) => y.ramp === x.ramp)!.ms).toBeCloseTo(x.ratio * plan.baselineMs, 12);
+    }
+    // An exit's path costs less than the model, the no-exit path more (it runs the ramps too).
+    const none = m.paths.find((x) => x.ramp === -1)!.ratio;
+    for (const x of m.paths) if (x.ramp >= 0) expect(x.ratio).toBeLessThan(none);
+    expect(none).toBeGreaterThan(0.9);
+    // The mean: each path's measured cost at its share of the tuning and certification samples.
+    const n = plan.data.tune + plan.data.certify;
+    const share = (ramp: number): number => {
+      const e = plan.exits.find((x) => x.ramp === ramp);
+      return e ? (e.exitRateTune * plan.data.tune + e.exitRateCertify * plan.data.certify) / n : 1 - plan.exits.reduce((a, x) => a + (x.exitRateTune * plan.data.tune + x.exitRateCertify * plan.data.certify) / n, 0);
+    };
+    const mean = plan.costModel.paths.reduce((a, x) => a + share(x.ramp) * x.ms, 0);
+    expect(plan.expected.meanLatencyMs).toBeCloseTo(mean, 9);
+    expect(plan.expected.saving).toBeCloseTo(1 - mean / plan.baselineMs, 9);
+    // Measured on another machine than the profile's: refused, in one line with a hint.
+    const copy = tmpDir();
+    const prof = JSON.parse(fs.readFileSync(files.cnn.profile, "utf8")) as Profile;
+    prof.environment.cpu = "another processor";
+    prof.model.file = path.relative(copy, path.resolve(path.dirname(files.cnn.profile), prof.model.file));
+    fs.writeFileSync(path.join(copy, "p.json"), JSON.stringify(prof));
+    fs.copyFileSync(files.cnn.profile.replace(".json", ".bin"), path.join(copy, path.basename(files.cnn.profile.replace(".json", ".bin"))));
+    const bad = runCli(["plan", path.join(copy, "p.json"), "--calib", FIX("cnn/calib.npz"), "-o", path.join(copy, "plan.json")]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/PROFILE_MISMATCH\]: the profile was measured on another processor/);
+    expect(bad.stderr).toMatch(/hint: Run plan --calib where the profile ran/);
+    expect(fs.existsSync(path.join(copy, "plan.json"))).toBe(false);
+  }, 120_000);
+
   it("explains infeasible constraints in one line with exit code 3, and refuses a changed model", () => {
     let r = runCli(["plan", files.cnn.profile, "--max-drop", "-0.1", "-o", path.join(work, "x.json")]);
     expect(r.code).toBe(3);

@@ -11,6 +11,8 @@ import type { Against, Metric } from "../plan/problem.js";
 import { loadDecoderSamples, planDecoder, readDecoderProfileFile } from "../plan/decoder.js";
 import { writeDecoderPlan } from "../emit/decoder.js";
 import { renderDecoderPlan } from "./decoder.js";
+import { measurePlanPaths } from "../eval/paths.js";
+import { progressBars } from "./progress.js";
 
 interface PlanCliOptions {
   out: string;
@@ -29,6 +31,8 @@ interface PlanCliOptions {
   outDir?: string;
   json?: boolean;
   kvMode: string;
+  calib?: string;
+  measureBudget: string;
 }
 
 function num(name: string, v: string): number {
@@ -55,7 +59,12 @@ export function renderPlan(p: Plan): string {
   const cm = p.costModel;
   if (cm) {
     const paths = cm.paths.map((x) => `${x.ramp < 0 ? "no exit" : `exit ${x.ramp}`} ${(x.ms / p.baselineMs).toFixed(3)}`).join(", ");
-    lines.push(`predicted paths (x model): ${paths}; ${cm.source === "exits" ? "from each exit timed in the runtime" : cm.source === "segments" ? "from the stages and ramps timed alone (the segments form)" : "from stage prefixes (an older profile: profile again for per-exit timings)"}`);
+    const m = cm.measured;
+    if (m) {
+      const modelled = m.modelled.paths.map((x) => `${x.ramp < 0 ? "no exit" : `exit ${x.ramp}`} ${(x.ms / p.baselineMs).toFixed(3)}`).join(", ");
+      lines.push(`paths measured in the plan's runtime (x model, ${m.samples} samples, ${(m.elapsedMs / 1000).toFixed(1)} s): ${paths}; the saving above is from them (the cost model alone: ${pct(m.modelled.saving)})`);
+      lines.push(`cost model's paths (x model): ${modelled}; ${cm.source === "exits" ? "from each exit timed in the runtime" : cm.source === "segments" ? "from the stages and ramps timed alone (the segments form)" : "from stage prefixes"}`);
+    } else lines.push(`predicted paths (x model): ${paths}; ${cm.source === "exits" ? "from each exit timed in the runtime" : cm.source === "segments" ? "from the stages and ramps timed alone (the segments form)" : "from stage prefixes (an older profile: profile again for per-exit timings)"}`);
     if (cm.allExits) {
       const off = cm.allExits.measuredMs / cm.allExits.predictedMs - 1;
       const shift = cm.allExits.shiftMs;
@@ -86,6 +95,15 @@ export function renderPlan(p: Plan): string {
   return lines.join("\n");
 }
 
+async function measureWithBars(...args: Parameters<typeof measurePlanPaths>): Promise<Plan> {
+  const bars = progressBars();
+  try {
+    return await measurePlanPaths(args[0], args[1], args[2], args[3], args[4], (phase, done, total) => bars.update(phase, done, total));
+  } finally {
+    bars.stop();
+  }
+}
+
 export function registerPlan(program: Command): void {
   program
     .command("plan")
@@ -104,6 +122,8 @@ export function registerPlan(program: Command): void {
     .option("--frontier", "include the Pareto frontier of (drop, latency) configurations")
     .option("--points [drops]", `also certify operating points at these drops (comma-separated; default ${DEFAULT_POINT_LEVELS.join(",")}), switched per request in one model through its ee_thresholds input`)
     .option("--kv-mode <mode>", "decoder plans: auto (speculative when it is predicted faster than the certified exits), exact (exits with certified thresholds) or speculative (lossless: drafts checked by the full model)", "auto")
+    .option("--calib <data>", "measure the chosen plan's paths as its runtime runs them on these inputs (interleaved with the model, on the profile's machine), and predict from that; use samples eval will not see, e.g. the profile's calibration data")
+    .option("--measure-budget <ms>", "time for --calib's timed calls after a warm-up", "8000")
     .option("--emit <kinds>", "write artifacts: stages, single, truncated (comma-separated); for a decoder: truncated (the model loaded only up to the certified truncation)")
     .option("--out-dir <dir>", "directory for --emit artifacts (default: next to the plan)")
     .option("--json", "print the plan JSON on stdout")
@@ -146,7 +166,9 @@ export function registerPlan(program: Command): void {
         ...(opts.points ? { points: opts.points === true ? [...DEFAULT_POINT_LEVELS] : opts.points.split(",").map((x) => num("--points", x.trim())) } : {}),
       });
       const modelPath = path.resolve(path.dirname(file), result.profile.model.file);
-      const written = await writePlan(plan, opts.out, modelPath, { emit, ...(opts.outDir ? { outDir: opts.outDir } : {}) });
+      const measured = opts.calib ? await measureWithBars(plan, result.profile, modelPath, opts.calib, num("--measure-budget", opts.measureBudget)) : plan;
+      if (!opts.calib && plan.exits.length) info("note: paths predicted by the cost model alone; --calib <data> measures them in the plan's runtime (docs/plan.md)");
+      const written = await writePlan(measured, opts.out, modelPath, { emit, ...(opts.outDir ? { outDir: opts.outDir } : {}) });
       if (opts.json) out(JSON.stringify(written, null, 2));
       else info(renderPlan(written));
       info(`wrote ${opts.out}`);

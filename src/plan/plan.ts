@@ -122,6 +122,12 @@ export interface Plan {
     paths: Array<{ ramp: number; ms: number }>;
     /** The all-exits model measured and the exits' paired differences added up, per request; shiftMs: how far each exit's cost was moved to add up to it (problem.ts, shiftedAdds). */
     allExits: { measuredMs: number; predictedMs: number; shiftMs?: number } | null;
+    /**
+     * Present when the plan's paths were measured as its runtime runs them (`plan --calib`,
+     * eval/paths.ts): `paths` and `expected` then hold the measured figures, and `modelled` what
+     * the cost model alone predicted.
+     */
+    measured?: MeasuredPaths & { modelled: { paths: Array<{ ramp: number; ms: number }>; meanLatencyMs: number; medianLatencyMs: number; saving: number; savingMedian: number } };
   };
   exits: PlannedExit[];
   expected: Outcome;
@@ -138,6 +144,50 @@ export interface Plan {
   live?: LiveRecord;
   /** Artifacts written with --emit (paths relative to the plan). */
   artifacts?: Record<string, unknown>;
+}
+
+/**
+ * A plan's paths timed in its runtime (eval/paths.ts): each path's calls as multiples of the
+ * model's median in their block, on `samples` inputs at `batch`.
+ */
+export interface MeasuredPaths {
+  batch: number;
+  samples: number;
+  /** The model's median in the run, ms per row (the paths' ms are ratio x the profiled model). */
+  modelMs: number;
+  paths: Array<{ ramp: number; ratio: number; calls: number; distinct: number }>;
+  budgetMs: number;
+  elapsedMs: number;
+}
+
+/**
+ * The plan with its paths' latency measured: each path the measured multiple of the model times
+ * the profiled model (a path not timed, one no measured sample took or too rare for a whole
+ * batch, keeps the cost model's figure), and the expected mean and median latency from them at
+ * the plan's shares of tuning and certification samples on each path.
+ */
+export function withMeasuredPaths(plan: Plan, m: MeasuredPaths): Plan {
+  if (m.batch !== plan.settings.batch) throw new Error(`paths measured at batch ${m.batch}, the plan is at batch ${plan.settings.batch}`);
+  const base = plan.baselineMs;
+  const prior = plan.costModel.measured?.modelled ?? { paths: plan.costModel.paths, meanLatencyMs: plan.expected.meanLatencyMs, medianLatencyMs: plan.expected.medianLatencyMs, saving: plan.expected.saving, savingMedian: plan.expected.savingMedian };
+  const paths = prior.paths.map((p) => {
+    const got = m.paths.find((x) => x.ramp === p.ramp);
+    return { ramp: p.ramp, ms: got ? got.ratio * base : p.ms };
+  });
+  // Samples on each path, tuning and certification together (as `expected` weighs them).
+  const n = plan.data.tune + plan.data.certify;
+  const counts = plan.exits.map((e) => ({ ramp: e.ramp, count: e.exitRateTune * plan.data.tune + e.exitRateCertify * plan.data.certify }));
+  counts.push({ ramp: -1, count: Math.max(0, n - counts.reduce((a, c) => a + c.count, 0)) });
+  const cost = (ramp: number): number => paths.find((p) => p.ramp === ramp)?.ms ?? base;
+  const mean = counts.reduce((a, c) => a + c.count * cost(c.ramp), 0) / Math.max(1, n);
+  const sorted = counts.map((c) => ({ ms: cost(c.ramp), count: c.count })).sort((a, b) => a.ms - b.ms);
+  let seen = 0;
+  const medianMs = sorted.find((x) => (seen += x.count) >= n / 2)?.ms ?? base;
+  return {
+    ...plan,
+    costModel: { ...plan.costModel, paths, measured: { ...m, modelled: prior } },
+    expected: { ...plan.expected, meanLatencyMs: mean, medianLatencyMs: medianMs, saving: 1 - mean / base, savingMedian: 1 - medianMs / base },
+  };
 }
 
 /**

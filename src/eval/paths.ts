@@ -1,0 +1,180 @@
+/**
+ * A plan's exit paths measured as its runtime runs them (`plan --calib`): the plan's
+ * EarlyExitSession and the original model on the same inputs, interleaved in blocks of calls as
+ * eval times them, each path's calls taken as multiples of the model's median in their own block.
+ *
+ * Why: the cost model adds up pieces timed one call at a time (each exit alone, after a call of
+ * its own path or of the whole model). In a stream whose calls mix paths, onnxruntime's sessions
+ * run slower than those pieces say (the ViT fixture's no-exit path 4-21% above its prediction in
+ * every run; docs/profile.md), and a search that picks the cheapest exits from noisy costs picks
+ * those that came out cheap by chance. Timing the chosen plan itself in such a stream, on
+ * samples apart from those eval will use, measures what its paths cost.
+ *
+ * At batch B > 1 every timed call holds B samples that take the same exit (found by a first
+ * pass), so each path is timed as a whole batch; a path with fewer than B samples is not timed.
+ * Calls of all paths are shuffled together (a seeded shuffle), so a path's call follows one of
+ * another path about as often as in a mixed stream.
+ */
+import * as os from "node:os";
+import { withMeasuredPaths, type MeasuredPaths, type Plan } from "../plan/plan.js";
+import type { Profile } from "../profile/profile.js";
+import { checkModelHash } from "../plan/write.js";
+import { openCalibration } from "../data/calib.js";
+import { readRampMetadata, unpackHashes } from "../ramps/metadata.js";
+import { EeToolError } from "../errors.js";
+import { EarlyExitSession } from "../runtime/early-exit.js";
+import { loadModel } from "../onnx/model.js";
+import type { CalibrationSet } from "../data/calib.js";
+import { declaredTypes, splitModel } from "../stages/split.js";
+import { runtimeBytes, sessionsThatFit, type SessionSettings } from "../ort/ort.js";
+import { createRunnable, type RunnableSession } from "../ort/sync.js";
+import { Rng } from "../util/rng.js";
+
+/** Calls per block (as eval's). */
+const BLOCK = 16;
+/** Sessions of the model and of the runtime the blocks take turns in (as eval's). */
+const SESSIONS = 3;
+/** Each path is timed in at least this many calls (its batches repeated where it has fewer). */
+const MIN_CALLS = 96;
+
+export interface MeasurePathsOptions {
+  batch?: number;
+  settings?: SessionSettings;
+  /** Time for the timed blocks after a warm-up pass, ms (default 8000); every path gets MIN_CALLS calls first. */
+  budgetMs?: number;
+  seed?: number;
+  onProgress?: (phase: string, done: number, total: number) => void;
+}
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+/** The mean of the middle 80%: a path's expected time without a busy machine's outliers. */
+export function centralMean(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.slice(Math.floor(s.length * 0.1), Math.ceil(s.length * 0.9));
+  return mid.reduce((a, b) => a + b, 0) / Math.max(1, mid.length);
+}
+
+/** Measure the plan's paths on `samples` (indices into `data`). */
+export async function measurePaths(plan: Plan, modelPath: string, data: CalibrationSet, samples: readonly number[], options: MeasurePathsOptions = {}): Promise<MeasuredPaths> {
+  const batch = options.batch ?? plan.settings.batch;
+  const budgetMs = options.budgetMs ?? 8000;
+  const settings: SessionSettings = { optimization: "all", spinning: false, ...options.settings };
+  const model = loadModel(modelPath);
+  const originalBytes = runtimeBytes(splitModel(model.proto, declaredTypes(model.proto)).original, model.readExternal);
+  const n = sessionsThatFit(SESSIONS, 4 * originalBytes.byteLength);
+  const bases: RunnableSession[] = [];
+  const ees: EarlyExitSession[] = [];
+  const t0 = performance.now();
+  try {
+    for (let k = 0; k < n; k++) {
+      bases.push(await createRunnable(originalBytes, settings, [plan.model.output]));
+      ees.push(await EarlyExitSession.fromPlan(plan, modelPath, settings));
+    }
+    // The exit of every sample, then batches of samples that share one.
+    const groups = new Map<number, number[]>();
+    for (let i = 0; i < samples.length; i += 64) {
+      const idx = samples.slice(i, i + 64);
+      const r = await ees[0]!.run(data.feedsFor(idx));
+      idx.forEach((s, k) => {
+        const e = r.exits[k]!;
+        if (!groups.has(e)) groups.set(e, []);
+        groups.get(e)!.push(s);
+      });
+    }
+    const calls: Array<{ exit: number; idx: number[] }> = [];
+    const distinct = new Map<number, number>();
+    for (const [exit, ss] of groups) {
+      const own: Array<{ exit: number; idx: number[] }> = [];
+      for (let i = 0; i + batch <= ss.length; i += batch) own.push({ exit, idx: ss.slice(i, i + batch) });
+      distinct.set(exit, own.length);
+      for (let k = 0; own.length && k < Math.max(own.length, MIN_CALLS); k++) calls.push(own[k % own.length]!);
+    }
+    const rng = new Rng(options.seed ?? 1);
+    const order = Array.from(rng.permutation(calls.length), (i) => calls[i]!);
+    const blocks: Array<typeof order> = [];
+    for (let i = 0; i < order.length; i += BLOCK) blocks.push(order.slice(i, i + BLOCK));
+    const byExit = new Map<number, number[]>();
+    const modelMs: number[] = [];
+    const start = performance.now();
+    // A warm-up pass over the first blocks, then blocks in turn until every call was timed once and the budget is spent.
+    const warm = Math.min(blocks.length, 2 * n);
+    for (let b = 0; b < warm + blocks.length || performance.now() - start < budgetMs; b++) {
+      const block = blocks[b % blocks.length]!;
+      const base = bases[b % n]!;
+      const ee = ees[b % n]!;
+      const tModel: number[] = [];
+      const tEe: Array<{ exit: number; ms: number }> = [];
+      const runModel = async (): Promise<void> => {
+        await base.run(data.feedsFor(block[0]!.idx), [plan.model.output]);
+        for (const c of block) {
+          const feeds = data.feedsFor(c.idx);
+          const s = performance.now();
+          await base.run(feeds, [plan.model.output]);
+          tModel.push(performance.now() - s);
+        }
+      };
+      const runEe = async (): Promise<void> => {
+        await ee.run(data.feedsFor(block[0]!.idx));
+        for (const c of block) {
+          const r = await ee.run(data.feedsFor(c.idx));
+          tEe.push({ exit: c.exit, ms: r.timings.totalMs });
+        }
+      };
+      if (b % 2 === 0) {
+        await runModel();
+        await runEe();
+      } else {
+        await runEe();
+        await runModel();
+      }
+      options.onProgress?.("paths", Math.min(b + 1, warm + blocks.length), warm + blocks.length);
+      if (b < warm) continue;
+      const ref = median(tModel);
+      modelMs.push(...tModel);
+      for (const x of tEe) {
+        if (!byExit.has(x.exit)) byExit.set(x.exit, []);
+        byExit.get(x.exit)!.push(x.ms / ref);
+      }
+    }
+    const paths = [...byExit].map(([ramp, xs]) => ({ ramp, calls: xs.length, distinct: distinct.get(ramp)!, ratio: centralMean(xs) }))
+      .sort((a, b) => (a.ramp < 0 ? 1e9 : a.ramp) - (b.ramp < 0 ? 1e9 : b.ramp));
+    return {
+      batch, samples: samples.length, modelMs: median(modelMs) / batch, paths,
+      budgetMs, elapsedMs: performance.now() - t0,
+    };
+  } finally {
+    for (const s of [...ees, ...bases]) await s.release();
+  }
+}
+
+/** Samples of the data measured at most (evenly spread over the file). */
+const MAX_SAMPLES = 4096;
+
+/**
+ * `plan --calib`: the plan with its paths measured on this machine (withMeasuredPaths), on the
+ * samples of `dataPath` that did not fit the ramps, at most MAX_SAMPLES of them. Refused where
+ * the profile measured another processor or provider: the plan's figures are for that one.
+ */
+export async function measurePlanPaths(plan: Plan, profile: Profile, modelPath: string, dataPath: string, budgetMs: number, onProgress?: MeasurePathsOptions["onProgress"]): Promise<Plan> {
+  if (!(budgetMs >= 0)) throw new EeToolError("USAGE", `--measure-budget must be a number of milliseconds, got ${budgetMs}`);
+  checkModelHash(modelPath, plan.model.sha256);
+  const cpu = os.cpus()[0]?.model ?? "unknown";
+  const env = profile.environment;
+  if (env.cpu !== cpu || env.platform !== `${process.platform}-${process.arch}`) {
+    throw new EeToolError("PROFILE_MISMATCH", `the profile was measured on ${env.cpu} (${env.platform}); this machine is ${cpu} (${process.platform}-${process.arch})`, {
+      hint: "Run plan --calib where the profile ran (its paths are measured on this machine), or plan without --calib.",
+    });
+  }
+  const model = loadModel(modelPath);
+  const data = openCalibration(dataPath, model.proto);
+  const fitted = unpackHashes(readRampMetadata(model.proto)?.calibration.fitHashes ?? "");
+  const hashes = data.sampleHashes();
+  const free = Array.from({ length: data.size }, (_, i) => i).filter((i) => !fitted.has(hashes[i]!));
+  const step = Math.max(1, free.length / MAX_SAMPLES);
+  const samples = Array.from({ length: Math.min(free.length, MAX_SAMPLES) }, (_, k) => free[Math.floor(k * step)]!);
+  if (samples.length < plan.settings.batch) throw new EeToolError("TOO_FEW_SAMPLES", `${dataPath} has ${samples.length} samples that did not fit the ramps; measuring the paths at batch ${plan.settings.batch} needs at least that many`);
+  const settings: SessionSettings = { ...(env.executionProvider !== "cpu" ? { ep: env.executionProvider } : {}), ...(env.threads !== null ? { threads: env.threads } : {}) };
+  const m = await measurePaths(plan, modelPath, data, samples, { budgetMs, settings, ...(onProgress ? { onProgress } : {}) });
+  return withMeasuredPaths(plan, m);
+}
