@@ -59,12 +59,13 @@ export function renderPlan(p: Plan): string {
   const cm = p.costModel;
   if (cm) {
     const paths = cm.paths.map((x) => `${x.ramp < 0 ? "no exit" : `exit ${x.ramp}`} ${(x.ms / p.baselineMs).toFixed(3)}`).join(", ");
+    const source = cm.source === "exits" ? "from each exit timed in the runtime" : cm.source === "segments" ? "from the stages and ramps timed alone (the segments form)" : "from stage prefixes (an older profile: profile again for per-exit timings)";
     const m = cm.measured;
     if (m) {
       const modelled = m.modelled.paths.map((x) => `${x.ramp < 0 ? "no exit" : `exit ${x.ramp}`} ${(x.ms / p.baselineMs).toFixed(3)}`).join(", ");
       lines.push(`paths measured in the plan's runtime (x model, ${m.samples} samples, ${(m.elapsedMs / 1000).toFixed(1)} s): ${paths}; the saving above is from them (the cost model alone: ${pct(m.modelled.saving)})`);
-      lines.push(`cost model's paths (x model): ${modelled}; ${cm.source === "exits" ? "from each exit timed in the runtime" : cm.source === "segments" ? "from the stages and ramps timed alone (the segments form)" : "from stage prefixes"}`);
-    } else lines.push(`predicted paths (x model): ${paths}; ${cm.source === "exits" ? "from each exit timed in the runtime" : cm.source === "segments" ? "from the stages and ramps timed alone (the segments form)" : "from stage prefixes (an older profile: profile again for per-exit timings)"}`);
+      lines.push(`cost model's paths (x model): ${modelled}; ${source}`);
+    } else lines.push(`predicted paths (x model): ${paths}; ${source}`);
     if (cm.allExits) {
       const off = cm.allExits.measuredMs / cm.allExits.predictedMs - 1;
       const shift = cm.allExits.shiftMs;
@@ -143,7 +144,7 @@ export function registerPlan(program: Command): void {
       const decoderProfile = readDecoderProfileFile(file);
       if (decoderProfile) {
         for (const k of emit) if (k !== "truncated") throw new EeToolError("USAGE", `--emit for a decoder plan takes truncated (the model loaded only up to the certified truncation), got '${k}'`);
-        const unused = classifierOnlyNote(cmd, ["against", "batch", "search", "levels", "tuningDrop", "frontier", "points"], "a decoder plan is tuned at batch 1 against the model's greedy tokens, along its measured frontier (always in the plan)");
+        const unused = classifierOnlyNote(cmd, ["against", "batch", "search", "levels", "tuningDrop", "frontier", "points", "calib"], "a decoder plan is tuned at batch 1 against the model's greedy tokens, along its measured frontier (always in the plan)");
         if (unused) info(unused);
         const plan = planDecoder(decoderProfile, loadDecoderSamples(decoderProfile, file), {
           maxDrop: num("--max-drop", opts.maxDrop), confidence: num("--confidence", opts.confidence), metric: opts.metric as Metric,
