@@ -73,9 +73,11 @@ export async function measurePaths(plan: Plan, modelPath: string, data: Calibrat
     }
     // The exit of every sample, then batches of samples that share one.
     const groups = new Map<number, number[]>();
-    for (let i = 0; i < samples.length; i += 64) {
-      const idx = samples.slice(i, i + 64);
-      const r = await ees[0]!.run(data.feedsFor(idx));
+    // In passes of the data's batch (a model that fixes its batch size gets padded rows, not read).
+    const pass = data.passBatch(64);
+    for (let i = 0; i < samples.length; i += pass) {
+      const idx = samples.slice(i, i + pass);
+      const r = await ees[0]!.run(data.passFeeds(idx));
       idx.forEach((s, k) => {
         const e = r.exits[k]!;
         if (!groups.has(e)) groups.set(e, []);
