@@ -1,5 +1,5 @@
 // End to end on the fixtures (CNN, text, ViT): insert (default ramps, or --ramp KIND), profile, plan at --max-drop 0.01 (its paths
-// measured in its runtime on the calibration data, plan --calib; --modelled: the cost model alone), then eval on the
+// measured in its runtime on the calibration data, as plan does by default; --modelled: the cost model alone, plan --no-measure), then eval on the
 // evaluation slices at batch 1 on CPU. Prints measured latency reduction and accuracy drop beside
 // the plan's predictions (original model and early-exit runtime measured interleaved in one run).
 // --runs N repeats the whole pipeline N times and ends with each fixture's range and mean: on a
@@ -15,7 +15,7 @@ const opt = (name, dflt) => (args.includes(name) ? args[args.indexOf(name) + 1] 
 const budget = opt("--budget", "10000");
 const runs = Number(opt("--runs", "1"));
 const ramp = opt("--ramp", undefined);
-// --modelled: predict from the cost model alone (plan without --calib, which measures the plan's paths in its runtime).
+// --modelled: predict from the cost model alone (plan --no-measure; by default plan measures the plan's paths in its runtime).
 const modelled = args.includes("--modelled");
 const here = path.dirname(new URL(import.meta.url).pathname);
 const cli = path.join(here, "..", "bin", "ee-tool.js");
@@ -32,7 +32,7 @@ for (let k = 1; k <= runs; k++) {
     const ee = path.join(dir, `${name}.ee.onnx`), prof = path.join(dir, `${name}.profile.json`), plan = path.join(dir, `${name}.plan.json`);
     run(["insert", fx(`${name}/model.onnx`), "--calib", fx(`${name}/calib.npz`), ...(ramp ? ["--ramp", ramp] : []), "-o", ee, "-q"]);
     run(["profile", ee, "--calib", fx(`${name}/calib.npz`), "--batch", "1", "--budget", budget, "-o", prof, "-q"]);
-    run(["plan", prof, "--max-drop", "0.01", ...(modelled ? [] : ["--calib", fx(`${name}/calib.npz`)]), "-o", plan, "-q"]);
+    run(["plan", prof, "--max-drop", "0.01", ...(modelled ? ["--no-measure"] : []), "-o", plan, "-q"]);
     const r = JSON.parse(run(["eval", plan, "--data", fx(`${name}/eval.npz`), "--labels", fx(`${name}/eval_labels.npy`), "--json", "-q"]));
     const p = JSON.parse(fs.readFileSync(plan, "utf8"));
     results[name].push({ saving: r.latency.saving, predicted: p.expected.saving, drop: r.accuracy.dropVsModel });

@@ -155,7 +155,7 @@ const central = (xs) => {
   return mid.reduce((a, b) => a + b, 0) / mid.length;
 };
 const m = median(modelMs.map(median)) / batch;
-console.log(`batch ${batch}; cost model from ${costs.source === "exits" ? "each exit measured in the runtime" : "stage prefixes (an older profile)"}${fromPlan ? (plan.costModel.measured ? ", the plan's path costs (measured in its runtime on other samples, plan --calib)" : ", the plan's path costs") : ""}`);
+console.log(`batch ${batch}; cost model from ${costs.source === "exits" ? "each exit measured in the runtime" : "stage prefixes (an older profile)"}${fromPlan ? (plan.costModel.measured ? ", the plan's path costs (measured in its runtime on other samples by plan)" : ", the plan's path costs") : ""}`);
 console.log(`model: measured p50 ${m.toFixed(3)} ms per row (its ${nSessions} sessions: ${modelMs.map((xs) => (median(xs) / batch).toFixed(3)).join(", ")}), profiled p50 ${costs.baseline.toFixed(3)} ms`);
 const state = m / costs.baseline - 1;
 if (Math.abs(state) > 0.05) console.log(`note: the machine ran the model ${(Math.abs(state) * 100).toFixed(0)}% ${state > 0 ? "slower" : "faster"} than during the profile; the paths' ratios move with its state (docs/profile.md)`);

@@ -34,6 +34,7 @@ export { burstyTrace, meanRate, type TraceOptions, type TraceRequest } from "./s
 export { PointMonitor, type MonitorOptions, type Switch } from "./serve/monitor.js";
 export { ShadowScorer } from "./serve/shadow.js";
 export { evaluatePlan, type EvalReport, type EvalOptions } from "./eval/eval.js";
+export { measurePaths, measurePlan, measurePlanPaths, profileData, machineMismatch, type MeasurePathsOptions, type MeasurePlanOptions } from "./eval/paths.js";
 export { junitXml, markdownSummary, type CiContext, type SummaryStep } from "./eval/ci.js";
 export type { EvalCheck } from "./eval/eval.js";
 export { loadRunConfig, RUN_CONFIG_SCHEMA, type RunConfig, type LatencyCache } from "./pipeline/config.js";

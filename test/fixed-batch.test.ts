@@ -59,7 +59,7 @@ describe("a model whose batch dimension is fixed", () => {
 
     expect(runCli(["profile", ee, "--calib", FIX("text/calib.npz"), "--batch", "4", "--budget", "300", "-o", prof, "-q"]).code).toBe(0);
     const plan = path.join(dir, "plan.json");
-    expect(runCli(["plan", prof, "--batch", "4", "-o", plan, "-q"]).code).toBe(0);
+    expect(runCli(["plan", prof, "--batch", "4", "--measure-budget", "300", "-o", plan, "-q"]).code).toBe(0);
     const wrong = runCli(["eval", plan, "--data", FIX("text/eval.npz"), "--batch", "2"]);
     expect(wrong.code).toBe(2);
     expect(wrong.stderr).toMatch(/^ee-tool: error \[FIXED_BATCH\]: input 'input_ids' has a fixed batch dimension of 4, so eval --batch 2 cannot run/);

@@ -364,7 +364,7 @@ describe("plan search", () => {
 describe("ee-tool plan", () => {
   it("--points: operating points at several drops, each certified at its share of the error, in one model with every point's exits", () => {
     const out = path.join(work, "cnn.points.plan.json");
-    const r = runCli(["plan", files.cnn.profile, "--points", "0.005,0.02", "-o", out]);
+    const r = runCli(["plan", files.cnn.profile, "--points", "0.005,0.02", "--no-measure", "-o", out]);
     expect(r.code).toBe(0);
     const plan = JSON.parse(fs.readFileSync(out, "utf8")) as Plan;
     expect(validate(plan, planSchema)).toEqual([]);
@@ -394,7 +394,7 @@ describe("ee-tool plan", () => {
 
   it.each(["cnn", "text"] as const)("%s: certified plan within the constraint on held-back data; greedy baseline beside it", (name) => {
     const out = path.join(work, `${name}.plan.json`);
-    const r = runCli(["plan", files[name].profile, "--max-drop", "0.01", "--frontier", "-o", out]);
+    const r = runCli(["plan", files[name].profile, "--max-drop", "0.01", "--frontier", "--no-measure", "-o", out]);
     expect(r.code).toBe(0);
     const plan = JSON.parse(fs.readFileSync(out, "utf8")) as Plan;
     console.log(`${name} plan:\n${r.stderr}`);
@@ -417,7 +417,7 @@ describe("ee-tool plan", () => {
     // tuner, it does at least as well on the tuning data.
     expect(plan.settings.tuningDrop).toBe("fitted");
     const observedOut = path.join(work, `${name}.observed.plan.json`);
-    expect(runCli(["plan", files[name].profile, "--max-drop", "0.01", "--tuning-drop", "observed", "-o", observedOut, "-q"]).code).toBe(0);
+    expect(runCli(["plan", files[name].profile, "--max-drop", "0.01", "--tuning-drop", "observed", "--no-measure", "-o", observedOut, "-q"]).code).toBe(0);
     const observed = JSON.parse(fs.readFileSync(observedOut, "utf8")) as Plan;
     expect(observed.settings.tuningDrop).toBe("observed");
     expect(observed.searchBest.meanLatencyMs).toBeLessThanOrEqual(observed.greedy.meanLatencyMs + 1e-9);
@@ -451,14 +451,14 @@ describe("ee-tool plan", () => {
     expect(path.resolve(work, plan.model.file)).toBe(files[name].ee);
     // Reproducible: the same profile and options give the same bytes.
     const again = path.join(work, `${name}.again.plan.json`);
-    expect(runCli(["plan", files[name].profile, "--max-drop", "0.01", "--frontier", "-o", again]).code).toBe(0);
+    expect(runCli(["plan", files[name].profile, "--max-drop", "0.01", "--frontier", "--no-measure", "-o", again]).code).toBe(0);
     expect(fs.readFileSync(again).equals(fs.readFileSync(out))).toBe(true);
   });
 
   it("against labels, other metrics", () => {
     const out = path.join(work, "labels.plan.json");
     for (const metric of ["margin", "entropy"]) {
-      const r = runCli(["plan", files.text.profile, "--against", "labels", "--metric", metric, "--max-drop", "0.03", "-o", out]);
+      const r = runCli(["plan", files.text.profile, "--against", "labels", "--metric", metric, "--max-drop", "0.03", "--no-measure", "-o", out]);
       expect(r.code).toBe(0);
       const plan = JSON.parse(fs.readFileSync(out, "utf8")) as Plan;
       expect(plan.settings.against).toBe("labels");
@@ -481,11 +481,15 @@ describe("ee-tool plan", () => {
     expect(plan.certificate).toBeNull();
   });
 
-  it("--calib: the plan's paths measured in its runtime, the expected latency from them at the plan's exit shares, the cost model's kept", () => {
+  it("measures the plan's paths in its runtime on the profile's calibration data: the expected latency from them at the plan's exit shares, the cost model's kept", () => {
     const modelledOut = path.join(work, "cnn.modelled.plan.json");
     const measuredOut = path.join(work, "cnn.measured.plan.json");
-    expect(runCli(["plan", files.cnn.profile, "--max-drop", "0.01", "-o", modelledOut, "-q"]).code).toBe(0);
-    const r = runCli(["plan", files.cnn.profile, "--max-drop", "0.01", "--calib", FIX("cnn/calib.npz"), "--measure-budget", "500", "-o", measuredOut]);
+    // The profile names its data relative to itself; --no-measure keeps the cost model alone.
+    const profJson = JSON.parse(fs.readFileSync(files.cnn.profile, "utf8")) as Profile;
+    expect(profJson.settings.calibrationData).toBe(path.relative(path.dirname(files.cnn.profile), FIX("cnn/calib.npz")));
+    expect(runCli(["plan", files.cnn.profile, "--max-drop", "0.01", "--no-measure", "-o", modelledOut, "-q"]).code).toBe(0);
+    expect((JSON.parse(fs.readFileSync(modelledOut, "utf8")) as Plan).costModel.measured).toBeUndefined();
+    const r = runCli(["plan", files.cnn.profile, "--max-drop", "0.01", "--measure-budget", "500", "-o", measuredOut]);
     expect(r.code).toBe(0);
     expect(r.stderr).toMatch(/paths measured in the plan's runtime \(x model, \d+ samples/);
     const modelled = JSON.parse(fs.readFileSync(modelledOut, "utf8")) as Plan;
@@ -521,13 +525,28 @@ describe("ee-tool plan", () => {
     const prof = JSON.parse(fs.readFileSync(files.cnn.profile, "utf8")) as Profile;
     prof.environment.cpu = "another processor";
     prof.model.file = path.relative(copy, path.resolve(path.dirname(files.cnn.profile), prof.model.file));
+    prof.settings.calibrationData = path.relative(copy, FIX("cnn/calib.npz"));
     fs.writeFileSync(path.join(copy, "p.json"), JSON.stringify(prof));
     fs.copyFileSync(files.cnn.profile.replace(".json", ".bin"), path.join(copy, path.basename(files.cnn.profile.replace(".json", ".bin"))));
     const bad = runCli(["plan", path.join(copy, "p.json"), "--calib", FIX("cnn/calib.npz"), "-o", path.join(copy, "plan.json")]);
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toMatch(/PROFILE_MISMATCH\]: the profile was measured on another processor/);
-    expect(bad.stderr).toMatch(/hint: Run plan --calib where the profile ran/);
+    expect(bad.stderr).toMatch(/hint: Run plan where the profile ran/);
     expect(fs.existsSync(path.join(copy, "plan.json"))).toBe(false);
+    // Not told where: on another machine, or where the profile's data has moved, the cost model
+    // predicts alone and a note says why.
+    const other = runCli(["plan", path.join(copy, "p.json"), "-o", path.join(copy, "plan.json")]);
+    expect(other.code).toBe(0);
+    expect(other.stderr).toMatch(/note: paths predicted by the cost model alone: the profile was measured on another processor/);
+    prof.environment.cpu = profJson.environment.cpu;
+    prof.settings.calibrationData = "elsewhere/calib.npz";
+    fs.writeFileSync(path.join(copy, "p.json"), JSON.stringify(prof));
+    const moved = runCli(["plan", path.join(copy, "p.json"), "-o", path.join(copy, "plan.json")]);
+    expect(moved.code).toBe(0);
+    expect(moved.stderr).toMatch(/note: paths predicted by the cost model alone: the profile's calibration data is not where it was \(.*calib\.npz\)/);
+    expect((JSON.parse(fs.readFileSync(path.join(copy, "plan.json"), "utf8")) as Plan).costModel.measured).toBeUndefined();
+    const both = runCli(["plan", files.cnn.profile, "--calib", FIX("cnn/calib.npz"), "--no-measure", "-o", path.join(copy, "x.json")]);
+    expect(both.stderr).toMatch(/USAGE\]: --calib measures the plan's paths; --no-measure skips that/);
   }, 120_000);
 
   it("explains infeasible constraints in one line with exit code 3, and refuses a changed model", () => {
@@ -572,7 +591,7 @@ describe("ee-tool plan --emit", () => {
     ortWeb.env.wasm.numThreads = 1;
     const dir = tmpDir();
     const planFile = path.join(dir, "plan.json");
-    const r = runCli(["plan", files[name].profile, "--emit", "stages,single,truncated", "--out-dir", path.join(dir, "artifacts"), "-o", planFile]);
+    const r = runCli(["plan", files[name].profile, "--emit", "stages,single,truncated", "--out-dir", path.join(dir, "artifacts"), "--no-measure", "-o", planFile]);
     expect(r.code, r.stderr).toBe(0);
     const plan = JSON.parse(fs.readFileSync(planFile, "utf8")) as Plan;
     expect(validate(plan, planSchema)).toEqual([]);

@@ -13,7 +13,7 @@ describe("ee-tool report", () => {
     const ee = path.join(dir, "m.ee.onnx");
     expect(runCli(["insert", CNN, "--calib", FIX("cnn/calib.npz"), "-o", ee, "-q"]).code).toBe(0);
     expect(runCli(["profile", ee, "--calib", FIX("cnn/calib.npz"), "--batch", "1", "--budget", "1500", "-o", path.join(dir, "p.json"), "-q"]).code).toBe(0);
-    expect(runCli(["plan", path.join(dir, "p.json"), "-o", path.join(dir, "plan.json"), "-q"]).code).toBe(0);
+    expect(runCli(["plan", path.join(dir, "p.json"), "--no-measure", "-o", path.join(dir, "plan.json"), "-q"]).code).toBe(0);
     const out = path.join(dir, "report.html");
     const r = runCli(["report", path.join(dir, "p.json"), path.join(dir, "plan.json"), "-o", out]);
     expect(r.code).toBe(0);
@@ -41,7 +41,7 @@ describe("ee-tool report", () => {
     // Self-contained: no scripts, no external resources.
     expect(html).not.toMatch(/<script|<link|src=|https?:\/\/(?!www\.w3\.org\/2000\/svg)/);
     // A plan with operating points lists them.
-    expect(runCli(["plan", path.join(dir, "p.json"), "--points", "-o", path.join(dir, "points.json"), "-q"]).code).toBe(0);
+    expect(runCli(["plan", path.join(dir, "p.json"), "--points", "--no-measure", "-o", path.join(dir, "points.json"), "-q"]).code).toBe(0);
     expect(runCli(["report", path.join(dir, "p.json"), path.join(dir, "points.json"), "-o", path.join(dir, "r3.html")]).code).toBe(0);
     const withPoints = fs.readFileSync(path.join(dir, "r3.html"), "utf8");
     expect(withPoints).toContain("<h2>Operating points</h2>");

@@ -36,6 +36,7 @@ function writeConfig(dir: string, name: string, extra: Record<string, unknown> =
     evaluation: { data: FIX("cnn/eval.npz"), labels: FIX("cnn/eval_labels.npy") },
     out: "out",
     profile: { budgetMs: 1500 },
+    plan: { measureBudgetMs: 1000 },
     // The verdict's saving check on a loaded 2-core test machine: generous, it is not what is tested here.
     eval: { savingTolerance: 0.5 },
     ...extra,
@@ -71,7 +72,8 @@ describe("ee-tool run", () => {
       const rec = JSON.parse(fs.readFileSync(path.join(out, "steps", `${s}.json`), "utf8")) as StepRecord;
       expect(Object.keys(rec.inputs).length).toBeGreaterThan(0);
       expect(Object.values(rec.inputs).every((h) => /^[0-9a-f]{64}$/.test(h))).toBe(true);
-      expect(rec.machine === null).toBe(!["profile", "eval"].includes(s));
+      // The timed steps: profile, plan (it measures the chosen plan's paths) and eval.
+      expect(rec.machine === null).toBe(!["profile", "plan", "eval"].includes(s));
     }
     const evalBefore = fs.readFileSync(path.join(out, "eval.json"), "utf8");
 

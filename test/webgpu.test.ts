@@ -86,9 +86,9 @@ describe("--ep webgpu (SwiftShader)", () => {
     // A plan records its profile's provider (too few samples to certify: --confidence 0). The
     // software device's timings are noise, so the plan evaluated is the CPU profile's: a plan made
     // on one provider runs on another, and eval says so.
-    cli(["plan", f("webgpu.profile.json"), "--max-drop", "0.05", "--confidence", "0", "-o", f("webgpu.plan.json"), "-q"]);
+    cli(["plan", f("webgpu.profile.json"), "--max-drop", "0.05", "--confidence", "0", "--no-measure", "-o", f("webgpu.plan.json"), "-q"]);
     expect((JSON.parse(fs.readFileSync(f("webgpu.plan.json"), "utf8")) as Plan).profile.ep).toBe("webgpu");
-    cli(["plan", f("cpu.profile.json"), "--max-drop", "0.05", "--confidence", "0", "-o", f("plan.json"), "-q"]);
+    cli(["plan", f("cpu.profile.json"), "--max-drop", "0.05", "--confidence", "0", "--no-measure", "-o", f("plan.json"), "-q"]);
     const plan = JSON.parse(fs.readFileSync(f("plan.json"), "utf8")) as Plan;
     expect(plan.profile.ep).toBe("cpu");
     expect(plan.exits.length).toBeGreaterThan(0);

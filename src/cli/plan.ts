@@ -11,7 +11,8 @@ import type { Against, Metric } from "../plan/problem.js";
 import { loadDecoderSamples, planDecoder, readDecoderProfileFile } from "../plan/decoder.js";
 import { writeDecoderPlan } from "../emit/decoder.js";
 import { renderDecoderPlan } from "./decoder.js";
-import { measurePlanPaths } from "../eval/paths.js";
+import { DEFAULT_MEASURE_BUDGET_MS, measurePlan } from "../eval/paths.js";
+import type { Profile } from "../profile/profile.js";
 import { progressBars } from "./progress.js";
 
 interface PlanCliOptions {
@@ -33,6 +34,7 @@ interface PlanCliOptions {
   kvMode: string;
   calib?: string;
   measureBudget: string;
+  measure: boolean;
 }
 
 function num(name: string, v: string): number {
@@ -96,10 +98,22 @@ export function renderPlan(p: Plan): string {
   return lines.join("\n");
 }
 
-async function measureWithBars(...args: Parameters<typeof measurePlanPaths>): Promise<Plan> {
+/**
+ * The plan with its paths measured (measurePlan: on --calib's data, or by default on the profile's
+ * own), with progress bars; --no-measure keeps the cost model's figures.
+ */
+async function measured(plan: Plan, profile: Profile, file: string, modelPath: string, opts: PlanCliOptions): Promise<Plan> {
+  const budgetMs = num("--measure-budget", opts.measureBudget);
+  if (!opts.measure) {
+    if (opts.calib !== undefined) throw new EeToolError("USAGE", "--calib measures the plan's paths; --no-measure skips that: give one of them");
+    return plan;
+  }
   const bars = progressBars();
   try {
-    return await measurePlanPaths(args[0], args[1], args[2], args[3], args[4], (phase, done, total) => bars.update(phase, done, total));
+    const r = await measurePlan(plan, profile, file, modelPath, { budgetMs, ...(opts.calib !== undefined ? { data: opts.calib } : {}), onProgress: (phase, done, total) => bars.update(phase, done, total) });
+    bars.stop();
+    if (r.note) info(`note: ${r.note}; --calib <data> measures them in the plan's runtime (docs/plan.md)`);
+    return r.plan;
   } finally {
     bars.stop();
   }
@@ -123,8 +137,9 @@ export function registerPlan(program: Command): void {
     .option("--frontier", "include the Pareto frontier of (drop, latency) configurations")
     .option("--points [drops]", `also certify operating points at these drops (comma-separated; default ${DEFAULT_POINT_LEVELS.join(",")}), switched per request in one model through its ee_thresholds input`)
     .option("--kv-mode <mode>", "decoder plans: auto (speculative when it is predicted faster than the certified exits), exact (exits with certified thresholds) or speculative (lossless: drafts checked by the full model)", "auto")
-    .option("--calib <data>", "measure the chosen plan's paths as its runtime runs them on these inputs (interleaved with the model, on the profile's machine), and predict from that; use samples eval will not see, e.g. the profile's calibration data")
-    .option("--measure-budget <ms>", "time for --calib's timed calls after a warm-up", "8000")
+    .option("--calib <data>", "inputs to measure the chosen plan's paths on, as its runtime runs them (interleaved with the model, on the profile's machine); default: the profile's calibration data, where it is still there and this is the profile's machine. Use samples eval will not see")
+    .option("--measure-budget <ms>", "time for the measurement's timed calls after a warm-up", String(DEFAULT_MEASURE_BUDGET_MS))
+    .option("--no-measure", "predict the paths from the profile's cost model alone (no runs)")
     .option("--emit <kinds>", "write artifacts: stages, single, truncated (comma-separated); for a decoder: truncated (the model loaded only up to the certified truncation)")
     .option("--out-dir <dir>", "directory for --emit artifacts (default: next to the plan)")
     .option("--json", "print the plan JSON on stdout")
@@ -144,7 +159,7 @@ export function registerPlan(program: Command): void {
       const decoderProfile = readDecoderProfileFile(file);
       if (decoderProfile) {
         for (const k of emit) if (k !== "truncated") throw new EeToolError("USAGE", `--emit for a decoder plan takes truncated (the model loaded only up to the certified truncation), got '${k}'`);
-        const unused = classifierOnlyNote(cmd, ["against", "batch", "search", "levels", "tuningDrop", "frontier", "points", "calib"], "a decoder plan is tuned at batch 1 against the model's greedy tokens, along its measured frontier (always in the plan)");
+        const unused = classifierOnlyNote(cmd, ["against", "batch", "search", "levels", "tuningDrop", "frontier", "points", "calib", "measureBudget"], "a decoder plan is tuned at batch 1 against the model's greedy tokens, along its measured frontier (always in the plan)");
         if (unused) info(unused);
         const plan = planDecoder(decoderProfile, loadDecoderSamples(decoderProfile, file), {
           maxDrop: num("--max-drop", opts.maxDrop), confidence: num("--confidence", opts.confidence), metric: opts.metric as Metric,
@@ -167,9 +182,7 @@ export function registerPlan(program: Command): void {
         ...(opts.points ? { points: opts.points === true ? [...DEFAULT_POINT_LEVELS] : opts.points.split(",").map((x) => num("--points", x.trim())) } : {}),
       });
       const modelPath = path.resolve(path.dirname(file), result.profile.model.file);
-      const measured = opts.calib ? await measureWithBars(plan, result.profile, modelPath, opts.calib, num("--measure-budget", opts.measureBudget)) : plan;
-      if (!opts.calib && plan.exits.length) info("note: paths predicted by the cost model alone; --calib <data> measures them in the plan's runtime (docs/plan.md)");
-      const written = await writePlan(measured, opts.out, modelPath, { emit, ...(opts.outDir ? { outDir: opts.outDir } : {}) });
+      const written = await writePlan(await measured(plan, result.profile, file, modelPath, opts), opts.out, modelPath, { emit, ...(opts.outDir ? { outDir: opts.outDir } : {}) });
       if (opts.json) out(JSON.stringify(written, null, 2));
       else info(renderPlan(written));
       info(`wrote ${opts.out}`);

@@ -67,6 +67,25 @@ function readPbDir(dir: string): ArraySource[] {
   });
 }
 
+/**
+ * A --calib argument with each file it names passed through `move` (`name=a.npy,name2=b.npy`
+ * keeps its names): how a profile stores its data relative to itself and plan finds it again.
+ */
+export function relocateDataArg(arg: string, move: (file: string) => string): string {
+  if (!arg.includes("=")) return move(arg);
+  return arg.split(",").map((part) => {
+    const eq = part.indexOf("=");
+    return eq <= 0 ? part : `${part.slice(0, eq)}=${move(part.slice(eq + 1))}`;
+  }).join(",");
+}
+
+/** The files a --calib argument names, or those of them that are missing. */
+export function missingDataFiles(arg: string): string[] {
+  const files: string[] = [];
+  relocateDataArg(arg, (f) => (files.push(f), f));
+  return files.filter((f) => !fs.existsSync(f));
+}
+
 /** Parse a --calib argument into arrays keyed by model input name. */
 export function openArrays(arg: string, specs: InputSpec[]): Map<string, ArraySource> {
   const names = specs.map((s) => s.name);

@@ -16,10 +16,12 @@
  * another path about as often as in a mixed stream.
  */
 import * as os from "node:os";
+import * as path from "node:path";
+import { createHash } from "node:crypto";
 import { withMeasuredPaths, type MeasuredPaths, type Plan } from "../plan/plan.js";
 import type { Profile } from "../profile/profile.js";
 import { checkModelHash } from "../plan/write.js";
-import { openCalibration } from "../data/calib.js";
+import { missingDataFiles, openCalibration, relocateDataArg } from "../data/calib.js";
 import { readRampMetadata, unpackHashes } from "../ramps/metadata.js";
 import { EeToolError } from "../errors.js";
 import { EarlyExitSession } from "../runtime/early-exit.js";
@@ -150,33 +152,90 @@ export async function measurePaths(plan: Plan, modelPath: string, data: Calibrat
   }
 }
 
+/** Time for plan's timed calls after a warm-up (ms): paths within 1-6% of eval's on the fixtures (docs/plan.md). */
+export const DEFAULT_MEASURE_BUDGET_MS = 8000;
+
 /** Samples of the data measured at most (evenly spread over the file). */
 const MAX_SAMPLES = 4096;
+
+/** Why this machine cannot measure paths for the profile's figures (another processor or platform), or null. */
+export function machineMismatch(profile: Profile): string | null {
+  const cpu = os.cpus()[0]?.model ?? "unknown";
+  const env = profile.environment;
+  if (env.cpu === cpu && env.platform === `${process.platform}-${process.arch}`) return null;
+  return `the profile was measured on ${env.cpu} (${env.platform}); this machine is ${cpu} (${process.platform}-${process.arch})`;
+}
+
+/**
+ * Where plan measures the chosen plan's paths when not told (`--calib`): the profile's own
+ * calibration data, where the profile names it, its files are there and this is the profile's
+ * machine; otherwise why not (plan then predicts from the cost model alone, and says so).
+ */
+export function profileData(profile: Profile, profileFile: string): { data: string } | { why: string } {
+  const arg = profile.settings.calibrationData;
+  if (arg === undefined) return { why: "the profile does not name its calibration data (an older profile)" };
+  const data = relocateDataArg(arg, (f) => path.resolve(path.dirname(profileFile), f));
+  const missing = missingDataFiles(data);
+  if (missing.length) return { why: `the profile's calibration data is not where it was (${missing.join(", ")})` };
+  const other = machineMismatch(profile);
+  return other ? { why: other } : { data };
+}
+
+export interface MeasurePlanOptions {
+  /** Time for the timed calls after a warm-up (ms). */
+  budgetMs: number;
+  /** The data must be the one the profile scored (its settings.calibrationHash): refused with CALIB_MISMATCH otherwise. */
+  calibrationHash?: string;
+  onProgress?: MeasurePathsOptions["onProgress"];
+}
 
 /**
  * `plan --calib`: the plan with its paths measured on this machine (withMeasuredPaths), on the
  * samples of `dataPath` that did not fit the ramps, at most MAX_SAMPLES of them. Refused where
  * the profile measured another processor or provider: the plan's figures are for that one.
  */
-export async function measurePlanPaths(plan: Plan, profile: Profile, modelPath: string, dataPath: string, budgetMs: number, onProgress?: MeasurePathsOptions["onProgress"]): Promise<Plan> {
+export async function measurePlanPaths(plan: Plan, profile: Profile, modelPath: string, dataPath: string, options: MeasurePlanOptions): Promise<Plan> {
+  const { budgetMs } = options;
   if (!(budgetMs >= 0)) throw new EeToolError("USAGE", `--measure-budget must be a number of milliseconds, got ${budgetMs}`);
   checkModelHash(modelPath, plan.model.sha256);
-  const cpu = os.cpus()[0]?.model ?? "unknown";
-  const env = profile.environment;
-  if (env.cpu !== cpu || env.platform !== `${process.platform}-${process.arch}`) {
-    throw new EeToolError("PROFILE_MISMATCH", `the profile was measured on ${env.cpu} (${env.platform}); this machine is ${cpu} (${process.platform}-${process.arch})`, {
-      hint: "Run plan --calib where the profile ran (its paths are measured on this machine), or plan without --calib.",
-    });
-  }
+  const other = machineMismatch(profile);
+  if (other) throw new EeToolError("PROFILE_MISMATCH", other, { hint: "Run plan where the profile ran (its paths are measured on this machine), or plan with --no-measure." });
   const model = loadModel(modelPath);
   const data = openCalibration(dataPath, model.proto);
   const fitted = unpackHashes(readRampMetadata(model.proto)?.calibration.fitHashes ?? "");
   const hashes = data.sampleHashes();
+  if (options.calibrationHash !== undefined && createHash("sha256").update(hashes.join("")).digest("hex") !== options.calibrationHash) {
+    throw new EeToolError("CALIB_MISMATCH", `${dataPath} has changed since the profile scored it`);
+  }
   const free = Array.from({ length: data.size }, (_, i) => i).filter((i) => !fitted.has(hashes[i]!));
   const step = Math.max(1, free.length / MAX_SAMPLES);
   const samples = Array.from({ length: Math.min(free.length, MAX_SAMPLES) }, (_, k) => free[Math.floor(k * step)]!);
   if (samples.length < plan.settings.batch) throw new EeToolError("TOO_FEW_SAMPLES", `${dataPath} has ${samples.length} samples that did not fit the ramps; measuring the paths at batch ${plan.settings.batch} needs at least that many`);
+  const env = profile.environment;
   const settings: SessionSettings = { ...(env.executionProvider !== "cpu" ? { ep: env.executionProvider } : {}), ...(env.threads !== null ? { threads: env.threads } : {}) };
-  const m = await measurePaths(plan, modelPath, data, samples, { budgetMs, settings, ...(onProgress ? { onProgress } : {}) });
+  const m = await measurePaths(plan, modelPath, data, samples, { budgetMs, settings, ...(options.onProgress ? { onProgress: options.onProgress } : {}) });
   return withMeasuredPaths(plan, m);
+}
+
+/** What stops plan measuring on the profile's own data without failing the plan: the cost model predicts instead. */
+const UNMEASURABLE: ReadonlySet<string> = new Set(["CALIB_MISMATCH", "CALIB_INVALID", "TOO_FEW_SAMPLES", "FILE_NOT_FOUND"]);
+
+/**
+ * plan's measurement (docs/plan.md): the chosen plan's paths measured on `data` where given (its
+ * failures are errors), else on the profile's own calibration data where that can be done here
+ * (profileData); where it cannot, the plan as the cost model predicts it and a note saying why.
+ * A plan without exits has one path, the model, and is returned as it is.
+ */
+export async function measurePlan(plan: Plan, profile: Profile, profileFile: string, modelPath: string, options: MeasurePlanOptions & { data?: string }): Promise<{ plan: Plan; note?: string }> {
+  const { data, ...rest } = options;
+  if (data !== undefined) return { plan: await measurePlanPaths(plan, profile, modelPath, data, rest) };
+  if (!plan.exits.length) return { plan };
+  const found = profileData(profile, profileFile);
+  if ("why" in found) return { plan, note: `paths predicted by the cost model alone: ${found.why}` };
+  try {
+    return { plan: await measurePlanPaths(plan, profile, modelPath, found.data, { ...rest, calibrationHash: profile.settings.calibrationHash }) };
+  } catch (e) {
+    if (!(e instanceof EeToolError) || !UNMEASURABLE.has(e.code)) throw e;
+    return { plan, note: `paths predicted by the cost model alone: the profile's calibration data cannot measure them (${e.message})` };
+  }
 }

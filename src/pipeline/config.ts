@@ -9,6 +9,7 @@ import * as path from "node:path";
 import { EeToolError } from "../errors.js";
 import { validate, type Schema } from "../util/schema.js";
 import { DEFAULT_TUNE_FRACTION } from "../plan/plan.js";
+import { DEFAULT_MEASURE_BUDGET_MS } from "../eval/paths.js";
 
 const dataSet = (what: string): Schema => ({
   description: `${what}: a path in any form --calib takes (.npz keyed by input name, one .npy for a single-input model, name=a.npy,name2=b.npy, or a directory of input_N.pb), or an object with labels`,
@@ -70,6 +71,8 @@ export const RUN_CONFIG_SCHEMA: Schema = {
         tuneFraction: { type: "number", minimum: 0, maximum: 1, description: `share of scored samples that tune thresholds (default ${DEFAULT_TUNE_FRACTION})` },
         emit: { type: "array", items: { enum: ["stages", "single", "truncated"] }, description: "artifacts to write beside the plan (default [\"single\"])" },
         points: { type: "array", items: { type: "number", minimum: 0, maximum: 1 }, description: "also certify operating points at these drops, switched per request in one model (plan --points; docs/serve.md)" },
+        measure: { type: "boolean", description: "measure the chosen plan's paths in its runtime on the calibration data and predict its latency from them (default true; false: plan --no-measure, the profile's cost model alone; docs/plan.md)" },
+        measureBudgetMs: { type: "number", minimum: 0, description: "time for that measurement's timed calls after a warm-up, in ms (default 8000)" },
       },
     },
     eval: {
@@ -109,7 +112,7 @@ export interface RunConfig {
   batch: number;
   insert: { exits: string; ramp: "auto" | "linear" | "mlp"; pool: "auto" | "cls" | "mean" | "gap" | "grid"; hidden: number; output?: string; seed: number; fitFraction: number };
   profile: { batches: number[]; budgetMs: number };
-  plan: { metric: "maxprob" | "margin" | "entropy"; confidence: number; tuneFraction: number; emit: Array<"stages" | "single" | "truncated">; points?: number[] };
+  plan: { metric: "maxprob" | "margin" | "entropy"; confidence: number; tuneFraction: number; emit: Array<"stages" | "single" | "truncated">; points?: number[]; measure: boolean; measureBudgetMs: number };
   eval: { savingTolerance: number };
   report: boolean;
   cache: { latency: LatencyCache };
@@ -179,7 +182,7 @@ function completeConfig(c: RawConfig, file: string, overrides: { out?: string })
       ...(c.insert?.output ? { output: c.insert.output } : {}), seed: c.insert?.seed ?? 0, fitFraction: c.insert?.fitFraction ?? 0.4,
     },
     profile: { batches: [...new Set(batches)], budgetMs: c.profile?.budgetMs ?? 10000 },
-    plan: { metric: c.plan?.metric ?? "maxprob", confidence: c.plan?.confidence ?? 0.95, tuneFraction: c.plan?.tuneFraction ?? DEFAULT_TUNE_FRACTION, emit: c.plan?.emit ?? ["single"], ...(c.plan?.points ? { points: c.plan.points } : {}) },
+    plan: { metric: c.plan?.metric ?? "maxprob", confidence: c.plan?.confidence ?? 0.95, tuneFraction: c.plan?.tuneFraction ?? DEFAULT_TUNE_FRACTION, emit: c.plan?.emit ?? ["single"], ...(c.plan?.points ? { points: c.plan.points } : {}), measure: c.plan?.measure ?? true, measureBudgetMs: c.plan?.measureBudgetMs ?? DEFAULT_MEASURE_BUDGET_MS },
     eval: { savingTolerance: c.eval?.savingTolerance ?? 0.1 },
     report: c.report ?? true,
     cache: { latency: c.cache?.latency ?? "same-machine" },

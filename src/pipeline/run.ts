@@ -23,6 +23,7 @@ import { evaluatePlan, type EvalReport } from "../eval/eval.js";
 import { renderReport } from "../report/report.js";
 import { writeBytesAtomic } from "../util/atomic.js";
 import { EeToolError } from "../errors.js";
+import { measurePlan } from "../eval/paths.js";
 import type { SessionSettings } from "../ort/ort.js";
 import type { RunConfig } from "./config.js";
 import { dropRecord, externalDataFiles, hashDataFiles, hashModelFiles, machineFingerprint, stepKey, validRecord, writeRecord, type MachineFingerprint, type StepRecord } from "./cache.js";
@@ -102,9 +103,9 @@ export async function runPipeline(config: RunConfig, options: RunOptions = {}): 
   };
   const steps: RunResult["steps"] = [];
 
-  /** Run `body` unless the step's record holds; `body` returns the files it wrote. */
-  const step = async (name: StepName, inputs: Record<string, string>, stepSettings: unknown, body: () => Promise<string[]>): Promise<void> => {
-    const timed = TIMED.has(name);
+  /** Run `body` unless the step's record holds; `body` returns the files it wrote, and may add a note on what it did. */
+  const step = async (name: StepName, inputs: Record<string, string>, stepSettings: unknown, body: (addNote: (n: string) => void) => Promise<string[]>): Promise<void> => {
+    const timed = TIMED.has(name) || (name === "plan" && config.plan.measure);
     const policy = config.cache.latency;
     const keyMachine = timed && policy !== "any-machine" ? machine : null;
     const key = stepKey(name, inputs, stepSettings, keyMachine);
@@ -129,11 +130,11 @@ export async function runPipeline(config: RunConfig, options: RunOptions = {}): 
     onStep({ step: name, status: "start", ...(note ? { note } : {}) });
     dropRecord(out, name);
     const t0 = performance.now();
-    const written = await body();
+    const written = await body((n) => void (note = note ? `${note}; ${n}` : n));
     const ms = performance.now() - t0;
     writeRecord(out, { step: name, key, ms, inputs, settings: stepSettings, machine: timed ? machine : null }, written);
     steps.push({ step: name, status: "ran", ms, ...(note ? { note } : {}), outputs: written });
-    onStep({ step: name, status: "ran", ms, outputs: written });
+    onStep({ step: name, status: "ran", ms, ...(note ? { note } : {}), outputs: written });
   };
 
   const calibHashes = { ...hashDataFiles(config.calibration.data, "calibration"), ...(config.calibration.labels ? hashDataFiles(config.calibration.labels, "calibration labels") : {}) };
@@ -159,13 +160,20 @@ export async function runPipeline(config: RunConfig, options: RunOptions = {}): 
   });
 
   const planSettings = { maxDrop: config.maxDrop, against: config.against, batch: config.batch, ...config.plan };
-  await step("plan", { ...hashDataFiles(files.profile, "profile.json"), ...hashDataFiles(files.profile.replace(/\.json$/, ".bin"), "profile.bin"), ...hashModelFiles(files.ee, "model.ee.onnx") }, planSettings, async () => {
-    const plan = planFromProfile(loadProfile(files.profile), {
+  // Measuring the chosen plan's paths (measurePlan) reads the profile's calibration data and times the model.
+  const planInputs = { ...hashDataFiles(files.profile, "profile.json"), ...hashDataFiles(files.profile.replace(/\.json$/, ".bin"), "profile.bin"), ...hashModelFiles(files.ee, "model.ee.onnx"), ...(config.plan.measure ? calibHashes : {}) };
+  await step("plan", planInputs, planSettings, async (addNote) => {
+    const profiled = loadProfile(files.profile);
+    const chosen = planFromProfile(profiled, {
       maxDrop: config.maxDrop, against: config.against, batch: config.batch, metric: config.plan.metric,
       confidence: config.plan.confidence, tuneFraction: config.plan.tuneFraction, frontier: true,
       ...(config.plan.points ? { points: config.plan.points } : {}),
     });
-    const written = await writePlan(plan, files.plan, files.ee, { emit: config.plan.emit });
+    const measured = config.plan.measure
+      ? await measurePlan(chosen, profiled.profile, files.profile, files.ee, { budgetMs: config.plan.measureBudgetMs, ...(progress ? { onProgress: progress } : {}) })
+      : { plan: chosen };
+    if (measured.note) addNote(measured.note);
+    const written = await writePlan(measured.plan, files.plan, files.ee, { emit: config.plan.emit });
     return [files.plan, ...artifactFiles(written, out)];
   });
   const plan = JSON.parse(fs.readFileSync(files.plan, "utf8")) as Plan;

@@ -2,6 +2,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { EeToolError } from "../errors.js";
+import { relocateDataArg } from "../data/calib.js";
 import { decodeSamples, emptySamples, pickSamples, type SampleData } from "./samples.js";
 import { summarizeSamples } from "./summary.js";
 import { PROFILE_FORMAT, type Profile, type ProfileResult } from "./profile.js";
@@ -84,10 +85,13 @@ export function mergeProfiles(files: string[]): ProfileResult {
   const complete = indices.length === count;
   // Latency: from the lowest-index shard that measured it.
   const timed = [...shards].sort((a, b) => a.profile.settings.shard!.index - b.profile.settings.shard!.index).find((s) => s.profile.latency);
+  // The shards' calibration data, where all name the same files (absolute: writeProfile makes them relative).
+  const data = shards.map((s, i) => s.profile.settings.calibrationData === undefined ? undefined : relocateDataArg(s.profile.settings.calibrationData, (f) => path.resolve(path.dirname(files[i]!), f)));
+  const { calibrationData: _drop, ...settings } = first.settings;
   const profile: Profile = {
     ...first,
     created: new Date().toISOString(),
-    settings: { ...first.settings, shard: complete ? null : { index: Math.min(...indices), count } },
+    settings: { ...settings, shard: complete ? null : { index: Math.min(...indices), count }, ...(data[0] !== undefined && data.every((d) => d === data[0]) ? { calibrationData: data[0] } : {}) },
     latency: timed?.profile.latency ?? null,
     samples: {
       ...first.samples,

@@ -6,7 +6,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { createHash } from "node:crypto";
 import type { OnnxModel } from "../onnx/model.js";
-import { checkBatch, openCalibration, openLabels } from "../data/calib.js";
+import { checkBatch, openCalibration, openLabels, relocateDataArg } from "../data/calib.js";
 import { readRampMetadata, unpackHashes, type RampMetadata } from "../ramps/metadata.js";
 import { splitWithTypes, partFeeds } from "../stages/runner.js";
 import { needed, prefixPart } from "../stages/split.js";
@@ -148,6 +148,11 @@ export interface Profile {
   settings: {
     batches: number[]; shard: { index: number; count: number } | null; calibrationHash: string; calibrationSamples: number;
     labels: boolean; budgetMs: number; tolerance: number;
+    /**
+     * The --calib argument, its files relative to the profile's directory: where plan measures the
+     * chosen plan's paths by default (eval/paths.ts). Absent in older profiles.
+     */
+    calibrationData?: string;
   };
   /**
    * fusion: how onnxruntime's optimised graph of the model changes when this ramp alone stays in it
@@ -294,7 +299,7 @@ export async function profileModel(model: OnnxModel, options: ProfileOptions): P
     },
     settings: {
       batches, shard: options.shard ?? null, calibrationHash: createHash("sha256").update(hashes.join("")).digest("hex"),
-      calibrationSamples: calib.size, labels: !!labels, budgetMs: options.budgetMs ?? 10_000, tolerance: options.tolerance ?? 0.02,
+      calibrationSamples: calib.size, calibrationData: relocateDataArg(options.calib, (f) => path.resolve(f)), labels: !!labels, budgetMs: options.budgetMs ?? 10_000, tolerance: options.tolerance ?? 0.02,
     },
     ramps: meta.ramps.map((r) => ({ id: r.id, exit: r.exit, tensor: r.tensor, depth: r.depth, output: r.output, parameters: r.parameters, stage: rampStage.get(r.id)!, fusion: fusion.get(r.id) ?? null })),
     stages: split.stages.map((s) => ({
@@ -601,7 +606,10 @@ function fusionChanges(bare: RuntimeModel, alone: RuntimeModel[]): Map<number, R
 
 /** Write a profile and its binary sidecar (`<name>.bin`), both atomically. */
 export function writeProfile(file: string, result: ProfileResult, modelPath?: string): { json: string; sidecar: string } {
-  return writeWithSidecar(file, result.profile, result.samples, modelPath);
+  const s = result.profile.settings;
+  const dir = path.dirname(path.resolve(file));
+  const settings = s.calibrationData === undefined ? s : { ...s, calibrationData: relocateDataArg(s.calibrationData, (f) => path.relative(dir, path.resolve(f))) };
+  return writeWithSidecar(file, { ...result.profile, settings }, result.samples, modelPath);
 }
 
 /**
