@@ -505,6 +505,9 @@ describe("ee-tool plan", () => {
     expect(m.paths.map((x) => x.ramp).sort()).toEqual(plan.costModel.paths.map((x) => x.ramp).sort());
     for (const x of m.paths) {
       expect(x.calls).toBeGreaterThanOrEqual(96);
+      // Timed in each of the three runtime sessions; the path's figure is the middle one.
+      expect(x.sessions.length).toBe(3);
+      expect(x.ratio).toBe([...x.sessions].sort((a, b) => a - b)[1]);
       expect(plan.costModel.paths.find((y) => y.ramp === x.ramp)!.ms).toBeCloseTo(x.ratio * plan.baselineMs, 12);
     }
     // An exit's path costs less than the model, the no-exit path more (it runs the ramps too).

@@ -48,7 +48,12 @@ export interface MeasurePathsOptions {
   onProgress?: (phase: string, done: number, total: number) => void;
 }
 
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+/** The middle value (the mean of the two middle ones for an even count). */
+export function middle(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const h = Math.floor(s.length / 2);
+  return s.length % 2 ? s[h]! : (s[h - 1]! + s[h]!) / 2;
+}
 
 /** The mean of the middle 80%: a path's expected time without a busy machine's outliers. */
 export function centralMean(xs: readonly number[]): number {
@@ -98,15 +103,22 @@ export async function measurePaths(plan: Plan, modelPath: string, data: Calibrat
     const order = Array.from(rng.permutation(calls.length), (i) => calls[i]!);
     const blocks: Array<typeof order> = [];
     for (let i = 0; i < order.length; i += BLOCK) blocks.push(order.slice(i, i + BLOCK));
-    const byExit = new Map<number, number[]>();
+    // Each path's calls per runtime session: one session of a graph can run well off the others
+    // all along, so a path's figure is the middle of its sessions' figures (as bench/exit-paths.mjs
+    // checks it) rather than a pool that one slow session pulls up.
+    const byExit = new Map<number, number[][]>();
     const modelMs: number[] = [];
     const start = performance.now();
-    // A warm-up pass over the first blocks, then blocks in turn until every call was timed once and the budget is spent.
+    // A warm-up pass over the first blocks, then blocks in turn until every call was timed once and
+    // the budget is spent; each round of the blocks moves them to the next sessions, so that every
+    // block (and the rare paths in it) is timed in every session.
     const warm = Math.min(blocks.length, 2 * n);
     for (let b = 0; b < warm + blocks.length || performance.now() - start < budgetMs; b++) {
       const block = blocks[b % blocks.length]!;
-      const base = bases[b % n]!;
-      const ee = ees[b % n]!;
+      const round = Math.floor(b / blocks.length);
+      const base = bases[(b + round) % n]!;
+      const session = (b + 2 * round) % n;
+      const ee = ees[session]!;
       const tModel: number[] = [];
       const tEe: Array<{ exit: number; ms: number }> = [];
       const runModel = async (): Promise<void> => {
@@ -134,17 +146,20 @@ export async function measurePaths(plan: Plan, modelPath: string, data: Calibrat
       }
       options.onProgress?.("paths", Math.min(b + 1, warm + blocks.length), warm + blocks.length);
       if (b < warm) continue;
-      const ref = median(tModel);
+      const ref = middle(tModel);
       modelMs.push(...tModel);
       for (const x of tEe) {
-        if (!byExit.has(x.exit)) byExit.set(x.exit, []);
-        byExit.get(x.exit)!.push(x.ms / ref);
+        if (!byExit.has(x.exit)) byExit.set(x.exit, Array.from({ length: n }, () => []));
+        byExit.get(x.exit)![session]!.push(x.ms / ref);
       }
     }
-    const paths = [...byExit].map(([ramp, xs]) => ({ ramp, calls: xs.length, distinct: distinct.get(ramp)!, ratio: centralMean(xs) }))
+    const paths = [...byExit].map(([ramp, per]) => {
+      const sessions = per.filter((xs) => xs.length).map(centralMean);
+      return { ramp, calls: per.reduce((a, xs) => a + xs.length, 0), distinct: distinct.get(ramp)!, ratio: middle(sessions), sessions };
+    })
       .sort((a, b) => (a.ramp < 0 ? 1e9 : a.ramp) - (b.ramp < 0 ? 1e9 : b.ramp));
     return {
-      batch, samples: samples.length, modelMs: median(modelMs) / batch, paths,
+      batch, samples: samples.length, modelMs: middle(modelMs) / batch, paths,
       budgetMs, elapsedMs: performance.now() - t0,
     };
   } finally {

@@ -155,7 +155,8 @@ export interface MeasuredPaths {
   samples: number;
   /** The model's median in the run, ms per row (the paths' ms are ratio x the profiled model). */
   modelMs: number;
-  paths: Array<{ ramp: number; ratio: number; calls: number; distinct: number }>;
+  /** ratio: the middle of `sessions`, the path's figure (mean of the middle 80% of its calls) in each runtime session. */
+  paths: Array<{ ramp: number; ratio: number; calls: number; distinct: number; sessions: number[] }>;
   budgetMs: number;
   elapsedMs: number;
 }
