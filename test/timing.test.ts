@@ -2,6 +2,7 @@
 import { describe, expect, it } from "vitest";
 import { differenceName, measure, type TimedItem } from "../src/profile/timing.js";
 import { Rng } from "../src/util/rng.js";
+import { centralMean, middle } from "../src/eval/paths.js";
 
 /** Items whose calls take `ms` plus a little seeded noise, shared within a round by `drift`. */
 function fakeItems(spec: Record<string, number>): { items: TimedItem[]; clock: () => number } {
@@ -79,5 +80,26 @@ describe("measure", () => {
     const { items, clock } = fakeItems({ a: 1 });
     await expect(measure(items, { clock, medians: [{ name: "m", of: ["a", "b"] }] })).rejects.toThrow(/no item b/);
     await expect(measure(items, { clock, medians: [{ name: "a", of: ["a"] }] })).rejects.toThrow(/item's/);
+  });
+});
+
+describe("path figures (plan's measurement)", () => {
+  it("middle is the middle value (the two middle ones' mean for an even count) and leaves its input as it was", () => {
+    const xs = [3, 1, 2];
+    expect(middle(xs)).toBe(2);
+    expect(xs).toEqual([3, 1, 2]);
+    expect(middle([4, 1, 3, 2])).toBe(2.5);
+    expect(middle([7])).toBe(7);
+  });
+
+  it("a path's figure is the middle session's central mean: one session that runs slow all along does not move it, where pooling would", () => {
+    const rng = new Rng(3);
+    const calls = (level: number): number[] => Array.from({ length: 100 }, (_, i) => level * (1 + 0.02 * (rng.next() - 0.5)) + (i % 50 === 0 ? 5 : 0));
+    const sessions = [calls(0.5), calls(0.52), calls(0.65)];
+    // The outliers (two calls in a hundred, 10x the path) are cut by the middle 80%.
+    expect(centralMean(sessions[0]!)).toBeCloseTo(0.5, 2);
+    const figure = middle(sessions.map(centralMean));
+    expect(figure).toBeCloseTo(0.52, 2);
+    expect(centralMean(sessions.flat())).toBeGreaterThan(0.54);
   });
 });

@@ -48,6 +48,9 @@ export interface MeasurePathsOptions {
   onProgress?: (phase: string, done: number, total: number) => void;
 }
 
+/** Time for plan's timed calls after a warm-up (ms): paths within 1-6% of eval's on the fixtures (docs/plan.md). */
+export const DEFAULT_MEASURE_BUDGET_MS = 8000;
+
 /** The middle value (the mean of the two middle ones for an even count). */
 export function middle(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -65,7 +68,7 @@ export function centralMean(xs: readonly number[]): number {
 /** Measure the plan's paths on `samples` (indices into `data`). */
 export async function measurePaths(plan: Plan, modelPath: string, data: CalibrationSet, samples: readonly number[], options: MeasurePathsOptions = {}): Promise<MeasuredPaths> {
   const batch = options.batch ?? plan.settings.batch;
-  const budgetMs = options.budgetMs ?? 8000;
+  const budgetMs = options.budgetMs ?? DEFAULT_MEASURE_BUDGET_MS;
   const settings: SessionSettings = { optimization: "all", spinning: false, ...options.settings };
   const model = loadModel(modelPath);
   const originalBytes = runtimeBytes(splitModel(model.proto, declaredTypes(model.proto)).original, model.readExternal);
@@ -166,9 +169,6 @@ export async function measurePaths(plan: Plan, modelPath: string, data: Calibrat
     for (const s of [...ees, ...bases]) await s.release();
   }
 }
-
-/** Time for plan's timed calls after a warm-up (ms): paths within 1-6% of eval's on the fixtures (docs/plan.md). */
-export const DEFAULT_MEASURE_BUDGET_MS = 8000;
 
 /** Samples of the data measured at most (evenly spread over the file). */
 const MAX_SAMPLES = 4096;
