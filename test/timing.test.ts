@@ -92,11 +92,11 @@ describe("path figures (plan's measurement)", () => {
     expect(middle([7])).toBe(7);
   });
 
-  it("a path's figure is the middle session's central mean: one session that runs slow all along does not move it, where pooling would", () => {
+  it("the rule measurePaths applies (middle of the sessions' central means) ignores one session that runs slow all along, where pooling does not", () => {
     const rng = new Rng(3);
     const calls = (level: number): number[] => Array.from({ length: 100 }, (_, i) => level * (1 + 0.02 * (rng.next() - 0.5)) + (i % 50 === 0 ? 5 : 0));
     const sessions = [calls(0.5), calls(0.52), calls(0.65)];
-    // The outliers (two calls in a hundred, 10x the path) are cut by the middle 80%.
+    // The outliers (two calls in a hundred, about 10x the path) are cut by the middle 80%.
     expect(centralMean(sessions[0]!)).toBeCloseTo(0.5, 2);
     const figure = middle(sessions.map(centralMean));
     expect(figure).toBeCloseTo(0.52, 2);
