@@ -4,7 +4,11 @@ import * as path from "node:path";
 import { CNN, TEXT, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
 import { loadProfile } from "../src/profile/merge.js";
 import type { Plan } from "../src/plan/plan.js";
-import { certifyFrontier, certifyLevels, DEFAULT_POINT_LEVELS, STEPS, testSequence } from "../src/plan/plan.js";
+import { certifyFrontier, certifyLevels, DEFAULT_POINT_LEVELS, planFromProfile, STEPS, testSequence } from "../src/plan/plan.js";
+import { measurePaths } from "../src/eval/paths.js";
+import { EarlyExitSession } from "../src/runtime/early-exit.js";
+import { loadModel } from "../src/onnx/model.js";
+import { openCalibration } from "../src/data/calib.js";
 import { additivity, passFloors, buildCosts, buildProblem, candidateThresholds, deeperShares, evaluate, exitCosts, type Costs, type Problem } from "../src/plan/problem.js";
 import { autoSearch, exhaustiveSearch, greedySearch } from "../src/plan/search.js";
 import { binomialCdf, binomialUpperBound, hoeffdingBentkusPValue } from "../src/plan/certify.js";
@@ -551,6 +555,42 @@ describe("ee-tool plan", () => {
     const both = runCli(["plan", files.cnn.profile, "--calib", FIX("cnn/calib.npz"), "--no-measure", "-o", path.join(copy, "x.json")]);
     expect(both.stderr).toMatch(/USAGE\]: --calib measures the plan's paths; --no-measure skips that/);
   }, 120_000);
+
+  it("measures paths at batch > 1 in whole batches of samples that share an exit, every path in every session", async () => {
+    const plan = planFromProfile(loadProfile(files.cnn.profile), { maxDrop: 0.01 });
+    expect(plan.exits.length).toBeGreaterThan(0);
+    const model = loadModel(files.cnn.ee);
+    const data = openCalibration(FIX("cnn/calib.npz"), model.proto);
+    const samples = Array.from({ length: 300 }, (_, i) => i);
+    // Each sample's exit, in passes as the measurement finds them.
+    const ee = await EarlyExitSession.fromPlan(plan, files.cnn.ee);
+    const count = new Map<number, number>();
+    try {
+      for (let i = 0; i < samples.length; i += 64) {
+        const r = await ee.run(data.passFeeds(samples.slice(i, i + 64)));
+        for (const e of r.exits.slice(0, Math.min(64, samples.length - i))) count.set(e, (count.get(e) ?? 0) + 1);
+      }
+    } finally {
+      await ee.release();
+    }
+    const batch = 4;
+    const m = await measurePaths(plan, files.cnn.ee, data, samples, { batch, budgetMs: 200 });
+    expect(m.batch).toBe(batch);
+    expect(m.samples).toBe(samples.length);
+    // Whole batches only: a path's distinct calls are its samples in fours, a path with fewer is not timed.
+    const timed = [...count].filter(([, c]) => c >= batch).map(([e, c]) => [e, Math.floor(c / batch)]).sort((a, b) => a[0]! - b[0]!);
+    expect(m.paths.map((x) => [x.ramp, x.distinct]).sort((a, b) => a[0]! - b[0]!)).toEqual(timed);
+    expect(timed.length).toBeGreaterThan(1);
+    for (const x of m.paths) {
+      expect(x.calls).toBeGreaterThanOrEqual(96);
+      expect(x.sessions.length).toBe(3);
+      expect(x.ratio).toBe([...x.sessions].sort((a, b) => a - b)[1]);
+    }
+    // Multiples of the model at the same batch: an exit's path below the path through all of it.
+    const none = m.paths.find((x) => x.ramp === -1);
+    if (none) for (const x of m.paths) if (x.ramp >= 0) expect(x.ratio).toBeLessThan(none.ratio);
+    expect(m.modelMs).toBeGreaterThan(0);
+  }, 60_000);
 
   it("explains infeasible constraints in one line with exit code 3, and refuses a changed model", () => {
     let r = runCli(["plan", files.cnn.profile, "--max-drop", "-0.1", "-o", path.join(work, "x.json")]);
