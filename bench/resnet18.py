@@ -10,35 +10,16 @@ not a fixture (docs/profile.md). Developer tool: torch from pip.
     bench/paths.sh 10000 /tmp/r18/resnet18.onnx
 """
 import argparse
-import gzip
 import os
-import time
+import sys
 
-import numpy as np
 import torch
 from torch import nn
 
-ROOT = "/usr/share/datasets/fashion-mnist"
+from fmnist import train
 
-
-def load(kind):
-    x = np.frombuffer(gzip.open(f"{ROOT}/{kind}-images-idx3-ubyte.gz").read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
-    y = np.frombuffer(gzip.open(f"{ROOT}/{kind}-labels-idx1-ubyte.gz").read(), np.uint8, offset=8)
-    return x.astype(np.float32), y.astype(np.int64)
-
-
-class Block(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.down = None if stride == 1 and cin == cout else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-        return torch.relu(y + (x if self.down is None else self.down(x)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures"))
+from generate import BasicBlock as Block  # noqa: E402  (the fixture CNN's basic block: the same as torchvision's)
 
 
 class ResNet18(nn.Module):
@@ -62,27 +43,9 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--minutes", type=float, default=5.0)
     a = ap.parse_args()
-    os.makedirs(a.out, exist_ok=True)
     torch.manual_seed(0)
-    xtr, ytr = map(torch.from_numpy, load("train"))
-    xte, yte = load("t10k")
     model = ResNet18()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
-    start, steps = time.time(), 0
-    while time.time() - start < a.minutes * 60:
-        idx = torch.randint(0, len(xtr), (128,))
-        loss = nn.functional.cross_entropy(model(xtr[idx]), ytr[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        steps += 1
-    model.eval()
-    with torch.no_grad():
-        pred = torch.cat([model(torch.from_numpy(xte[i:i + 1000])).argmax(1) for i in range(0, len(xte), 1000)]).numpy()
-    print(f"{steps} steps; test accuracy {(pred == yte).mean():.4f}")
-    perm = np.random.RandomState(0).permutation(len(xte))
-    np.savez(os.path.join(a.out, "resnet18.calib.npz"), image=xte[perm[:4000]])
-    np.savez(os.path.join(a.out, "resnet18.eval.npz"), image=xte[perm[4000:6000]])
+    xte = train(model, a.out, a.minutes, ("resnet18",))
     torch.onnx.export(model, (torch.from_numpy(xte[:8]),), os.path.join(a.out, "resnet18.onnx"), input_names=["image"], output_names=["logits"],
                       dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}}, opset_version=17, dynamo=False)
 
