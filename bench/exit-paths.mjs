@@ -7,7 +7,7 @@
 // as often as a request in a mixed stream does.
 // At --batch B > 1 every timed batch holds B samples that all take the same exit (found by a first
 // pass), so each path is timed as a whole batch; a path with fewer than B samples is not timed,
-// and one with fewer than 32 batches per session has them timed again until it has that many.
+// and one with fewer batches than plan's measurement gives a path (480) has them timed again until it has that many.
 // Batches are timed in blocks, as eval times them (each call after one of the same session).
 // Both sides run in --sessions sessions (default 3): one session of a graph can run 3-6% off the
 // others all along; the model's reference in each block is the middle of its sessions' medians,
@@ -22,6 +22,7 @@ import { buildCosts, exitCosts } from "../dist/plan/problem.js";
 import { openCalibration } from "../dist/data/calib.js";
 import { loadModel } from "../dist/onnx/model.js";
 import { createRunnable } from "../dist/ort/sync.js";
+import { MIN_PATH_CALLS } from "../dist/eval/paths.js";
 import { runtimeBytes } from "../dist/ort/ort.js";
 import { declaredTypes, splitModel } from "../dist/stages/split.js";
 
@@ -72,11 +73,11 @@ for (const [s, e] of bySample) {
   if (!groups.has(e)) groups.set(e, []);
   groups.get(e).push(s);
 }
-// A path with fewer than MIN_BATCHES batches has its batches timed again until it has that many
-// (32 per runtime session): at batch 8 a rare path can have 2-6 batches, whose mean is noise (one
-// run: 0.533 and 0.841 x model for the same path in two sessions; with 32 in all, about 11 per
-// session, 0.478-0.604 in three).
-const MIN_BATCHES = 32 * nSessions;
+// A path with fewer batches than plan's measurement times it in (MIN_PATH_CALLS, about 160 per
+// runtime session) has its batches timed again until it has that many in each timed pass: at
+// batch 8 a rare path can have 2-6 batches, and with 32 calls per session a ResNet-18's paths
+// moved by up to 11% between two checks of the same plan (within 2.3% with 160).
+const MIN_BATCHES = MIN_PATH_CALLS;
 const batches = [];
 const distinct = new Map();
 for (const [e, ss] of groups) {

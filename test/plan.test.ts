@@ -5,7 +5,7 @@ import { CNN, TEXT, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
 import { loadProfile } from "../src/profile/merge.js";
 import type { Plan } from "../src/plan/plan.js";
 import { certifyFrontier, certifyLevels, DEFAULT_POINT_LEVELS, planFromProfile, STEPS, testSequence } from "../src/plan/plan.js";
-import { measurePaths } from "../src/eval/paths.js";
+import { measurePaths, MIN_PATH_CALLS } from "../src/eval/paths.js";
 import { EarlyExitSession } from "../src/runtime/early-exit.js";
 import { loadModel } from "../src/onnx/model.js";
 import { openCalibration } from "../src/data/calib.js";
@@ -504,11 +504,11 @@ describe("ee-tool plan", () => {
     expect(plan.exits).toEqual(modelled.exits);
     expect(m.modelled.paths).toEqual(modelled.costModel.paths);
     expect(m.modelled.saving).toBeCloseTo(modelled.expected.saving, 12);
-    // Only samples that did not fit the ramps, every path of the plan timed at least 96 times.
+    // Only samples that did not fit the ramps, every path of the plan timed at least MIN_PATH_CALLS times.
     expect(m.samples).toBeGreaterThan(100);
     expect(m.paths.map((x) => x.ramp).sort()).toEqual(plan.costModel.paths.map((x) => x.ramp).sort());
     for (const x of m.paths) {
-      expect(x.calls).toBeGreaterThanOrEqual(96);
+      expect(x.calls).toBeGreaterThanOrEqual(MIN_PATH_CALLS);
       // Timed in each of the three runtime sessions; the path's figure is the middle one.
       expect(x.sessions.length).toBe(3);
       expect(x.ratio).toBe([...x.sessions].sort((a, b) => a - b)[1]);
@@ -582,7 +582,7 @@ describe("ee-tool plan", () => {
     expect(m.paths.map((x) => [x.ramp, x.distinct]).sort((a, b) => a[0]! - b[0]!)).toEqual(timed);
     expect(timed.length).toBeGreaterThan(1);
     for (const x of m.paths) {
-      expect(x.calls).toBeGreaterThanOrEqual(96);
+      expect(x.calls).toBeGreaterThanOrEqual(MIN_PATH_CALLS);
       expect(x.sessions.length).toBe(3);
       expect(x.ratio).toBe([...x.sessions].sort((a, b) => a - b)[1]);
     }

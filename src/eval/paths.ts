@@ -36,13 +36,18 @@ import { Rng } from "../util/rng.js";
 const BLOCK = 16;
 /** Sessions of the model and of the runtime the blocks take turns in (as eval's). */
 const SESSIONS = 3;
-/** Each path is timed in at least this many calls (its batches repeated where it has fewer). */
-const MIN_CALLS = 96;
+/**
+ * Each path is timed in at least this many calls (its batches repeated where it has fewer), about
+ * 160 in each session. With 96 (32 per session) a path's figure at batch 8 moved by up to 8% from
+ * run to run on a ResNet-18 (the 8 s budget gave its paths 120-260 calls); with 430-900 it stayed
+ * within 3% of a long check (docs/profile.md, Measured paths on models that are not fixtures). At batch 1 the budget gives common paths more.
+ */
+export const MIN_PATH_CALLS = 480;
 
 export interface MeasurePathsOptions {
   batch?: number;
   settings?: SessionSettings;
-  /** Time for the timed blocks after a warm-up pass, ms (default 8000); every path gets MIN_CALLS calls first. */
+  /** Time for the timed blocks after a warm-up pass, ms (default 8000); every path gets MIN_PATH_CALLS calls first. */
   budgetMs?: number;
   seed?: number;
   onProgress?: (phase: string, done: number, total: number) => void;
@@ -100,7 +105,7 @@ export async function measurePaths(plan: Plan, modelPath: string, data: Calibrat
       const own: Array<{ exit: number; idx: number[] }> = [];
       for (let i = 0; i + batch <= ss.length; i += batch) own.push({ exit, idx: ss.slice(i, i + batch) });
       distinct.set(exit, own.length);
-      for (let k = 0; own.length && k < Math.max(own.length, MIN_CALLS); k++) calls.push(own[k % own.length]!);
+      for (let k = 0; own.length && k < Math.max(own.length, MIN_PATH_CALLS); k++) calls.push(own[k % own.length]!);
     }
     const rng = new Rng(options.seed ?? 1);
     const order = Array.from(rng.permutation(calls.length), (i) => calls[i]!);
