@@ -7,7 +7,7 @@
 // as often as a request in a mixed stream does.
 // At --batch B > 1 every timed batch holds B samples that all take the same exit (found by a first
 // pass), so each path is timed as a whole batch; a path with fewer than B samples is not timed,
-// and one with fewer batches than plan's measurement gives a path (480) has them timed again until it has that many.
+// and one with fewer batches than plan's measurement gives a path (MIN_PATH_CALLS) has them timed again until it has that many.
 // Batches are timed in blocks, as eval times them (each call after one of the same session).
 // Both sides run in --sessions sessions (default 3): one session of a graph can run 3-6% off the
 // others all along; the model's reference in each block is the middle of its sessions' medians,
@@ -74,17 +74,16 @@ for (const [s, e] of bySample) {
   groups.get(e).push(s);
 }
 // A path with fewer batches than plan's measurement times it in (MIN_PATH_CALLS, about 160 per
-// runtime session) has its batches timed again until it has that many in each timed pass: at
-// batch 8 a rare path can have 2-6 batches, and with 32 calls per session a ResNet-18's paths
-// moved by up to 11% between two checks of the same plan (within 2.3% with 160).
-const MIN_BATCHES = MIN_PATH_CALLS;
+// runtime session) has its batches timed again until it has that many in each pass: at batch 8 a
+// rare path can have 2-6 batches, and with 32 calls per session two checks of a ResNet-18's plan
+// put its first exit 15% apart (0.136 and 0.118 x model); with 160, two checks agreed within 2.5%.
 const batches = [];
 const distinct = new Map();
 for (const [e, ss] of groups) {
   const own = [];
   for (let i = 0; i + batch <= ss.length; i += batch) own.push({ exit: e, idx: ss.slice(i, i + batch) });
   distinct.set(e, own.length);
-  for (let k = 0; own.length && k < Math.max(own.length, MIN_BATCHES); k++) batches.push(own[k % own.length]);
+  for (let k = 0; own.length && k < Math.max(own.length, MIN_PATH_CALLS); k++) batches.push(own[k % own.length]);
 }
 // Paths mixed in time (a seeded shuffle), so no path is timed over one stretch of the machine's drift.
 let seed = 12345;

@@ -38,9 +38,10 @@ const BLOCK = 16;
 const SESSIONS = 3;
 /**
  * Each path is timed in at least this many calls (its batches repeated where it has fewer), about
- * 160 in each session. With 96 (32 per session) a path's figure at batch 8 moved by up to 8% from
- * run to run on a ResNet-18 (the 8 s budget gave its paths 120-260 calls); with 430-900 it stayed
- * within 3% of a long check (docs/profile.md, Measured paths on models that are not fixtures). At batch 1 the budget gives common paths more.
+ * 160 in each session, whatever the budget. With 96 (32 per session) the 8 s budget gave a
+ * ResNet-18's paths 120-260 calls at batch 8, and their figures came out up to 8% off a long
+ * check; with 430-900 calls, within 3% (docs/profile.md, Measured paths on models that are not
+ * fixtures). At batch 1 the budget gives the common paths more.
  */
 export const MIN_PATH_CALLS = 480;
 
