@@ -4,7 +4,7 @@ import * as path from "node:path";
 import { CNN, TEXT, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
 import { loadProfile } from "../src/profile/merge.js";
 import type { Plan } from "../src/plan/plan.js";
-import { certifyFrontier, certifyLevels, DEFAULT_POINT_LEVELS, planFromProfile, STEPS, testSequence } from "../src/plan/plan.js";
+import { certifyFrontier, certifyLevels, DEFAULT_POINT_LEVELS, keepFasterPoints, planFromProfile, STEPS, testSequence, type LevelPick } from "../src/plan/plan.js";
 import { measurePaths, MIN_PATH_CALLS } from "../src/eval/paths.js";
 import { EarlyExitSession } from "../src/runtime/early-exit.js";
 import { loadModel } from "../src/onnx/model.js";
@@ -377,12 +377,19 @@ describe("ee-tool plan", () => {
     expect(op.default).toBe(1);
     expect(op.correction).toBe("bonferroni");
     expect(r.stderr).toMatch(/operating points: 3 in one model .*\(each at 0\.9833, bonferroni\)/);
-    for (const p of op.points) {
+    for (const [i, p] of op.points.entries()) {
       expect(p.thresholds.length).toBe(op.exits.length);
+      expect(Object.keys(p.latency)).toEqual(["1"]);
+      if (i !== op.default && p.thresholds.every((t) => t === null)) {
+        // A point left as the model: nothing certified, and it would not have saved.
+        expect(p.certificate).toBeNull();
+        continue;
+      }
       expect(p.certificate!.confidence).toBeCloseTo(1 - 0.05 / 3, 10);
       expect(p.certificate!.maxDrop).toBe(p.maxDrop);
       expect(p.certificate!.bound!).toBeLessThanOrEqual(p.maxDrop);
-      expect(Object.keys(p.latency)).toEqual(["1"]);
+      // Every point kept saves in the points' model at the plan's batch.
+      if (i !== op.default) expect(p.latency["1"]!.saving).toBeGreaterThan(0);
     }
     // The model holds every exit some point uses; the plan is its own point.
     const used = new Set(op.points.flatMap((p) => p.thresholds.flatMap((t, i) => (t === null ? [] : [op.exits[i]!.ramp]))));
@@ -394,6 +401,36 @@ describe("ee-tool plan", () => {
     // A looser point is at least as fast.
     expect(op.points[2]!.latency["1"]!.meanLatencyMs).toBeLessThanOrEqual(op.points[0]!.latency["1"]!.meanLatencyMs);
     expect(runCli(["plan", files.cnn.profile, "--points", "0.5,x", "-o", out]).stderr).toMatch(/--points must be a number, got 'x'/);
+  });
+
+  it("--points leaves out the slowest point with no saving, and its exits, until every point left saves", () => {
+    // Exits 0-2; a point's latency: 10 (the model) + 1 per exit present - 4 per exit it uses.
+    const at = (...js: number[]): number[] => [0, 1, 2].map((j) => (js.includes(j) ? 0.9 : Infinity));
+    const pick = (config: number[]): LevelPick => {
+      const best = { config, meanLatency: 0, drop: 0 };
+      return { level: 0, found: { best, frontier: [best], evaluations: 1 }, chosen: best, certificate: null };
+    };
+    const saving = (c: number[], present: ReadonlySet<number>): number => {
+      const used = c.filter((t) => t !== Infinity).length;
+      return 1 - (10 + present.size - 4 * used) / 10;
+    };
+    // Every point saves with all three exits in the model (the one-exit point: 10 + 3 - 4 = 9).
+    let picks = [pick(at(2)), pick(at(0, 1)), pick(at(0, 1, 2))];
+    expect([...keepFasterPoints(picks, 1, 10, saving)].sort()).toEqual([0, 1, 2]);
+    expect(picks.map((p) => p.chosen.config.filter((t) => t !== Infinity).length)).toEqual([1, 2, 3]);
+    // A fourth exit that only the strict point uses: it costs 10 + 4 - 4 = 10, no saving. It becomes
+    // the model (no exits, the model's latency) and its exit 3 leaves the model.
+    const at4 = (...js: number[]): number[] => [0, 1, 2, 3].map((j) => (js.includes(j) ? 0.9 : Infinity));
+    picks = [pick(at4(3)), pick(at4(0, 1)), pick(at4(0, 1, 2))];
+    expect([...keepFasterPoints(picks, 1, 10, saving)].sort()).toEqual([0, 1, 2]);
+    expect(picks[0]!.chosen.config.every((t) => t === Infinity)).toBe(true);
+    expect(picks[0]!.chosen.meanLatency).toBe(10);
+    expect(picks[2]!.chosen.config).toEqual(at4(0, 1, 2));
+    // The plan's own point is kept whatever it saves; the others go.
+    picks = [pick(at(0)), pick(at(1, 2))];
+    expect([...keepFasterPoints(picks, 0, 10, () => -0.5)]).toEqual([0]);
+    expect(picks[0]!.chosen.config).toEqual(at(0));
+    expect(picks[1]!.chosen.config.every((t) => t === Infinity)).toBe(true);
   });
 
   it.each(["cnn", "text"] as const)("%s: certified plan within the constraint on held-back data; greedy baseline beside it", (name) => {

@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import * as path from "node:path";
 import { loadProfile } from "../profile/merge.js";
-import { DEFAULT_POINT_LEVELS, DEFAULT_TUNE_FRACTION, planFromProfile, type Plan, type SearchMethod, type TuningDrop } from "../plan/plan.js";
+import { DEFAULT_POINT_LEVELS, DEFAULT_TUNE_FRACTION, planFromProfile, pointBoundText, type Plan, type SearchMethod, type TuningDrop } from "../plan/plan.js";
 import { writePlan } from "../emit/write.js";
 import { THRESHOLDS_INPUT } from "../stages/exit-graph.js";
 import { EeToolError } from "../errors.js";
@@ -91,7 +91,7 @@ export function renderPlan(p: Plan): string {
     lines.push(`operating points: ${op.points.length} in one model with exits at ramps ${op.exits.map((e) => e.ramp).join(", ") || "none"}; all certified together with probability ${op.confidence} (each at ${(1 - (1 - op.confidence) / op.points.length).toFixed(4)}, ${op.correction}); feed ${THRESHOLDS_INPUT} to switch`);
     lines.push(table([
       ["point", "max drop", "held-back drop", "bound", ...batches.map((b) => `saving @${b}`), "thresholds"],
-      ...op.points.map((pt, i) => [`${i}${i === op.default ? " (plan)" : ""}`, pct(pt.maxDrop), pct(pt.dropCertify), pt.certificate?.bound != null ? pct(pt.certificate.bound) : pt.certificate ? "-" : "not certified",
+      ...op.points.map((pt, i) => [`${i}${i === op.default ? " (plan)" : ""}`, pct(pt.maxDrop), pct(pt.dropCertify), pointBoundText(pt, pct),
         ...batches.map((b) => pct(pt.latency[b]!.saving)), pt.thresholds.map((t) => (t === null ? "off" : t.toFixed(3))).join(" ")]),
     ]));
   }

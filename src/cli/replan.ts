@@ -11,7 +11,7 @@ import { table } from "./format.js";
 export function registerReplan(program: Command): void {
   program
     .command("replan")
-    .description("Re-tune a plan's operating point on logged live feedback (each exit's confidence and the full model's answer): the loosest point the log certifies at the plan's constraint")
+    .description("Re-tune a plan's operating point on logged live feedback (each exit's confidence and the full model's answer): the fastest point the log certifies at the plan's constraint (in practice the loosest), or the model when none is faster")
     .argument("<plan>", "plan JSON made with ee-tool plan --points")
     .requiredOption("--telemetry <log>", "telemetry log (JSON lines, docs/serve.md) of requests that ran the whole model")
     .requiredOption("-o, --out <plan.json>", "re-tuned plan to write")

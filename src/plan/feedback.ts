@@ -120,9 +120,9 @@ export function readTelemetry(file: string, op: OperatingPoints, metric: string)
 }
 
 /**
- * The plan re-tuned on logged feedback: its default point becomes the loosest one certified on the
- * records at the plan's maxDrop and confidence (never one looser than the records support), and
- * the plan's exits and thresholds follow it. The record of the test goes into `live`.
+ * The plan re-tuned on logged feedback: its default point becomes the fastest one certified on the
+ * records at the plan's maxDrop and confidence (never one looser than the records support; the model
+ * unchanged when no certified point is faster than it), and the plan's exits and thresholds follow it. The record of the test goes into `live`.
  */
 export interface LiveRecord {
   records: number;
@@ -143,7 +143,11 @@ export function replanFromFeedback(plan: Plan, records: readonly Feedback[], opt
       hint: "Log more requests that ran the whole model (a larger shadow share, or a longer window).",
     });
   }
-  const { point, tests } = certifyOnFeedback(op, records, plan.settings.maxDrop, confidence);
+  const { tests } = certifyOnFeedback(op, records, plan.settings.maxDrop, confidence);
+  // Every point that passed is certified (a fixed sequence); of those, the fastest at the plan's
+  // batch (in practice the loosest), and the model itself when none of them is faster than it.
+  const savingOf = (i: number): number => (op.points[i]!.latency[String(plan.settings.batch)] ?? plan.expected).saving;
+  const point = tests.filter((t) => t.passed).reduce((best, t) => (savingOf(t.point) > (best < 0 ? 0 : savingOf(best)) ? t.point : best), -1);
   const live = { records: records.length, confidence, tests, previous: op.default, point };
   if (point < 0) {
     // Not even the strictest point holds: the plan becomes the model unchanged.

@@ -351,13 +351,12 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
   const pointLevels = options.points ? [...new Set([...options.points, maxDrop])].sort((a, b) => a - b) : [maxDrop];
   for (const l of pointLevels) if (!(l >= 0 && l < 1)) throw new EeToolError("USAGE", `--points takes drops between 0 and 1, got ${l}`);
   const picks = certifyLevels(seen, cert, cands, pointLevels, confidence, method, signed, maxDrop);
-  const main = picks[pointLevels.indexOf(maxDrop)]!;
-  const { found, chosen, certificate } = main;
+  const mainAt = pointLevels.indexOf(maxDrop);
   // The points' model holds every exit any point uses; an exit a point does not use is present but
   // off (a threshold no confidence reaches), and costs what an exit that never fires costs.
-  const present = new Set<number>();
-  if (options.points) for (const p of picks) p.chosen.config.forEach((t, j) => t !== Infinity && present.add(j));
-  const inModel = (c: Config): Config => c.map((t, j) => (t === Infinity && present.has(j) ? PRESENT_OFF : t));
+  const present = options.points ? keepFasterPoints(picks, mainAt, tune.costs.baseline, (c, on) => outcome(tune, cert, offIn(c, on)).saving) : new Set<number>();
+  const inModel = (c: Config): Config => offIn(c, present);
+  const { found, chosen, certificate } = picks[mainAt]!;
   const greedy = greedySearch(tune, cands, maxDrop).best;
   const order = profile.ramps.map((r) => r).sort((a, b) => a.depth - b.depth);
   const evTune = evaluate(tune, chosen.config);
@@ -434,7 +433,7 @@ export function certifyLevels(seen: Problem, cert: Problem, cands: number[][], l
   const conf = confidence > 0 ? 1 - (1 - confidence) / levels.length : 0;
   return levels.map((level) => {
     const found = runSearch(seen, cands, level, method);
-    const none = (): Point => found.frontier.find((f) => f.config.every((t) => t === Infinity)) ?? { config: found.best.config.map(() => Infinity), meanLatency: seen.costs.baseline, drop: 0 };
+    const none = (): Point => noExitPoint(found, seen.costs.baseline);
     // Nothing to certify when no configuration with exits is faster than the model itself: the plan
     // is then the model unchanged (no exits), which is an answer, not an error.
     const worthIt = found.frontier.some((f) => f.config.some((t) => t !== Infinity) && f.meanLatency < seen.costs.baseline && f.drop <= level + 1e-12);
@@ -451,8 +450,56 @@ export function certifyLevels(seen: Problem, cert: Problem, cands: number[][], l
   });
 }
 
+/** An operating point's certified bound as a table shows it (`pct` formats a fraction). */
+export function pointBoundText(p: OperatingPoint, pct: (x: number) => string): string {
+  if (p.certificate?.bound != null) return pct(p.certificate.bound);
+  if (p.certificate) return "-";
+  return p.thresholds.every((t) => t === null) ? "no exits" : "not certified";
+}
+
+/** A search's point with no exits: the model unchanged. */
+function noExitPoint(found: SearchResult, baseline: number): Point {
+  return found.frontier.find((f) => f.config.every((t) => t === Infinity)) ?? { config: found.best.config.map(() => Infinity), meanLatency: baseline, drop: 0 };
+}
+
 /** A threshold no confidence reaches: the exit is in the model but never fires. */
 const PRESENT_OFF = Number.MAX_VALUE;
+
+/** A configuration in a model holding the exits `present`: those it does not use are there but off. */
+function offIn(c: Config, present: ReadonlySet<number>): Config {
+  return c.map((t, j) => (t === Infinity && present.has(j) ? PRESENT_OFF : t));
+}
+
+function exitsOfPicks(picks: readonly LevelPick[]): Set<number> {
+  const s = new Set<number>();
+  for (const p of picks) p.chosen.config.forEach((t, j) => t !== Infinity && s.add(j));
+  return s;
+}
+
+/**
+ * The exits of the points' model, after leaving out the points that would not be faster than the
+ * model in it: each exit a point brings costs every other point its ramp, so a strict point that
+ * rarely exits can be slower than the model itself (a point with no saving). The slowest such point
+ * (other than the plan's own, `mainAt`) becomes the model unchanged (no exits, no certificate) and
+ * its exits leave the model unless another point uses them, until every point left saves.
+ * `saving(config, present)`: a configuration's expected saving at the plan's batch in a model
+ * holding `present`; `baseline`: the model's latency. Changes `picks` in place.
+ */
+export function keepFasterPoints(picks: LevelPick[], mainAt: number, baseline: number, saving: (c: Config, present: ReadonlySet<number>) => number): Set<number> {
+  for (;;) {
+    const present = exitsOfPicks(picks);
+    let worst = -1;
+    let worstSaving = 0;
+    picks.forEach((p, i) => {
+      if (i === mainAt || p.chosen.config.every((t) => t === Infinity)) return;
+      const s = saving(p.chosen.config, present);
+      if (s <= worstSaving) [worst, worstSaving] = [i, s];
+    });
+    if (worst < 0) return present;
+    const p = picks[worst]!;
+    picks[worst] = { ...p, chosen: noExitPoint(p.found, baseline), certificate: null };
+  }
+}
 
 function operatingPoints(
   result: ProfileResult, tune: Problem, cert: Problem, order: ProfileResult["profile"]["ramps"], configs: Config[], levels: number[],

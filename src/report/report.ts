@@ -1,6 +1,6 @@
 /** `ee-tool report`: one self-contained HTML file (inline SVG, no scripts, no network). */
 import type { ProfileResult } from "../profile/profile.js";
-import { planFromProfile, type Plan } from "../plan/plan.js";
+import { planFromProfile, pointBoundText, type Plan } from "../plan/plan.js";
 import { barChart, esc, lineChart } from "./svg.js";
 
 export const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8"];
@@ -118,7 +118,7 @@ function pointsSection(plan: Plan): string {
   const op = plan.points!;
   const batches = Object.keys(op.points[0]?.latency ?? {});
   const n = (x: string): string => `<td class="n">${x}</td>`;
-  const rows = op.points.map((p, i) => `<tr${i === op.default ? ' class="plan"' : ""}>${n(String(i))}${n(pct(p.maxDrop))}${n(pct(p.dropCertify))}${n(p.certificate?.bound != null ? pct(p.certificate.bound) : p.certificate ? "-" : "not certified")}${batches.map((b) => n(pct(p.latency[b]!.saving))).join("")}<td>${esc(p.thresholds.map((t, j) => `ramp ${op.exits[j]!.ramp}: ${t === null ? "off" : t.toFixed(3)}`).join(", "))}${i === op.default ? " (the plan)" : ""}</td></tr>`);
+  const rows = op.points.map((p, i) => `<tr${i === op.default ? ' class="plan"' : ""}>${n(String(i))}${n(pct(p.maxDrop))}${n(pct(p.dropCertify))}${n(pointBoundText(p, pct))}${batches.map((b) => n(pct(p.latency[b]!.saving))).join("")}<td>${esc(p.thresholds.map((t, j) => `ramp ${op.exits[j]!.ramp}: ${t === null ? "off" : t.toFixed(3)}`).join(", "))}${i === op.default ? " (the plan)" : ""}</td></tr>`);
   return `<h2>Operating points</h2><p>${op.points.length} points in one model holding exits at ramps ${esc(op.exits.map((e) => e.ramp).join(", "))}; a request picks one through the <code>ee_thresholds</code> input. All certificates hold together with probability ${op.confidence} (each at ${(1 - (1 - op.confidence) / op.points.length).toFixed(4)}, ${op.correction}). Savings per profiled batch size include the exits a point leaves off.</p>` +
     `<table><tr><th>point</th><th>max drop</th><th>held-back drop</th><th>bound</th>${batches.map((b) => `<th>saving, batch ${esc(b)}</th>`).join("")}<th>thresholds</th></tr>${rows.join("")}</table>` +
     (plan.live ? `<p class="note">Re-tuned on ${plan.live.records} live feedback records (ee-tool replan): point ${plan.live.point} (was ${plan.live.previous}).</p>` : "");

@@ -80,7 +80,9 @@ export class PointMonitor {
     }
   }
 
-  private moveTo(to: number, reason: Switch["reason"], windowDrop: number): void {
+  private moveTo(point: number, reason: Switch["reason"], windowDrop: number): void {
+    // A point with no exits (one the plan left as the model) is served as the whole model.
+    const to = point >= 0 && this.op.points[point]!.thresholds.every((t) => t === null) ? -1 : point;
     if (to === this.point) return;
     this.switches.push({ at: this.seen, from: this.point, to, reason, windowDrop });
     this.point = to;
