@@ -561,7 +561,11 @@ describe("ee-tool plan", () => {
       const e = plan.exits.find((x) => x.ramp === ramp);
       return e ? (e.exitRateTune * plan.data.tune + e.exitRateCertify * plan.data.certify) / n : 1 - plan.exits.reduce((a, x) => a + (x.exitRateTune * plan.data.tune + x.exitRateCertify * plan.data.certify) / n, 0);
     };
-    const mean = plan.costModel.paths.reduce((a, x) => a + share(x.ramp) * x.ms, 0);
+    // The mean: each path's plain mean against the model's plain mean (slow calls included on both
+    // sides, as eval's saving has them) at its share of the tuning and certification samples.
+    expect(m.modelTail!).toBeGreaterThanOrEqual(0.9);
+    for (const x of m.paths) expect(x.meanRatio!).toBeGreaterThan(0);
+    const mean = m.paths.reduce((a, x) => a + share(x.ramp) * x.meanRatio! * plan.baselineMs, 0);
     expect(plan.expected.meanLatencyMs).toBeCloseTo(mean, 9);
     expect(plan.expected.saving).toBeCloseTo(1 - mean / plan.baselineMs, 9);
     // Measured on another machine than the profile's: refused, in one line with a hint.

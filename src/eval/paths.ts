@@ -64,6 +64,10 @@ export function middle(xs: readonly number[]): number {
   return s.length % 2 ? s[h]! : (s[h - 1]! + s[h]!) / 2;
 }
 
+function mean(xs: readonly number[]): number {
+  return xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+}
+
 /** The mean of the middle 80%: a path's expected time without a busy machine's outliers. */
 export function centralMean(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -117,6 +121,8 @@ export async function measurePaths(plan: Plan, modelPath: string, data: Calibrat
     // checks it) rather than a pool that one slow session pulls up.
     const byExit = new Map<number, number[][]>();
     const modelMs: number[] = [];
+    /** Each timed model call over its block's median: their plain mean is the model's slow-call share. */
+    const modelRel: number[] = [];
     const start = performance.now();
     // A warm-up pass over the first blocks, then blocks in turn until every call was timed once and
     // the budget is spent; each round of the blocks moves them to the next sessions, so that every
@@ -157,18 +163,21 @@ export async function measurePaths(plan: Plan, modelPath: string, data: Calibrat
       if (b < warm) continue;
       const ref = middle(tModel);
       modelMs.push(...tModel);
+      for (const t of tModel) modelRel.push(t / ref);
       for (const x of tEe) {
         if (!byExit.has(x.exit)) byExit.set(x.exit, Array.from({ length: n }, () => []));
         byExit.get(x.exit)![session]!.push(x.ms / ref);
       }
     }
+    const modelTail = mean(modelRel);
     const paths = [...byExit].map(([ramp, per]) => {
-      const sessions = per.filter((xs) => xs.length).map(centralMean);
-      return { ramp, calls: per.reduce((a, xs) => a + xs.length, 0), distinct: distinct.get(ramp)!, ratio: middle(sessions), sessions };
+      const timed = per.filter((xs) => xs.length);
+      const sessions = timed.map(centralMean);
+      return { ramp, calls: per.reduce((a, xs) => a + xs.length, 0), distinct: distinct.get(ramp)!, ratio: middle(sessions), meanRatio: middle(timed.map(mean)) / modelTail, sessions };
     })
       .sort((a, b) => (a.ramp < 0 ? 1e9 : a.ramp) - (b.ramp < 0 ? 1e9 : b.ramp));
     return {
-      batch, samples: samples.length, modelMs: middle(modelMs) / batch, paths,
+      batch, samples: samples.length, modelMs: middle(modelMs) / batch, modelTail, paths,
       budgetMs, elapsedMs: performance.now() - t0,
     };
   } finally {

@@ -155,8 +155,18 @@ export interface MeasuredPaths {
   samples: number;
   /** The model's median in the run, ms per row (the paths' ms are ratio x the profiled model). */
   modelMs: number;
-  /** ratio: the middle of `sessions`, the path's figure (mean of the middle 80% of its calls) in each runtime session. */
-  paths: Array<{ ramp: number; ratio: number; calls: number; distinct: number; sessions: number[] }>;
+  /**
+   * The plain mean of the model's calls over their block's median (1.03: slow calls add 3% to the
+   * model's mean). Absent in plans measured before it was kept.
+   */
+  modelTail?: number;
+  /**
+   * ratio: the middle of `sessions`, the path's figure (mean of the middle 80% of its calls) in each
+   * runtime session: the path's typical latency. meanRatio: the same with plain means, over the
+   * model's plain mean (modelTail): what the path's calls add to a mean latency, slow calls
+   * included, against the model's.
+   */
+  paths: Array<{ ramp: number; ratio: number; meanRatio?: number; calls: number; distinct: number; sessions: number[] }>;
   budgetMs: number;
   elapsedMs: number;
 }
@@ -180,7 +190,13 @@ export function withMeasuredPaths(plan: Plan, m: MeasuredPaths): Plan {
   const counts = plan.exits.map((e) => ({ ramp: e.ramp, count: e.exitRateTune * plan.data.tune + e.exitRateCertify * plan.data.certify }));
   counts.push({ ramp: -1, count: Math.max(0, n - counts.reduce((a, c) => a + c.count, 0)) });
   const cost = (ramp: number): number => paths.find((p) => p.ramp === ramp)?.ms ?? base;
-  const mean = counts.reduce((a, c) => a + c.count * cost(c.ramp), 0) / Math.max(1, n);
+  // The mean from the paths' plain means against the model's (slow calls included on both sides,
+  // as a served mean and eval's saving have them); the median from their typical figures.
+  const meanCost = (ramp: number): number => {
+    const got = m.paths.find((x) => x.ramp === ramp);
+    return got?.meanRatio !== undefined ? got.meanRatio * base : cost(ramp);
+  };
+  const mean = counts.reduce((a, c) => a + c.count * meanCost(c.ramp), 0) / Math.max(1, n);
   const sorted = counts.map((c) => ({ ms: cost(c.ramp), count: c.count })).sort((a, b) => a.ms - b.ms);
   let seen = 0;
   const medianMs = sorted.find((x) => (seen += x.count) >= n / 2)?.ms ?? base;
