@@ -121,8 +121,9 @@ export function readTelemetry(file: string, op: OperatingPoints, metric: string)
 
 /**
  * The plan re-tuned on logged feedback: its default point becomes the fastest one certified on the
- * records at the plan's maxDrop and confidence (never one looser than the records support; the model
- * unchanged when no certified point is faster than it), and the plan's exits and thresholds follow it. The record of the test goes into `live`.
+ * records at the plan's maxDrop and confidence (never one looser than the records support; the
+ * model unchanged when no certified point is faster than it), and the plan's exits and thresholds
+ * follow it. The record of the test goes into `live`.
  */
 export interface LiveRecord {
   records: number;
