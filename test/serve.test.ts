@@ -7,7 +7,7 @@ import { PointMonitor } from "../src/serve/monitor.js";
 import { ShadowScorer } from "../src/serve/shadow.js";
 import { replay } from "../src/serve/server.js";
 import { burstyTrace, meanRate } from "../src/serve/trace.js";
-import { certifyOnFeedback, writeTelemetry, type Feedback } from "../src/plan/feedback.js";
+import { certifyOnFeedback, replanFromFeedback, writeTelemetry, type Feedback } from "../src/plan/feedback.js";
 import type { OperatingPoints, Plan } from "../src/plan/plan.js";
 import { EarlyExitSession } from "../src/runtime/early-exit.js";
 import { openCalibration } from "../src/data/calib.js";
@@ -113,6 +113,21 @@ describe("feedback monitor", () => {
     expect(m.thresholds()).toEqual([0.7]);
   });
 
+  it("serves a point the plan left with no exits as the whole model", () => {
+    // The careful point left as the model (plan --points drops a point with no saving).
+    const op: OperatingPoints = { ...OP, points: OP.points.map((p, i) => (i === 0 ? { ...p, thresholds: [null] } : p)) };
+    const rng = new Rng(2);
+    // A drift window long enough that a point with no losses is certified at 1% (over 459 records).
+    const m = new PointMonitor(op, 0.01, 1, { window: 2000, driftWindow: 1000, checkEvery: 50 });
+    m.add(feedback(rng, 3000, calm));
+    m.add(feedback(rng, 1500, drifted));
+    // A point with no exits passes such a log; the monitor goes to the model itself instead.
+    expect(m.switches[0]!.reason).toBe("drift");
+    expect(m.switches.every((s) => s.to !== 0)).toBe(true);
+    expect(m.point).toBe(-1);
+    expect(m.thresholds()).toEqual([Infinity]);
+  });
+
   it("certifies along the points strictest first and stops at the first that fails", () => {
     const records = feedback(new Rng(3), 5000, drifted);
     const c = certifyOnFeedback(OP, records, 0.01, 0.95);
@@ -190,6 +205,16 @@ describe("serving a real plan", () => {
       expect((await ee.run(data.feeds(0, 1))).exits.length).toBe(1);
       await ee.release();
     }
+    // Of the points the log certifies, the fastest; the model when none of them saves.
+    const b = String(plan.settings.batch);
+    const withSavings = (f: (i: number) => number): Plan => ({ ...plan, points: { ...plan.points!, points: plan.points!.points.map((p, i) => ({ ...p, latency: { ...p.latency, [b]: { ...p.latency[b]!, saving: f(i) } } })) } });
+    const passed = replanFromFeedback(plan, clean).live!.tests.filter((t) => t.passed).map((t) => t.point);
+    expect(passed.length).toBeGreaterThan(1);
+    const slowest = withSavings((i) => (i === passed.at(-1) ? -0.05 : 0.1 + 0.01 * i));
+    expect(replanFromFeedback(slowest, clean).live!.point).toBe(passed.at(-2));
+    const none = replanFromFeedback(withSavings(() => -0.01), clean);
+    expect(none.live!.point).toBe(-1);
+    expect(none.exits).toEqual([]);
     const [c, n] = results as [Plan, Plan];
     expect(c.live!.point).toBeGreaterThanOrEqual(0);
     expect(c.live!.tests.every((t, i, all) => t.passed || i === all.length - 1)).toBe(true);

@@ -31,6 +31,7 @@ import { declaredTypes, splitModel } from "../stages/split.js";
 import { runtimeBytes, sessionsThatFit, type SessionSettings } from "../ort/ort.js";
 import { createRunnable, type RunnableSession } from "../ort/sync.js";
 import { Rng } from "../util/rng.js";
+import { mean } from "../util/stats.js";
 
 /** Calls per block (as eval's). */
 const BLOCK = 16;
@@ -64,15 +65,10 @@ export function middle(xs: readonly number[]): number {
   return s.length % 2 ? s[h]! : (s[h - 1]! + s[h]!) / 2;
 }
 
-function mean(xs: readonly number[]): number {
-  return xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
-}
-
 /** The mean of the middle 80%: a path's expected time without a busy machine's outliers. */
 export function centralMean(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
-  const mid = s.slice(Math.floor(s.length * 0.1), Math.ceil(s.length * 0.9));
-  return mid.reduce((a, b) => a + b, 0) / Math.max(1, mid.length);
+  return mean(s.slice(Math.floor(s.length * 0.1), Math.ceil(s.length * 0.9)));
 }
 
 /** Measure the plan's paths on `samples` (indices into `data`). */
