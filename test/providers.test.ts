@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { parseEp, providerHint, providerOption, ortProviderName } from "../src/ort/providers.js";
 import { countPlacement } from "../src/ort/placement.js";
-import { describeFusion } from "../src/cli/profile.js";
+import { describeFusion } from "../src/cli/format.js";
 import { renderProviders } from "../src/cli/inspect.js";
 import { runtimeForms, SEGMENTS_MARGIN } from "../src/profile/profile.js";
 import { EeToolError } from "../src/errors.js";
@@ -58,6 +58,8 @@ describe("execution providers", () => {
     expect(describeFusion(null)).toBe("-");
     expect(describeFusion({})).toBe("fuses as without the exit");
     expect(describeFusion({ "com.microsoft.SkipLayerNormalization": -1, Add: 1, LayerNormalization: 1 })).toBe("breaks a fusion: com.microsoft.SkipLayerNormalization -1, Add +1, LayerNormalization +1");
+    expect(describeFusion({ Relu: 1 })).toBe("breaks a fusion: Relu +1"); // a Relu fused into a Conv as its attribute
+    expect(describeFusion({ Gelu: -1 })).toBe("changes Gelu -1");
   });
 });
 

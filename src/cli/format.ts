@@ -28,3 +28,15 @@ export function table(rows: string[][]): string {
 
 /** Help text of every command's --ep. */
 export const EP_HELP = "execution provider: cpu, webgpu, cuda or tensorrt (cuda:1 picks a device; `ee-tool inspect --providers` lists what runs here)";
+
+/** An exit's effect on onnxruntime's optimised graph (Profile.ramps[].fusion, stages/fusion.ts) in words. */
+export function describeFusion(f: Record<string, number> | null | undefined): string {
+  if (f === undefined || f === null) return "-";
+  const entries = Object.entries(f).sort((a, b) => a[1] - b[1] || a[0].localeCompare(b[0]));
+  if (!entries.length) return "fuses as without the exit";
+  // Ops that run on their own with the cut (+) were fused into others without it (-, or an
+  // attribute: onnxruntime's NCHWc Conv takes its Relu and residual Add in, its count unchanged).
+  const apart = entries.filter(([, n]) => n > 0);
+  const what = entries.map(([op, n]) => `${op} ${n > 0 ? "+" : ""}${n}`).join(", ");
+  return apart.length ? `breaks a fusion: ${what}` : `changes ${what}`;
+}

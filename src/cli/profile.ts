@@ -7,21 +7,11 @@ import { mergeProfiles } from "../profile/merge.js";
 import { EeToolError } from "../errors.js";
 import { info, out } from "./io.js";
 import { progressBars } from "./progress.js";
-import { table, EP_HELP } from "./format.js";
+import { table, EP_HELP, describeFusion } from "./format.js";
 import { additivity } from "../plan/problem.js";
 import { readDecoderMetadata } from "../ramps/metadata.js";
 import { profileDecoder, writeDecoderProfile, DEFAULT_CONTEXTS, DEFAULT_GENERATED } from "../profile/decoder.js";
 import { renderDecoderProfile } from "./decoder.js";
-
-/** A ramp's effect on onnxruntime's optimised graph (Profile.ramps[].fusion) in words. */
-export function describeFusion(f: Record<string, number> | null | undefined): string {
-  if (f === undefined || f === null) return "-";
-  const entries = Object.entries(f).sort((a, b) => a[1] - b[1] || a[0].localeCompare(b[0]));
-  if (!entries.length) return "fuses as without the exit";
-  const lost = entries.filter(([, n]) => n < 0);
-  const what = entries.map(([op, n]) => `${op} ${n > 0 ? "+" : ""}${n}`).join(", ");
-  return lost.length ? `breaks a fusion: ${what}` : `changes ${what}`;
-}
 
 function generateCount(v: string): number {
   const n = Number(v);

@@ -9,13 +9,13 @@ import type { OnnxModel } from "../onnx/model.js";
 import { checkBatch, openCalibration, openLabels, relocateDataArg } from "../data/calib.js";
 import { readRampMetadata, unpackHashes, type RampMetadata } from "../ramps/metadata.js";
 import { splitWithTypes, partFeeds } from "../stages/runner.js";
-import { needed, prefixPart } from "../stages/split.js";
-import { Graph } from "../ir/graph.js";
+import { prefixPart } from "../stages/split.js";
 import { createSession, runSession, runtimeBytes, sessionsThatFit, ort, type SessionSettings } from "../ort/ort.js";
 import { createRunnable, type RunnableSession } from "../ort/sync.js";
 import { measurePlacement, type Placement } from "../ort/placement.js";
 import { ortProviderName, parseEp } from "../ort/providers.js";
 import { optimizeForRuntime, partSettings, type RuntimeModel } from "../stages/optimize.js";
+import { fusionChanges } from "../stages/fusion.js";
 import { batchMode, batchTensorsAt, buildExitModel, exitOutputs, THRESHOLDS_INPUT, type BatchMode, type RuntimeForm } from "../stages/exit-graph.js";
 import type { StagePart } from "../stages/split.js";
 import { openSegmentChain, runSegments, type Segments } from "../stages/segments.js";
@@ -568,40 +568,6 @@ export const SEGMENTS_MARGIN = 0.05;
 export function runtimeForms(oneCall: number, segments: number, stages: number[], ramps: number[], call: number): NonNullable<BatchLatency["forms"]> {
   const segmentsParts = stages.reduce((a, b) => a + b, 0) + ramps.reduce((a, r) => a + Math.max(0, r - call), 0);
   return { oneCall, segments, segmentsParts, faster: segments < (1 - SEGMENTS_MARGIN) * oneCall ? "segments" : "one-call" };
-}
-
-/** Op types of the nodes the model's own output needs (a ramp's nodes are not among them). */
-function backboneOps(proto: OnnxModel["proto"], output: string): Map<string, number> {
-  const counts = new Map<string, number>();
-  for (const n of needed(new Graph(proto.graph!), [output], new Set())) {
-    const op = n.domain && n.domain !== "ai.onnx" ? `${n.domain}.${n.op_type}` : n.op_type ?? "";
-    counts.set(op, (counts.get(op) ?? 0) + 1);
-  }
-  return counts;
-}
-
-/**
- * What each ramp alone changes in onnxruntime's optimised graph of the model (Profile.ramps[].fusion),
- * against the model optimised with no ramp at all. Null for a ramp whose graph was not optimised.
- */
-function fusionChanges(bare: RuntimeModel, alone: RuntimeModel[]): Map<number, Record<string, number> | null> {
-  const out = new Map<number, Record<string, number> | null>();
-  const without = bare.optimized ? backboneOps(bare.proto, bare.meta.output) : null;
-  for (const m of alone) {
-    const id = m.meta.ramps[0]!.id;
-    if (!without || !m.optimized) {
-      out.set(id, null);
-      continue;
-    }
-    const withRamp = backboneOps(m.proto, m.meta.output);
-    const diff: Record<string, number> = {};
-    for (const op of new Set([...without.keys(), ...withRamp.keys()])) {
-      const d = (withRamp.get(op) ?? 0) - (without.get(op) ?? 0);
-      if (d !== 0) diff[op] = d;
-    }
-    out.set(id, diff);
-  }
-  return out;
 }
 
 /** Write a profile and its binary sidecar (`<name>.bin`), both atomically. */

@@ -53,20 +53,29 @@ export async function optimizeForRuntime(model: OnnxModel, settings: SessionSett
   const meta = readRampMetadata(model.proto);
   const asIs: RuntimeModel = { proto: model.proto, meta: meta!, optimized: false, readExternal: model.readExternal };
   if (!meta || (settings.ep ?? "cpu") !== "cpu" || settings.optimization === "disabled" || process.env.EE_TOOL_NO_PREOPTIMIZE === "1") return asIs;
+  const proto = await optimizedGraph(model, settings);
+  const remapped = proto && remapRamps(proto, meta);
+  if (!proto || !remapped) return asIs;
+  proto.metadata_props = [...(proto.metadata_props ?? []).filter((p) => p.key !== METADATA_KEY), { key: METADATA_KEY, value: JSON.stringify(remapped) }];
+  return { proto, meta: remapped, optimized: true, readExternal: model.readExternal };
+}
+
+/**
+ * onnxruntime's optimised graph of a model on the CPU provider at the settings' level (written by
+ * onnxruntime to a temporary file, read back), or null when it cannot be had: a model too large to
+ * re-serialise, or one onnxruntime fails to load.
+ */
+export async function optimizedGraph(model: OnnxModel, settings: SessionSettings = {}): Promise<ModelProto | null> {
   const bytes = runtimeBytes(model.proto, model.readExternal);
-  if (bytes.byteLength > MAX_BYTES) return asIs;
+  if (bytes.byteLength > MAX_BYTES) return null;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ee-tool-opt-"));
   try {
     const file = path.join(dir, "optimized.onnx");
-    const session = await ort.InferenceSession.create(bytes, { ...sessionOptions(settings), optimizedModelFilePath: file });
+    const session = await ort.InferenceSession.create(bytes, { ...sessionOptions({ ...settings, ep: "cpu" }), optimizedModelFilePath: file });
     await session.release();
-    const proto = loadModel(file).proto;
-    const remapped = remapRamps(proto, meta);
-    if (!remapped) return asIs;
-    proto.metadata_props = [...(proto.metadata_props ?? []).filter((p) => p.key !== METADATA_KEY), { key: METADATA_KEY, value: JSON.stringify(remapped) }];
-    return { proto, meta: remapped, optimized: true, readExternal: model.readExternal };
+    return loadModel(file).proto;
   } catch {
-    return asIs;
+    return null;
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
