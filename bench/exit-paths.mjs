@@ -13,6 +13,7 @@
 // others all along; the model's reference in each block is the middle of its sessions' medians,
 // and each path's figure the middle of its figures in the runtime's sessions (each printed).
 // Ends with the largest deviation and whether every path is within --within (default 5%).
+// The profile is --profile, or found beside the plan (by name, else by what the plan records of it).
 //   npm run build && node bench/exit-paths.mjs <plan.json> <data.npz> [--profile p.json] [--batch B] [--passes 2] [--sessions 3] [--within 0.05]
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -33,12 +34,32 @@ if (!planFile || !dataFile) {
   console.error("usage: node bench/exit-paths.mjs <plan.json> <data.npz> [--profile p.json] [--batch B] [--passes 2] [--sessions 3] [--within 0.05]");
   process.exit(1);
 }
+// The plan's profile: --profile, else <name>.profile.json beside <name>.plan.json, else the profile
+// beside the plan whose creation time and calibration data the plan records.
+function profileOf(planFile, plan) {
+  const given = opt("--profile", undefined);
+  if (given) return given;
+  const named = planFile.replace(/\.plan\.json$/, ".profile.json");
+  if (named !== planFile && fs.existsSync(named)) return named;
+  const { created, calibrationHash } = plan.profile ?? {};
+  const dir = path.dirname(planFile);
+  for (const f of fs.readdirSync(dir).filter((x) => x.endsWith(".json")).sort()) {
+    try {
+      const p = JSON.parse(fs.readFileSync(path.join(dir, f), "utf8"));
+      if (p.created === created && p.settings?.calibrationHash === calibrationHash) return path.join(dir, f);
+    } catch {
+      // not JSON, or not a profile
+    }
+  }
+  console.error(`no profile of ${planFile} beside it (created ${created}): pass --profile <profile.json>`);
+  process.exit(1);
+}
 const batch = Number(opt("--batch", "1"));
 const passes = Number(opt("--passes", "2"));
 const nSessions = Math.max(1, Number(opt("--sessions", "3")));
 const within = Number(opt("--within", "0.05"));
 const plan = JSON.parse(fs.readFileSync(planFile, "utf8"));
-const { profile } = loadProfile(opt("--profile", planFile.replace(/\.plan\.json$/, ".profile.json")));
+const { profile } = loadProfile(profileOf(planFile, plan));
 const costs = buildCosts(profile, batch);
 const order = [...profile.ramps].sort((a, b) => a.depth - b.depth).map((r) => r.id);
 // The plan's own prediction of its paths where it was planned at this batch size (each exit priced
