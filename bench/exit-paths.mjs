@@ -178,8 +178,13 @@ const central = (xs) => {
 const m = median(modelMs.map(median)) / batch;
 console.log(`batch ${batch}; cost model from ${costs.source === "exits" ? "each exit measured in the runtime" : "stage prefixes (an older profile)"}${fromPlan ? (plan.costModel.measured ? ", the plan's path costs (measured in its runtime on other samples by plan)" : ", the plan's path costs") : ""}`);
 console.log(`model: measured p50 ${m.toFixed(3)} ms per row (its ${nSessions} sessions: ${modelMs.map((xs) => (median(xs) / batch).toFixed(3)).join(", ")}), profiled p50 ${costs.baseline.toFixed(3)} ms`);
-const state = m / costs.baseline - 1;
-if (Math.abs(state) > 0.05) console.log(`note: the machine ran the model ${(Math.abs(state) * 100).toFixed(0)}% ${state > 0 ? "slower" : "faster"} than during the profile; the paths' ratios move with its state (docs/profile.md)`);
+// The paths' ratios move with the machine's state: its speed now against the profile's and, where
+// plan measured the paths (their prediction), against plan's measurement.
+const measuredAt = fromPlan && plan.costModel.measured?.batch === batch ? plan.costModel.measured.modelMs : undefined;
+for (const [then, when] of [[costs.baseline, "the profile"], ...(measuredAt ? [[measuredAt, "plan's measurement of the paths"]] : [])]) {
+  const state = m / then - 1;
+  if (Math.abs(state) > 0.05) console.log(`note: the machine ran the model ${(Math.abs(state) * 100).toFixed(0)}% ${state > 0 ? "slower" : "faster"} than during ${when} (${then.toFixed(3)} ms per row); the paths' ratios move with its state (docs/profile.md)`);
+}
 console.log(`path     batches  measured x model (the middle of its ${nSessions} runtime sessions' middle-80% means: each)  predicted (ms/row, x model)  off by`);
 const paths = new Map();
 for (const [k, xs] of byExit) {
