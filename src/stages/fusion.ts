@@ -2,8 +2,10 @@
  * What an exit's cut does to onnxruntime's fused graph of the model: the op types of the model's
  * optimised backbone with the cut's tensor kept alive, counted less those without it. A negative
  * count is a fused op lost at that cut (a `SkipLayerNormalization` fused from a residual `Add` and
- * the `LayerNormalization` after it, an attention fusion, a convolution's fused activation), the
- * positive ones what it fell apart into. An empty change: the cut fuses as the model does.
+ * the `LayerNormalization` after it, an attention fusion), the positive ones what runs apart. An op
+ * folded into another as an attribute shows only as positive: onnxruntime's NCHWc `Conv` takes in
+ * a following `Relu` (and a residual `Add`), so a cut between them is `Relu +1` with the `Conv`
+ * count unchanged. An empty change: the cut fuses as the model does.
  *
  * Why: a tensor something else reads (a ramp, or a graph output) cannot be fused away, so a cut
  * inside a fused block costs the fusion on top of its ramp. `profile` times that cost per exit;
