@@ -14,7 +14,7 @@ import { createSession, runSession, runtimeBytes, sessionsThatFit, ort, type Ses
 import { createRunnable, type RunnableSession } from "../ort/sync.js";
 import { measurePlacement, type Placement } from "../ort/placement.js";
 import { ortProviderName, parseEp } from "../ort/providers.js";
-import { optimizeForRuntime, partSettings, type RuntimeModel } from "../stages/optimize.js";
+import { eachRampAlone, optimizeForRuntime, partSettings, type RuntimeModel } from "../stages/optimize.js";
 import { fusionChanges } from "../stages/fusion.js";
 import { batchMode, batchTensorsAt, buildExitModel, exitOutputs, THRESHOLDS_INPUT, type BatchMode, type RuntimeForm } from "../stages/exit-graph.js";
 import type { StagePart } from "../stages/split.js";
@@ -364,11 +364,7 @@ async function measureLatency(
 ): Promise<{ latency: Record<string, BatchLatency>; optimizedGraph: boolean; fusion: Map<number, Record<string, number> | null>; placement: Placement | null }> {
   const rt = await optimizeForRuntime(model, settings);
   const rtSettings = partSettings(rt, settings);
-  // Each ramp alone in the graph onnxruntime optimises, as the runtime builds a plan with that one
-  // exit; and no ramp at all, as it builds a plan without exits.
-  const alone = [];
-  for (const r of rt.meta.ramps) alone.push(await optimizeForRuntime(model, settings, [r.id]));
-  const noRamps = await optimizeForRuntime(model, settings, []);
+  const { alone, none: noRamps } = await eachRampAlone(model, settings);
   const fusion = fusionChanges(noRamps, alone);
   const split = await splitWithTypes({ ...model, proto: rt.proto }, probe, rtSettings);
   const meta = rt.meta;

@@ -17,8 +17,7 @@ import { Graph } from "../ir/graph.js";
 import { shallowClone } from "../ir/clone.js";
 import { makeValueInfo } from "../ir/shapes.js";
 import { declaredTypes, needed } from "./split.js";
-import { optimizedGraph, optimizeForRuntime, type RuntimeModel } from "./optimize.js";
-import { readRampMetadata } from "../ramps/metadata.js";
+import { eachRampAlone, optimizedGraph, type RuntimeModel } from "./optimize.js";
 import type { SessionSettings } from "../ort/ort.js";
 
 /** Op type (domain-qualified outside the default domain) -> count with the cut less count without. */
@@ -58,11 +57,8 @@ export function fusionChanges(bare: RuntimeModel, alone: readonly RuntimeModel[]
 
 /** An augmented model's ramps, each alone in the graph as a plan with that one exit runs it (what profile records). */
 export async function rampFusion(model: OnnxModel, settings: SessionSettings = {}): Promise<Map<number, FusionChange | null>> {
-  const meta = readRampMetadata(model.proto);
-  if (!meta) return new Map();
-  const alone: RuntimeModel[] = [];
-  for (const r of meta.ramps) alone.push(await optimizeForRuntime(model, settings, [r.id]));
-  return fusionChanges(await optimizeForRuntime(model, settings, []), alone);
+  const { alone, none } = await eachRampAlone(model, settings);
+  return fusionChanges(none, alone);
 }
 
 /**
@@ -75,14 +71,14 @@ export async function tensorFusion(model: OnnxModel, output: string, tensors: re
   const bare = await optimizedGraph(model, settings);
   const without = bare ? backboneOps(bare, output) : null;
   const typeOf = declaredTypes(model.proto);
+  const g = model.proto.graph!;
   for (const t of tensors) {
     if (!without) {
       out.set(t, null);
       continue;
     }
     const proto = shallowClone(model.proto);
-    const g = model.proto.graph!;
-    proto.graph = { ...g, output: [...(g.output ?? []), makeValueInfo(t, typeOf(t) ?? 1)] };
+    proto.graph = { ...g, output: [...(g.output ?? []), makeValueInfo(t, typeOf(t)!)] };
     const cut = await optimizedGraph({ ...model, proto }, settings);
     out.set(t, cut ? opChange(without, backboneOps(cut, output)) : null);
   }

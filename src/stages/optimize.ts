@@ -61,6 +61,16 @@ export async function optimizeForRuntime(model: OnnxModel, settings: SessionSett
 }
 
 /**
+ * The model optimised with each of its ramps alone (as the runtime builds a plan with that one
+ * exit), and with no ramp at all (a plan without exits).
+ */
+export async function eachRampAlone(model: OnnxModel, settings: SessionSettings = {}): Promise<{ alone: RuntimeModel[]; none: RuntimeModel }> {
+  const alone: RuntimeModel[] = [];
+  for (const r of readRampMetadata(model.proto)?.ramps ?? []) alone.push(await optimizeForRuntime(model, settings, [r.id]));
+  return { alone, none: await optimizeForRuntime(model, settings, []) };
+}
+
+/**
  * onnxruntime's optimised graph of a model on the CPU provider at the settings' level (written by
  * onnxruntime to a temporary file, read back), or null when it cannot be had: a model too large to
  * re-serialise, or one onnxruntime fails to load.
