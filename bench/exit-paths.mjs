@@ -17,7 +17,7 @@
 //   npm run build && node bench/exit-paths.mjs <plan.json> <data.npz> [--profile p.json] [--batch B] [--passes 2] [--sessions 3] [--within 0.05]
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { EarlyExitSession } from "../dist/index.js";
+import { EarlyExitSession, planSettings } from "../dist/index.js";
 import { loadProfile } from "../dist/profile/merge.js";
 import { buildCosts, exitCosts } from "../dist/plan/problem.js";
 import { openCalibration } from "../dist/data/calib.js";
@@ -69,7 +69,8 @@ const predicted = fromPlan
   ? { atRamp: order.map((id) => plan.costModel.paths.find((p) => p.ramp === id)?.ms ?? Infinity), none: plan.costModel.paths.find((p) => p.ramp === -1).ms }
   : exitCosts(costs, order.map((id) => plan.exits.find((e) => e.ramp === id)?.threshold ?? Infinity));
 
-const settings = { optimization: "all", spinning: false };
+// The threads the plan was measured with (the profile's choice), for the model as for the runtime.
+const settings = { optimization: "all", spinning: false, ...planSettings(plan) };
 const modelPath = path.resolve(path.dirname(planFile), plan.model.file);
 const model = loadModel(modelPath);
 const originalBytes = runtimeBytes(splitModel(model.proto, declaredTypes(model.proto)).original, model.readExternal);

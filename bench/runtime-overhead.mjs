@@ -5,6 +5,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { EarlyExitSession } from "../dist/runtime/early-exit.js";
+import { planSettings } from "../dist/plan/plan.js";
 import { createRunnable } from "../dist/ort/sync.js";
 import { loadModel } from "../dist/onnx/model.js";
 import { declaredTypes, splitModel } from "../dist/stages/split.js";
@@ -22,7 +23,7 @@ if (!planPath || !dataPath) {
 const plan = JSON.parse(fs.readFileSync(planPath, "utf8"));
 const modelPath = path.resolve(path.dirname(planPath), plan.model.file);
 const model = loadModel(modelPath);
-const settings = { optimization: "all", spinning: false };
+const settings = { optimization: "all", spinning: false, ...planSettings(plan) };
 const whole = await createRunnable(runtimeBytes(splitModel(model.proto, declaredTypes(model.proto)).original), settings, [plan.model.output]);
 // Ramps as the profile times them: cut from onnxruntime's optimised graph, outputs reduced in onnxruntime.
 const rt = await optimizeForRuntime(model, settings);

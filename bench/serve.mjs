@@ -12,6 +12,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { EarlyExitSession } from "../dist/runtime/early-exit.js";
+import { planSettings } from "../dist/plan/plan.js";
 import { createRunnable } from "../dist/ort/sync.js";
 import { runtimeBytes } from "../dist/ort/ort.js";
 import { ort } from "../dist/ort/ort.js";
@@ -49,7 +50,7 @@ if (!planPath) {
 const t0 = performance.now();
 const plan = JSON.parse(fs.readFileSync(planPath, "utf8"));
 const modelPath = path.resolve(path.dirname(planPath), plan.model.file);
-const settings = { optimization: "all", spinning: false };
+const settings = { optimization: "all", spinning: false, ...planSettings(plan) };
 const model = loadModel(modelPath);
 const data = openCalibration(dataPath, model.proto);
 const k = plan.model.classes;

@@ -20,7 +20,7 @@ export { readRampMetadata, type RampMetadata, type RampRecord } from "./ramps/me
 export { splitModel, type SplitModel, type StagePart, type SplitOptions } from "./stages/split.js";
 export { profileModel, writeProfile, type Profile, type ProfileOptions, type ProfileResult, type BatchLatency } from "./profile/profile.js";
 export { loadProfile, mergeProfiles } from "./profile/merge.js";
-export { planFromProfile, certifyLevels, DEFAULT_POINT_LEVELS, type Plan, type PlanOptions, type TuningDrop, type OperatingPoint, type OperatingPoints } from "./plan/plan.js";
+export { planFromProfile, planSettings, certifyLevels, DEFAULT_POINT_LEVELS, type Plan, type PlanOptions, type TuningDrop, type OperatingPoint, type OperatingPoints } from "./plan/plan.js";
 export { certifyOnFeedback, pointLosses, readTelemetry, writeTelemetry, replanFromFeedback, TELEMETRY_FORMAT, type Feedback, type LiveRecord, type LiveTest } from "./plan/feedback.js";
 export { checkModelHash } from "./plan/write.js";
 export { writePlan } from "./emit/write.js";

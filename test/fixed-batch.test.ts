@@ -65,8 +65,10 @@ describe("a model whose batch dimension is fixed", () => {
     expect(wrong.stderr).toMatch(/^ee-tool: error \[FIXED_BATCH\]: input 'input_ids' has a fixed batch dimension of 4, so eval --batch 2 cannot run/);
     const ok = runCli(["eval", plan, "--data", FIX("text/eval.npz"), "--json", "-q"]);
     expect(ok.code).toBe(0);
-    const report = JSON.parse(ok.stdout) as { batch: number; samples: number; runtime: { rowRemoval: boolean }; accuracy: { dropVsModel: number } };
+    const report = JSON.parse(ok.stdout) as { batch: number; samples: number; runtime: { rowRemoval: boolean; threads: number | null }; accuracy: { dropVsModel: number } };
     expect(report.batch).toBe(4);
+    // Both ran with the threads the profile chose and the plan records.
+    expect(report.runtime.threads).toBe((JSON.parse(fs.readFileSync(plan, "utf8")) as { profile: { threads: number | null } }).profile.threads);
     expect(report.samples).toBe(2000);
     // Rows of a fixed batch cannot leave it: the runtime keeps all four and picks each row's exit.
     expect(report.runtime.rowRemoval).toBe(false);

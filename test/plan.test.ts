@@ -4,7 +4,7 @@ import * as path from "node:path";
 import { CNN, TEXT, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
 import { loadProfile } from "../src/profile/merge.js";
 import type { Plan } from "../src/plan/plan.js";
-import { certifyFrontier, certifyLevels, DEFAULT_POINT_LEVELS, keepFasterPoints, planFromProfile, STEPS, testSequence, type LevelPick } from "../src/plan/plan.js";
+import { certifyFrontier, certifyLevels, DEFAULT_POINT_LEVELS, keepFasterPoints, planFromProfile, planSettings, STEPS, testSequence, type LevelPick } from "../src/plan/plan.js";
 import { measurePaths, MIN_PATH_CALLS } from "../src/eval/paths.js";
 import { EarlyExitSession } from "../src/runtime/early-exit.js";
 import { loadModel } from "../src/onnx/model.js";
@@ -15,7 +15,7 @@ import { binomialCdf, binomialUpperBound, hoeffdingBentkusPValue } from "../src/
 import { logisticFit, withFittedLosses } from "../src/plan/fitted.js";
 import { Rng } from "../src/util/rng.js";
 import { validate } from "../src/util/schema.js";
-import type { BatchLatency, Profile } from "../src/profile/profile.js";
+import { threadsAt, type BatchLatency, type Profile } from "../src/profile/profile.js";
 import type { LatencyStats } from "../src/profile/timing.js";
 import { scoreLogits } from "../src/util/logits.js";
 
@@ -536,6 +536,8 @@ describe("ee-tool plan", () => {
     const modelled = JSON.parse(fs.readFileSync(modelledOut, "utf8")) as Plan;
     const plan = JSON.parse(fs.readFileSync(measuredOut, "utf8")) as Plan;
     expect(validate(plan, planSchema)).toEqual([]);
+    // The plan records the threads its profile measured with (and measured its paths with them).
+    expect(plan.profile.threads).toBe(threadsAt(profJson, plan.settings.batch));
     const m = plan.costModel.measured!;
     // The same exits; what the cost model alone predicted is kept beside the measurement.
     expect(plan.exits).toEqual(modelled.exits);
@@ -632,6 +634,17 @@ describe("ee-tool plan", () => {
     if (none) for (const x of m.paths) if (x.ramp >= 0) expect(x.ratio).toBeLessThan(none.ratio);
     expect(m.modelMs).toBeGreaterThan(0);
   }, 60_000);
+
+  it("a plan runs with the threads its profile measured with, unless the caller sets them or runs on another provider", () => {
+    const one = { profile: { created: "", samples: 0, calibrationHash: "", ep: "cpu", threads: 1 } };
+    expect(planSettings(one)).toEqual({ threads: 1 });
+    expect(planSettings(one, { optimization: "all" })).toEqual({ optimization: "all", threads: 1 });
+    expect(planSettings(one, { threads: 2 })).toEqual({ threads: 2 });
+    expect(planSettings(one, { ep: "webgpu" })).toEqual({ ep: "webgpu" });
+    expect(planSettings({ profile: { ...one.profile, threads: null } })).toEqual({});
+    // Plans from before the field: onnxruntime's default.
+    expect(planSettings({ profile: { created: "", samples: 0, calibrationHash: "", ep: "cpu" } })).toEqual({});
+  });
 
   it("explains infeasible constraints in one line with exit code 3, and refuses a changed model", () => {
     let r = runCli(["plan", files.cnn.profile, "--max-drop", "-0.1", "-o", path.join(work, "x.json")]);

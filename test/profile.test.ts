@@ -1,10 +1,11 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import * as os from "node:os";
 import { CNN, TEXT, ROOT, runCli, tmpDir } from "./helpers/fixtures.js";
 import { validate } from "../src/util/schema.js";
 import { loadProfile } from "../src/profile/merge.js";
-import { EXIT_SESSIONS, REFERENCE_SESSIONS, type Profile } from "../src/profile/profile.js";
+import { EXIT_SESSIONS, REFERENCE_SESSIONS, threadsAt, type Profile } from "../src/profile/profile.js";
 import { loadModel, serializeModel } from "../src/onnx/model.js";
 import { openCalibration } from "../src/data/calib.js";
 import { readRampMetadata, unpackHashes } from "../src/ramps/metadata.js";
@@ -13,6 +14,7 @@ import { prefixPart } from "../src/stages/split.js";
 import { createSession, runSession } from "../src/ort/ort.js";
 import { agreement, argmax, runAll } from "./helpers/run.js";
 import { providerStatus } from "../src/ort/providers.js";
+import { groupByThreads, oneThreadWins, shouldChooseThreads } from "../src/profile/threads.js";
 
 const FIX = (p: string): string => path.join(ROOT, "fixtures", p);
 const schema = JSON.parse(fs.readFileSync(path.join(ROOT, "docs/profile.schema.json"), "utf8")) as Record<string, unknown>;
@@ -73,6 +75,31 @@ describe("stage models", () => {
   });
 });
 
+describe("thread choice", () => {
+  it("one thread when at least 3% faster; chosen only on the CPU, with cores to spare, when the user set none", () => {
+    expect(oneThreadWins(0.96, 1)).toBe(true);
+    expect(oneThreadWins(0.98, 1)).toBe(false);
+    expect(oneThreadWins(1.2, 1)).toBe(false);
+    expect(shouldChooseThreads({}, 2)).toBe(true);
+    expect(shouldChooseThreads({ ep: "cpu" }, 16)).toBe(true);
+    expect(shouldChooseThreads({ threads: 2 }, 2)).toBe(false);
+    expect(shouldChooseThreads({ ep: "webgpu" }, 2)).toBe(false);
+    expect(shouldChooseThreads({}, 1)).toBe(false);
+  });
+
+  it("batch sizes grouped by their threads, each group timed with its own settings", () => {
+    const choice = { batches: { "1": { threads: 1, oneThreadMs: 1, defaultMs: 2 }, "8": { threads: null, oneThreadMs: 3, defaultMs: 2 }, "32": { threads: 1, oneThreadMs: 1, defaultMs: 2 } } };
+    expect(groupByThreads([1, 8, 32], choice, { spinning: false })).toEqual([
+      { settings: { spinning: false, threads: 1 }, batches: [1, 32] },
+      { settings: { spinning: false }, batches: [8] },
+    ]);
+    // No choice: one group with the user's settings.
+    expect(groupByThreads([1, 8], undefined, { threads: 2 })).toEqual([{ settings: { threads: 2 }, batches: [1, 8] }]);
+    const env = { environment: { threads: null, threadChoice: choice } } as unknown as Pick<Profile, "environment">;
+    expect([1, 8, 32, 64].map((b) => threadsAt(env, b))).toEqual([1, null, 1, null]);
+  });
+});
+
 describe("ee-tool profile", () => {
   it.each(["cnn", "text"] as const)("%s: latency of stages, ramps and model at batch 1 and 8; per-sample data for every unfitted sample", (name) => {
     const out = path.join(work, `${name}.profile.json`);
@@ -129,6 +156,17 @@ describe("ee-tool profile", () => {
       }
     }
     expect(p.environment.executionProvider).toBe("cpu");
+    // Without --threads (and with more than one core) the model was timed with one thread and with
+    // the default at each batch size; one thread where it won there.
+    if (os.cpus().length > 1) {
+      const tc = Object.entries(p.environment.threadChoice!.batches);
+      expect(tc.map(([b]) => b)).toEqual(["1", "8"]);
+      for (const [b, t] of tc) {
+        expect(t.threads).toBe(oneThreadWins(t.oneThreadMs, t.defaultMs) ? 1 : null);
+        expect(threadsAt(p, Number(b))).toBe(t.threads);
+      }
+      expect(p.environment.threads).toBe(tc[0]![1].threads === tc[1]![1].threads ? tc[0]![1].threads : null);
+    }
     expect(p.environment.optimizedGraph).toBe(true);
     // On the CPU provider every ramp's effect on the optimised graph is recorded (empty: none).
     for (const r of p.ramps) expect(r.fusion).toEqual(expect.any(Object));

@@ -21,7 +21,7 @@ export function renderEval(r: EvalReport): string {
   const a = r.accuracy;
   const l = r.latency;
   const lines = [
-    `${r.samples} samples at batch ${r.batch} on ${r.runtime.ep} (${r.runtime.sessions} session${r.runtime.sessions === 1 ? "" : "s"} each of the model and the runtime, taking turns by block), runtime form ${r.runtime.form}${r.runtime.ep !== r.runtime.planEp ? ` (note: the plan was profiled on ${r.runtime.planEp}; its latency predictions are for that provider)` : ""}`,
+    `${r.samples} samples at batch ${r.batch} on ${r.runtime.ep}${r.runtime.threads ? ` with ${r.runtime.threads} intra-op thread${r.runtime.threads > 1 ? "s" : ""}` : ""} (${r.runtime.sessions} session${r.runtime.sessions === 1 ? "" : "s"} each of the model and the runtime, taking turns by block), runtime form ${r.runtime.form}${r.runtime.ep !== r.runtime.planEp ? ` (note: the plan was profiled on ${r.runtime.planEp}; its latency predictions are for that provider)` : ""}`,
     ...(r.runtime.sessions > 1 ? [`  by session: model p50 ${r.latency.sessions.model.map((x) => x.toFixed(3)).join(", ")} ms per row; mean saving ${r.latency.sessions.saving.map(pct).join(", ")}`] : []),
     table([
       ["", "measured", "plan predicted"],

@@ -2,7 +2,7 @@ import type { Command } from "commander";
 import { parseEp } from "../ort/providers.js";
 import * as path from "node:path";
 import { loadModel } from "../onnx/model.js";
-import { profileModel, writeProfile, type Profile } from "../profile/profile.js";
+import { profileModel, threadsAt, writeProfile, type Profile } from "../profile/profile.js";
 import { mergeProfiles } from "../profile/merge.js";
 import { EeToolError } from "../errors.js";
 import { info, out } from "./io.js";
@@ -49,10 +49,16 @@ export function renderProfile(p: Profile): string {
     const fell = Object.entries(pl.fallback);
     lines.push(`${fell.length ? "warning: part of the graph falls back from " + p.environment.executionProvider + ": " : "placement: "}${where}; ${pl.copies} copy nodes${fell.length ? ` (fallen back: ${fell.map(([op, n]) => `${op} x${n}`).join(", ")})` : ""}`);
   }
+  const tc = p.environment.threadChoice;
+  if (tc) {
+    const each = Object.entries(tc.batches).map(([b, t]) => `batch ${b}: ${t.threads ? `${t.threads}` : "default"} (${ms(t.oneThreadMs)} against ${ms(t.defaultMs)})`).join(", ");
+    lines.push(`threads at each batch size, one thread where at least 3% faster (the model's p50 ms with one thread against onnxruntime's default): ${each}; plans for that batch size, their eval and runtime use the same`);
+  }
   for (const [b, l] of Object.entries(p.latency ?? {})) {
     lines.push("");
     const pct = (r: number): string => `${r >= 1 ? "+" : ""}${((r - 1) * 100).toFixed(1)}%`;
-    lines.push(`latency at batch ${b} (ms, ${p.environment.executionProvider}): model p50 ${ms(l.model.p50)} mean ${ms(l.model.mean)}`);
+    const threads = threadsAt(p, Number(b));
+    lines.push(`latency at batch ${b} (ms, ${p.environment.executionProvider}${threads ? `, ${threads} thread${threads > 1 ? "s" : ""}` : ""}): model p50 ${ms(l.model.p50)} mean ${ms(l.model.mean)}`);
     if (l.sessions) lines.push(`  the model's ${l.sessions.model.length} sessions p50 ${l.sessions.model.map(ms).join(", ")}; the runtime without exits ${l.sessions.noExit.map(ms).join(", ")} (the middle one of each is the figure used)`);
     lines.push(`  sum of ${l.stages.length} stages in place (all in one call) p50 ${ms(l.stageSum.inPlaceP50)} (${pct(l.stageSum.inPlaceRatioP50)} vs model)`);
     lines.push(`  sum of ${l.stages.length} stages each alone p50 ${ms(l.stageSum.p50)} (${pct(l.stageSum.ratioP50)} vs model); one call costs ${ms(l.callOverhead.p50)}, net of the ${l.stages.length - 1} extra calls ${ms(l.stageSum.netP50)} (${pct(l.stageSum.netRatioP50)})`);

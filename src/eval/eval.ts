@@ -5,7 +5,7 @@
  */
 import * as path from "node:path";
 import * as fs from "node:fs";
-import type { Plan, RuntimeForm } from "../plan/plan.js";
+import { planSettings, type Plan, type RuntimeForm } from "../plan/plan.js";
 import { EarlyExitSession } from "../runtime/early-exit.js";
 import { loadModel } from "../onnx/model.js";
 import { checkBatch, openCalibration, openLabels } from "../data/calib.js";
@@ -54,7 +54,9 @@ export interface EvalReport {
    * ep: the provider eval ran on; planEp: the one the plan's profile measured (they may differ).
    * sessions: how many sessions of the model and of the runtime the blocks of calls took turns in.
    */
-  runtime: { direct: boolean; rowRemoval: boolean; optimizedGraph: boolean; ep: string; planEp: string; form: RuntimeForm; sessions: number };
+  runtime: { direct: boolean; rowRemoval: boolean; optimizedGraph: boolean; ep: string; planEp: string; form: RuntimeForm; sessions: number;
+    /** Intra-op threads both ran with (null: onnxruntime's default): the plan's unless the caller set them. */
+    threads: number | null };
   /** With `throughput`: latency per row and rows per second at each batch size, three modes (throughput.ts). */
   throughput: BatchThroughput[] | null;
   /** `--assert`'s checks: failures holds the messages of those that failed. */
@@ -109,7 +111,7 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
   if (options.sessions !== undefined && !(Number.isInteger(options.sessions) && options.sessions >= 1)) throw new EeToolError("USAGE", `--sessions must be a positive integer, got ${options.sessions}`);
   const modelPath = path.resolve(path.dirname(planPath), plan.model.file);
   checkModelHash(modelPath, plan.model.sha256);
-  const settings: SessionSettings = { optimization: "all", spinning: false, ...options.settings };
+  const settings: SessionSettings = { optimization: "all", spinning: false, ...planSettings(plan, options.settings) };
   const batch = options.batch ?? plan.settings.batch;
   const model = loadModel(modelPath);
   const data = openCalibration(options.data, model.proto);
@@ -268,7 +270,7 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
       model: baseStats, earlyExit: early, sessions, saving, savingMedian,
       predicted: { meanMs: plan.expected.meanLatencyMs, medianMs: plan.expected.medianLatencyMs, baselineMs: plan.baselineMs, saving: plan.expected.saving, savingMedian: plan.expected.savingMedian },
     },
-    runtime: { direct: base.direct, rowRemoval: ee.rowRemoval, optimizedGraph: ee.optimizedGraph, ep: settings.ep ?? "cpu", planEp: plan.profile.ep ?? "cpu", form: ee.form, sessions: nSessions },
+    runtime: { direct: base.direct, rowRemoval: ee.rowRemoval, optimizedGraph: ee.optimizedGraph, ep: settings.ep ?? "cpu", planEp: plan.profile.ep ?? "cpu", form: ee.form, sessions: nSessions, threads: settings.threads ?? null },
     throughput,
     assertions: { passed: failures.length === 0, failures, savingTolerance: tolerance, checks },
   };

@@ -18,7 +18,7 @@
 import * as os from "node:os";
 import * as path from "node:path";
 import { createHash } from "node:crypto";
-import { withMeasuredPaths, type MeasuredPaths, type Plan } from "../plan/plan.js";
+import { planSettings, withMeasuredPaths, type MeasuredPaths, type Plan } from "../plan/plan.js";
 import type { Profile } from "../profile/profile.js";
 import { checkModelHash } from "../plan/write.js";
 import { missingDataFiles, openCalibration, relocateDataArg } from "../data/calib.js";
@@ -75,7 +75,7 @@ export function centralMean(xs: readonly number[]): number {
 export async function measurePaths(plan: Plan, modelPath: string, data: CalibrationSet, samples: readonly number[], options: MeasurePathsOptions = {}): Promise<MeasuredPaths> {
   const batch = options.batch ?? plan.settings.batch;
   const budgetMs = options.budgetMs ?? DEFAULT_MEASURE_BUDGET_MS;
-  const settings: SessionSettings = { optimization: "all", spinning: false, ...options.settings };
+  const settings: SessionSettings = { optimization: "all", spinning: false, ...planSettings(plan, options.settings) };
   const model = loadModel(modelPath);
   const originalBytes = runtimeBytes(splitModel(model.proto, declaredTypes(model.proto)).original, model.readExternal);
   const n = sessionsThatFit(SESSIONS, 4 * originalBytes.byteLength);
@@ -238,7 +238,8 @@ export async function measurePlanPaths(plan: Plan, profile: Profile, modelPath: 
   const samples = Array.from({ length: Math.min(free.length, MAX_SAMPLES) }, (_, k) => free[Math.floor(k * step)]!);
   if (samples.length < plan.settings.batch) throw new EeToolError("TOO_FEW_SAMPLES", `${dataPath} has ${samples.length} samples that did not fit the ramps; measuring the paths at batch ${plan.settings.batch} needs at least that many`);
   const env = profile.environment;
-  const settings: SessionSettings = { ...(env.executionProvider !== "cpu" ? { ep: env.executionProvider } : {}), ...(env.threads !== null ? { threads: env.threads } : {}) };
+  // On the profile's provider; the threads are the plan's (measurePaths: planSettings).
+  const settings: SessionSettings = env.executionProvider !== "cpu" ? { ep: env.executionProvider } : {};
   const m = await measurePaths(plan, modelPath, data, samples, { budgetMs, settings, ...(options.onProgress ? { onProgress: options.onProgress } : {}) });
   return withMeasuredPaths(plan, m);
 }

@@ -2,10 +2,11 @@
  * `ee-tool plan`: choose exits and thresholds under a maximum accuracy drop, tuned on one part of
  * the profile's samples (the tuning set) and certified on the rest (the certification set).
  */
-import type { ProfileResult } from "../profile/profile.js";
+import { threadsAt, type ProfileResult } from "../profile/profile.js";
 import { EeToolError } from "../errors.js";
 import { TOOL_VERSION } from "../ramps/insert.js";
 import type { RuntimeForm } from "../stages/exit-graph.js";
+import type { SessionSettings } from "../ort/ort.js";
 import { additivity, buildCosts, buildProblem, candidateThresholds, deeperShares, evaluate, exitCosts, exitsOf, type Against, type Config, type Costs, type Metric, type Problem } from "./problem.js";
 import { autoSearch, exhaustiveSearch, greedySearch, type Point, type SearchResult } from "./search.js";
 import { minimumCertifiable, pValueOf, binomialUpperBound, type Certificate } from "./certify.js";
@@ -100,8 +101,12 @@ export interface Plan {
   format: typeof PLAN_FORMAT;
   tool: string;
   model: { file: string; sha256: string; output: string; classes: number };
-  /** ep: the execution provider the profile measured on; the plan's latencies are predictions for it. */
-  profile: { created: string; samples: number; calibrationHash: string; ep: string };
+  /**
+   * ep: the execution provider the profile measured on; the plan's latencies are predictions for it.
+   * threads: the intra-op threads they were measured with (null or absent: onnxruntime's default);
+   * eval and EarlyExitSession run with them unless told otherwise (planSettings).
+   */
+  profile: { created: string; samples: number; calibrationHash: string; ep: string; threads?: number | null };
   settings: { maxDrop: number; against: Against; metric: Metric; batch: number; confidence: number; search: SearchMethod; levels: number; tuneFraction: number; tuningDrop: TuningDrop };
   data: { tune: number; certify: number; split: string };
   baselineMs: number;
@@ -395,7 +400,7 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
     format: PLAN_FORMAT,
     tool: TOOL_VERSION,
     model: { file: profile.model.file, sha256: profile.model.sha256, output: profile.model.output, classes: profile.model.classes },
-    profile: { created: profile.created, samples: samples.count, calibrationHash: profile.settings.calibrationHash, ep: profile.environment.executionProvider },
+    profile: { created: profile.created, samples: samples.count, calibrationHash: profile.settings.calibrationHash, ep: profile.environment.executionProvider, threads: threadsAt(profile, batch) },
     settings: { maxDrop, against, metric, batch, confidence, search: method, levels, tuneFraction, tuningDrop },
     data: { tune: tune.n, certify: cert.n, split: `by content hash: ${Math.round(tuneFraction * 100)}% tune thresholds, the rest certify them` },
     baselineMs: costs.baseline,
@@ -412,6 +417,16 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
     truncation,
     ...(options.points ? { points: operatingPoints(result, tune, cert, order, picks.map((p) => p.chosen.config), pointLevels, inModel, picks.map((p) => p.certificate), confidence, present, pointLevels.indexOf(maxDrop)) } : {}),
   };
+}
+
+/**
+ * Session settings for running a plan: the caller's, with the intra-op threads its latencies were
+ * measured with where the caller set none (on the provider it was profiled on).
+ */
+export function planSettings(plan: Pick<Plan, "profile">, settings: SessionSettings = {}): SessionSettings {
+  const threads = plan.profile.threads;
+  const sameEp = (settings.ep ?? "cpu") === (plan.profile.ep ?? "cpu");
+  return settings.threads === undefined && threads && sameEp ? { ...settings, threads } : settings;
 }
 
 function runtimeOf(profile: ProfileResult["profile"], batch: number): Plan["runtime"] {

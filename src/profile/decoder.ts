@@ -35,6 +35,7 @@ import { emptySamples, type ArraySpec, type SampleData } from "./samples.js";
 import { measure, type LatencyStats, type TimedItem } from "./timing.js";
 import { freshFeeds, modelHash, PROFILE_FORMAT, writeWithSidecar } from "./profile.js";
 import { scoreLogits } from "../util/logits.js";
+import { oneThreadWins, shouldChooseThreads } from "./threads.js";
 
 export const DEFAULT_CONTEXTS = [32, 128, 512];
 export const CARRIED = [1, 2, 4, 8];
@@ -210,8 +211,6 @@ export interface ThreadChoice {
   defaultMs: number;
 }
 
-/** One thread is chosen when its full decode step is at least this much faster than the default's. */
-const ONE_THREAD_GAIN = 0.03;
 
 /**
  * The full model's greedy continuation of `prompt` by `count` tokens, each decode step feeding the
@@ -276,7 +275,7 @@ async function chooseThreads(model: OnnxModel, meta: DecoderMetadata, tokens: To
     // The first pair warms both sessions up.
     const oneThreadMs = mean(a.slice(1));
     const defaultMs = mean(b.slice(1));
-    return { threads: oneThreadMs < defaultMs * (1 - ONE_THREAD_GAIN) ? 1 : null, oneThreadMs, defaultMs };
+    return { threads: oneThreadWins(oneThreadMs, defaultMs) ? 1 : null, oneThreadMs, defaultMs };
   } finally {
     await one.release();
     await dflt.release();
@@ -518,7 +517,7 @@ export async function profileDecoder(model: OnnxModel, options: DecoderProfileOp
   const budgetMs = options.budgetMs ?? 20_000;
   // Unless told, the thread count is measured: on a small decoder at batch 1 one intra-op thread
   // can beat onnxruntime's default (no wake-ups between many small ops); a large one needs them all.
-  const threadChoice = options.latency === false || settings.threads !== undefined || (settings.ep ?? "cpu") !== "cpu" ? undefined : await chooseThreads(model, meta, tokens, rows, settings);
+  const threadChoice = options.latency === false || !shouldChooseThreads(settings, os.cpus().length) ? undefined : await chooseThreads(model, meta, tokens, rows, settings);
   if (threadChoice?.threads) settings = { ...settings, threads: threadChoice.threads };
   const latency = options.latency === false ? null : await measureLatency(model, meta, contexts, settings, budgetMs, options.onProgress);
   const w = weightsAfter(model.proto, meta);

@@ -31,6 +31,7 @@ import { TOOL_VERSION } from "../ramps/insert.js";
 import { sha256File } from "../util/hash.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { scoreLogits } from "../util/logits.js";
+import { chooseClassifierThreads, groupByThreads, shouldChooseThreads, type ClassifierThreadChoice } from "./threads.js";
 
 export const PROFILE_FORMAT = "ee-tool.profile/1";
 /** Samples per shard slice: shard i of n takes slices i, i+n, i+2n, ... */
@@ -137,6 +138,12 @@ export interface Profile {
   environment: {
     onnxruntime: string; node: string; platform: string; cpu: string; cores: number;
     executionProvider: string; threads: number | null;
+    /**
+     * How the threads were chosen when the user set none (CPU, unsharded, with latency): the full
+     * model timed both ways at each batch size, and the threads each batch size was then measured
+     * with. `threads` is theirs where all agree, else null (see threadsAt).
+     */
+    threadChoice?: ClassifierThreadChoice;
     /** Whether stages and ramps were cut from onnxruntime's optimised graph (stages/optimize.ts); null without latency. */
     optimizedGraph?: boolean | null;
     /**
@@ -196,6 +203,12 @@ export interface ProfileResult {
 /** Batch sizes profiled by default: 1 and 8 on the CPU; 1, 8, 32 and 64 on GPU providers, which serve batches. */
 export function defaultBatches(ep: string | undefined): number[] {
   return parseEp(ep).name === "cpu" ? [1, 8] : [1, 8, 32, 64];
+}
+
+/** The intra-op threads a profile's latencies at `batch` were measured with (null: onnxruntime's default). */
+export function threadsAt(profile: Pick<Profile, "environment">, batch: number): number | null {
+  const env = profile.environment;
+  return env.threadChoice?.batches[String(batch)]?.threads ?? env.threads;
 }
 
 export function modelHash(model: OnnxModel): string {
@@ -279,12 +292,30 @@ export async function profileModel(model: OnnxModel, options: ProfileOptions): P
   const split = await splitWithTypes(model, probe, settings);
   const rampStage = new Map<number, number>();
   split.ramps.forEach((r, i) => rampStage.set(r.index, split.stages.findIndex((s) => s.outputs.includes(split.ramps[i]!.inputs[0]!))));
+  // One intra-op thread or the default at each batch size, whichever runs the model faster here
+  // (profile/threads.ts); not for a shard, whose choice could differ from its siblings' and stop
+  // them merging.
+  let threadChoice: ClassifierThreadChoice | undefined;
+  if (options.latency !== false && !options.shard && shouldChooseThreads(settings, os.cpus().length)) {
+    progress("threads", 0, 1);
+    const feeds = new Map(batches.filter((b) => b <= chosen.length).map((b) => [b, calib.feedsFor(chosen.slice(0, b))] as const));
+    threadChoice = await chooseClassifierThreads(runtimeBytes(split.original, model.readExternal), meta.output, feeds, settings);
+    progress("threads", 1, 1);
+  }
+  const groups = groupByThreads(batches, threadChoice, settings);
   let latency: Record<string, BatchLatency> | null = null;
   let optimizedGraph: boolean | null = null;
   let fusion: Map<number, Record<string, number> | null> = new Map();
   let placement: Placement | null = null;
   if (options.latency !== false) {
-    ({ latency, optimizedGraph, fusion, placement } = await measureLatency(model, split.original, batches, chosen, calib.feedsFor.bind(calib), probe, settings, options, progress));
+    // Each group of batch sizes timed with its threads; the graph facts (fusion, placement) are the first group's.
+    const byBatch: Record<string, BatchLatency> = {};
+    for (const [k, g] of groups.entries()) {
+      const r = await measureLatency(model, split.original, g.batches, chosen, calib.feedsFor.bind(calib), probe, g.settings, options, progress);
+      Object.assign(byBatch, r.latency);
+      if (k === 0) ({ optimizedGraph, fusion, placement } = r);
+    }
+    latency = Object.fromEntries(batches.map((b) => [String(b), byBatch[String(b)]!]));
   }
   const encoded = encodeSamples(samples);
   const profile: Profile = {
@@ -294,8 +325,8 @@ export async function profileModel(model: OnnxModel, options: ProfileOptions): P
     model: { file: path.basename(model.path ?? "model.onnx"), sha256: modelHash(model), output: meta.output, classes: meta.classes, mainInput: meta.mainInput },
     environment: {
       onnxruntime: ort.env.versions.node ?? ort.env.versions.common, node: process.version, platform: `${process.platform}-${process.arch}`,
-      cpu: os.cpus()[0]?.model ?? "unknown", cores: os.cpus().length, executionProvider: settings.ep ?? "cpu", threads: settings.threads ?? null,
-      optimizedGraph, placement,
+      cpu: os.cpus()[0]?.model ?? "unknown", cores: os.cpus().length, executionProvider: settings.ep ?? "cpu", threads: groups.length === 1 ? groups[0]!.settings.threads ?? null : null,
+      ...(threadChoice ? { threadChoice } : {}), optimizedGraph, placement,
     },
     settings: {
       batches, shard: options.shard ?? null, calibrationHash: createHash("sha256").update(hashes.join("")).digest("hex"),

@@ -17,7 +17,7 @@ import { partSettings, type RuntimeModel } from "../stages/optimize.js";
 import { batchMode, batchTensorsAt, buildExitModel, exitOutputs, readExitOutputs, THRESHOLDS_INPUT, type ActiveExit, type BatchMode } from "../stages/exit-graph.js";
 import { EeToolError } from "../errors.js";
 import { fixedBatch, inputSpecs } from "../data/calib.js";
-import { PLAN_FORMAT } from "../plan/plan.js";
+import { PLAN_FORMAT, planSettings } from "../plan/plan.js";
 import { runtimeExits } from "../plan/exits.js";
 import { openSegments, runtimeModelOf } from "./segments.js";
 import { runSegments, type Segments } from "../stages/segments.js";
@@ -79,7 +79,7 @@ export class EarlyExitSession {
    * measurements of both on its provider (plan.runtime), else one-call.
    */
   static async fromPlan(plan: Plan, modelPath: string, settings: SessionSettings = {}, options: { form?: RuntimeForm } = {}): Promise<EarlyExitSession> {
-    const s: SessionSettings = { optimization: "all", spinning: false, ...settings };
+    const s: SessionSettings = { optimization: "all", spinning: false, ...planSettings(plan, settings) };
     const exits = runtimeExits(plan);
     // Only the plan's ramps stay in the graph onnxruntime optimises: the other cuts fuse as in the model.
     const model = await runtimeModelOf(plan, modelPath, s);

@@ -7,7 +7,7 @@
  * request yields the full model's answer and each exit's confidence: feedback for the monitor
  * (serve/monitor.ts) at no extra model work.
  */
-import type { Plan } from "../plan/plan.js";
+import { planSettings, type Plan } from "../plan/plan.js";
 import { feedbackFromLogits, type Feedback } from "../plan/feedback.js";
 import type { ort, SessionSettings } from "../ort/ort.js";
 import { openSegments, runtimeModelOf } from "./segments.js";
@@ -35,7 +35,7 @@ export class ReleaseEarlySession {
 
   static async fromPlan(plan: Plan, modelPath: string, settings: SessionSettings = {}): Promise<ReleaseEarlySession> {
     if (runtimeExits(plan).length === 0) throw new EeToolError("UNSUPPORTED", "the plan has no exits: every row runs the whole model, there is nothing to release early");
-    const s: SessionSettings = { optimization: "all", spinning: false, ...settings };
+    const s: SessionSettings = { optimization: "all", spinning: false, ...planSettings(plan, settings) };
     const { segments, exits } = await openSegments(plan, await runtimeModelOf(plan, modelPath, s), s);
     return new ReleaseEarlySession(plan, segments, exits);
   }
