@@ -70,7 +70,7 @@ const predicted = fromPlan
   : exitCosts(costs, order.map((id) => plan.exits.find((e) => e.ramp === id)?.threshold ?? Infinity));
 
 // The threads the plan was measured with (the profile's choice), for the model as for the runtime.
-const settings = { optimization: "all", spinning: false, ...planSettings(plan) };
+const settings = planSettings(plan);
 const modelPath = path.resolve(path.dirname(planFile), plan.model.file);
 const model = loadModel(modelPath);
 const originalBytes = runtimeBytes(splitModel(model.proto, declaredTypes(model.proto)).original, model.readExternal);

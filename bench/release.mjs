@@ -5,6 +5,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { ReleaseEarlySession } from "../dist/runtime/release.js";
 import { EarlyExitSession } from "../dist/runtime/early-exit.js";
+import { planSettings } from "../dist/plan/plan.js";
 import { openCalibration } from "../dist/data/calib.js";
 import { loadModel } from "../dist/onnx/model.js";
 
@@ -17,7 +18,7 @@ if (!planPath || !dataPath) {
 }
 const plan = JSON.parse(fs.readFileSync(planPath, "utf8"));
 const modelPath = path.resolve(path.dirname(planPath), plan.model.file);
-const settings = { optimization: "all", spinning: false };
+const settings = planSettings(plan);
 const rel = await ReleaseEarlySession.fromPlan(plan, modelPath, settings);
 const ee = await EarlyExitSession.fromPlan(plan, modelPath, settings);
 const data = openCalibration(dataPath, loadModel(modelPath).proto);

@@ -23,7 +23,7 @@ if (!planPath || !dataPath) {
 const plan = JSON.parse(fs.readFileSync(planPath, "utf8"));
 const modelPath = path.resolve(path.dirname(planPath), plan.model.file);
 const model = loadModel(modelPath);
-const settings = { optimization: "all", spinning: false, ...planSettings(plan) };
+const settings = planSettings(plan);
 const whole = await createRunnable(runtimeBytes(splitModel(model.proto, declaredTypes(model.proto)).original), settings, [plan.model.output]);
 // Ramps as the profile times them: cut from onnxruntime's optimised graph, outputs reduced in onnxruntime.
 const rt = await optimizeForRuntime(model, settings);

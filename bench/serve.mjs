@@ -50,7 +50,7 @@ if (!planPath) {
 const t0 = performance.now();
 const plan = JSON.parse(fs.readFileSync(planPath, "utf8"));
 const modelPath = path.resolve(path.dirname(planPath), plan.model.file);
-const settings = { optimization: "all", spinning: false, ...planSettings(plan) };
+const settings = planSettings(plan);
 const model = loadModel(modelPath);
 const data = openCalibration(dataPath, model.proto);
 const k = plan.model.classes;

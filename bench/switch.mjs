@@ -8,6 +8,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { EarlyExitSession } from "../dist/runtime/early-exit.js";
+import { planSettings } from "../dist/plan/plan.js";
 import { loadModel } from "../dist/onnx/model.js";
 import { openCalibration } from "../dist/data/calib.js";
 
@@ -24,7 +25,7 @@ if (!plan.points) {
   process.exit(1);
 }
 const modelPath = path.resolve(path.dirname(planPath), plan.model.file);
-const settings = { optimization: "all", spinning: false };
+const settings = planSettings(plan);
 const op = plan.points;
 const defaults = op.points[op.default].thresholds.map((t) => t ?? Infinity);
 // The same exits with constant thresholds: an exit the default point does not use gets one no

@@ -637,13 +637,14 @@ describe("ee-tool plan", () => {
 
   it("a plan runs with the threads its profile measured with, unless the caller sets them or runs on another provider", () => {
     const one = { profile: { created: "", samples: 0, calibrationHash: "", ep: "cpu", threads: 1 } };
-    expect(planSettings(one)).toEqual({ threads: 1 });
-    expect(planSettings(one, { optimization: "all" })).toEqual({ optimization: "all", threads: 1 });
-    expect(planSettings(one, { threads: 2 })).toEqual({ threads: 2 });
-    expect(planSettings(one, { ep: "webgpu" })).toEqual({ ep: "webgpu" });
-    expect(planSettings({ profile: { ...one.profile, threads: null } })).toEqual({});
+    const base = { optimization: "all", spinning: false };
+    expect(planSettings(one)).toEqual({ ...base, threads: 1 });
+    expect(planSettings(one, { optimization: "basic" })).toEqual({ ...base, optimization: "basic", threads: 1 });
+    expect(planSettings(one, { threads: 2 })).toEqual({ ...base, threads: 2 });
+    expect(planSettings(one, { ep: "webgpu" })).toEqual({ ...base, ep: "webgpu" });
+    expect(planSettings({ profile: { ...one.profile, threads: null } })).toEqual(base);
     // Plans from before the field: onnxruntime's default.
-    expect(planSettings({ profile: { created: "", samples: 0, calibrationHash: "", ep: "cpu" } })).toEqual({});
+    expect(planSettings({ profile: { created: "", samples: 0, calibrationHash: "", ep: "cpu" } })).toEqual(base);
   });
 
   it("explains infeasible constraints in one line with exit code 3, and refuses a changed model", () => {

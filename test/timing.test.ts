@@ -2,7 +2,8 @@
 import { describe, expect, it } from "vitest";
 import { differenceName, measure, type TimedItem } from "../src/profile/timing.js";
 import { Rng } from "../src/util/rng.js";
-import { centralMean, middle } from "../src/eval/paths.js";
+import { centralMean } from "../src/eval/paths.js";
+import { median } from "../src/util/stats.js";
 
 /** Items whose calls take `ms` plus a little seeded noise, shared within a round by `drift`. */
 function fakeItems(spec: Record<string, number>): { items: TimedItem[]; clock: () => number } {
@@ -84,12 +85,12 @@ describe("measure", () => {
 });
 
 describe("path figures (plan's measurement)", () => {
-  it("middle is the middle value (the two middle ones' mean for an even count) and leaves its input as it was", () => {
+  it("median is the middle value (the two middle ones' mean for an even count) and leaves its input as it was", () => {
     const xs = [3, 1, 2];
-    expect(middle(xs)).toBe(2);
+    expect(median(xs)).toBe(2);
     expect(xs).toEqual([3, 1, 2]);
-    expect(middle([4, 1, 3, 2])).toBe(2.5);
-    expect(middle([7])).toBe(7);
+    expect(median([4, 1, 3, 2])).toBe(2.5);
+    expect(median([7])).toBe(7);
   });
 
   it("the rule measurePaths applies (middle of the sessions' central means) ignores one session that runs slow all along, where pooling does not", () => {
@@ -98,7 +99,7 @@ describe("path figures (plan's measurement)", () => {
     const sessions = [calls(0.5), calls(0.52), calls(0.65)];
     // The outliers (two calls in a hundred, about 10x the path) are cut by the middle 80%.
     expect(centralMean(sessions[0]!)).toBeCloseTo(0.5, 2);
-    const figure = middle(sessions.map(centralMean));
+    const figure = median(sessions.map(centralMean));
     expect(figure).toBeCloseTo(0.52, 2);
     expect(centralMean(sessions.flat())).toBeGreaterThan(0.54);
   });

@@ -111,7 +111,7 @@ export async function evaluatePlan(planPath: string, options: EvalOptions): Prom
   if (options.sessions !== undefined && !(Number.isInteger(options.sessions) && options.sessions >= 1)) throw new EeToolError("USAGE", `--sessions must be a positive integer, got ${options.sessions}`);
   const modelPath = path.resolve(path.dirname(planPath), plan.model.file);
   checkModelHash(modelPath, plan.model.sha256);
-  const settings: SessionSettings = { optimization: "all", spinning: false, ...planSettings(plan, options.settings) };
+  const settings: SessionSettings = planSettings(plan, options.settings);
   const batch = options.batch ?? plan.settings.batch;
   const model = loadModel(modelPath);
   const data = openCalibration(options.data, model.proto);

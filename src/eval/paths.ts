@@ -31,7 +31,7 @@ import { declaredTypes, splitModel } from "../stages/split.js";
 import { runtimeBytes, sessionsThatFit, type SessionSettings } from "../ort/ort.js";
 import { createRunnable, type RunnableSession } from "../ort/sync.js";
 import { Rng } from "../util/rng.js";
-import { mean } from "../util/stats.js";
+import { mean, median } from "../util/stats.js";
 
 /** Calls per block (as eval's). */
 const BLOCK = 16;
@@ -58,12 +58,6 @@ export interface MeasurePathsOptions {
 /** Time for plan's timed calls after a warm-up (ms): paths within 1-6% of eval's on the fixtures (docs/plan.md). */
 export const DEFAULT_MEASURE_BUDGET_MS = 8000;
 
-/** The middle value (the mean of the two middle ones for an even count). */
-export function middle(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const h = Math.floor(s.length / 2);
-  return s.length % 2 ? s[h]! : (s[h - 1]! + s[h]!) / 2;
-}
 
 /** The mean of the middle 80%: a path's expected time without a busy machine's outliers. */
 export function centralMean(xs: readonly number[]): number {
@@ -75,7 +69,7 @@ export function centralMean(xs: readonly number[]): number {
 export async function measurePaths(plan: Plan, modelPath: string, data: CalibrationSet, samples: readonly number[], options: MeasurePathsOptions = {}): Promise<MeasuredPaths> {
   const batch = options.batch ?? plan.settings.batch;
   const budgetMs = options.budgetMs ?? DEFAULT_MEASURE_BUDGET_MS;
-  const settings: SessionSettings = { optimization: "all", spinning: false, ...planSettings(plan, options.settings) };
+  const settings: SessionSettings = planSettings(plan, options.settings);
   const model = loadModel(modelPath);
   const originalBytes = runtimeBytes(splitModel(model.proto, declaredTypes(model.proto)).original, model.readExternal);
   const n = sessionsThatFit(SESSIONS, 4 * originalBytes.byteLength);
@@ -157,7 +151,7 @@ export async function measurePaths(plan: Plan, modelPath: string, data: Calibrat
       }
       options.onProgress?.("paths", Math.min(b + 1, warm + blocks.length), warm + blocks.length);
       if (b < warm) continue;
-      const ref = middle(tModel);
+      const ref = median(tModel);
       modelMs.push(...tModel);
       for (const t of tModel) modelRel.push(t / ref);
       for (const x of tEe) {
@@ -169,11 +163,11 @@ export async function measurePaths(plan: Plan, modelPath: string, data: Calibrat
     const paths = [...byExit].map(([ramp, per]) => {
       const timed = per.filter((xs) => xs.length);
       const sessions = timed.map(centralMean);
-      return { ramp, calls: per.reduce((a, xs) => a + xs.length, 0), distinct: distinct.get(ramp)!, ratio: middle(sessions), meanRatio: middle(timed.map(mean)) / modelTail, sessions };
+      return { ramp, calls: per.reduce((a, xs) => a + xs.length, 0), distinct: distinct.get(ramp)!, ratio: median(sessions), meanRatio: median(timed.map(mean)) / modelTail, sessions };
     })
       .sort((a, b) => (a.ramp < 0 ? 1e9 : a.ramp) - (b.ramp < 0 ? 1e9 : b.ramp));
     return {
-      batch, samples: samples.length, modelMs: middle(modelMs) / batch, modelTail, paths,
+      batch, samples: samples.length, modelMs: median(modelMs) / batch, modelTail, paths,
       budgetMs, elapsedMs: performance.now() - t0,
     };
   } finally {

@@ -420,13 +420,15 @@ export function planFromProfile(result: ProfileResult, options: PlanOptions = {}
 }
 
 /**
- * Session settings for running a plan: the caller's, with the intra-op threads its latencies were
+ * Session settings for running a plan (its runtime, or the model beside it): optimisation "all" and
+ * no spinning unless the caller says otherwise, and the intra-op threads the plan's latencies were
  * measured with where the caller set none (on the provider it was profiled on).
  */
 export function planSettings(plan: Pick<Plan, "profile">, settings: SessionSettings = {}): SessionSettings {
+  const s: SessionSettings = { optimization: "all", spinning: false, ...settings };
   const threads = plan.profile.threads;
   const sameEp = (settings.ep ?? "cpu") === (plan.profile.ep ?? "cpu");
-  return settings.threads === undefined && threads && sameEp ? { ...settings, threads } : settings;
+  return settings.threads === undefined && threads && sameEp ? { ...s, threads } : s;
 }
 
 function runtimeOf(profile: ProfileResult["profile"], batch: number): Plan["runtime"] {

@@ -211,7 +211,6 @@ export interface ThreadChoice {
   defaultMs: number;
 }
 
-
 /**
  * The full model's greedy continuation of `prompt` by `count` tokens, each decode step feeding the
  * previous step's presents (a model without a cache recomputes the prefix), and the mean

@@ -11,6 +11,7 @@
  */
 import type { ort, SessionSettings } from "../ort/ort.js";
 import { createRunnable, type RunnableSession } from "../ort/sync.js";
+import { median } from "../util/stats.js";
 
 /** One thread is chosen when the full model is at least this much faster with it than with the default. */
 export const ONE_THREAD_GAIN = 0.03;
@@ -50,12 +51,6 @@ export function groupByThreads(batches: readonly number[], choice: ClassifierThr
 const CALLS = 64;
 const BLOCK = 8;
 const WARMUP = 4;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const h = Math.floor(s.length / 2);
-  return s.length % 2 ? s[h]! : (s[h - 1]! + s[h]!) / 2;
-}
 
 /**
  * Time the full model (`bytes`, one output) with one thread and with the default at each batch

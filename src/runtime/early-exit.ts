@@ -79,7 +79,7 @@ export class EarlyExitSession {
    * measurements of both on its provider (plan.runtime), else one-call.
    */
   static async fromPlan(plan: Plan, modelPath: string, settings: SessionSettings = {}, options: { form?: RuntimeForm } = {}): Promise<EarlyExitSession> {
-    const s: SessionSettings = { optimization: "all", spinning: false, ...planSettings(plan, settings) };
+    const s: SessionSettings = planSettings(plan, settings);
     const exits = runtimeExits(plan);
     // Only the plan's ramps stay in the graph onnxruntime optimises: the other cuts fuse as in the model.
     const model = await runtimeModelOf(plan, modelPath, s);

@@ -35,7 +35,7 @@ export class ReleaseEarlySession {
 
   static async fromPlan(plan: Plan, modelPath: string, settings: SessionSettings = {}): Promise<ReleaseEarlySession> {
     if (runtimeExits(plan).length === 0) throw new EeToolError("UNSUPPORTED", "the plan has no exits: every row runs the whole model, there is nothing to release early");
-    const s: SessionSettings = { optimization: "all", spinning: false, ...planSettings(plan, settings) };
+    const s: SessionSettings = planSettings(plan, settings);
     const { segments, exits } = await openSegments(plan, await runtimeModelOf(plan, modelPath, s), s);
     return new ReleaseEarlySession(plan, segments, exits);
   }

@@ -2,7 +2,7 @@
  * Shadow runs: a request also run through the whole augmented model (every exit's ramp and the
  * model's own output), which gives the feedback a monitor and `ee-tool replan` learn from.
  */
-import type { Plan } from "../plan/plan.js";
+import { planSettings, type Plan } from "../plan/plan.js";
 import { feedbackFromLogits, type Feedback } from "../plan/feedback.js";
 import { loadModel } from "../onnx/model.js";
 import { runtimeBytes, type ort, type SessionSettings } from "../ort/ort.js";
@@ -16,7 +16,7 @@ export class ShadowScorer {
     const model = loadModel(modelPath);
     const outputs = runtimeExits(plan).map((e) => e.output);
     const fetches = [plan.model.output, ...outputs];
-    const session = await createRunnable(runtimeBytes(model.proto, model.readExternal), { optimization: "all", spinning: false, ...settings }, fetches);
+    const session = await createRunnable(runtimeBytes(model.proto, model.readExternal), planSettings(plan, settings), fetches);
     return new ShadowScorer(session, plan, outputs);
   }
 
